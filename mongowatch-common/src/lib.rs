@@ -1,0 +1,256 @@
+//! Types shared by the kernel programs (`mongowatch-ebpf`) and the daemon (`mongowatch-user`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it into maps and the ring
+//! buffer, userspace reads it back. A change of layout is a change on both sides, which is why
+//! the two sides build from this one definition.
+#![cfg_attr(not(test), no_std)]
+
+/// Ring buffer of capture events (`EventHeader` + payload).
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Watched processes: tgid -> `WatchedProc`.
+pub const MAP_WATCHED: &str = "WATCHED";
+/// Connections seen from watched processes: socket cookie -> `ConnState`.
+pub const MAP_CONNS: &str = "CONNS";
+/// Per-CPU counters (`Counters`), read by userspace for loss accounting.
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Server ports that classify a TCP connection as MongoDB at once: port -> 1.
+pub const MAP_PORTS: &str = "PORTS";
+/// Per-CPU scratch space where an event is assembled before it is written to the ring.
+pub const MAP_SCRATCH: &str = "SCRATCH";
+
+/// Payload bytes carried by one data event at most. Larger reads and writes are split.
+pub const CHUNK_SIZE: usize = 16384;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const RING_SIZE: u32 = 64 << 20;
+/// iovec entries followed per readv/writev/sendmsg/recvmsg call; bytes behind more entries
+/// become an explicit gap event.
+pub const MAX_IOVECS: u32 = 1024;
+/// Data events before a connection whose bytes never looked like MongoDB is dropped.
+pub const CLASSIFY_STRIKES: u8 = 4;
+
+/// What a ring buffer record is.
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `captured_len` payload bytes follow the header.
+    Data = 1,
+    /// `orig_len` bytes moved through the socket but were not copied (no user buffer to read:
+    /// sendfile, splice, io_uring, mmsg calls, MSG_TRUNC). No payload.
+    Gap = 2,
+    /// First sight of a connection: a `ConnInfo` follows the header.
+    ConnOpen = 3,
+    /// A TCP connection reached TCP_CLOSE. No payload.
+    ConnClose = 4,
+    /// A watched process forked: `fd` holds the child tgid. No payload.
+    ProcFork = 5,
+    /// A watched process (thread group leader) exited. No payload.
+    ProcExit = 6,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Data,
+            2 => Self::Gap,
+            3 => Self::ConnOpen,
+            4 => Self::ConnClose,
+            5 => Self::ProcFork,
+            6 => Self::ProcExit,
+            _ => return None,
+        })
+    }
+}
+
+/// Bytes sent by the watched process.
+pub const DIR_EGRESS: u8 = 0;
+/// Bytes received by the watched process.
+pub const DIR_INGRESS: u8 = 1;
+
+/// The fixed header of every ring buffer record.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_boot_ns()` when the probe ran (after the bytes moved).
+    pub ts_ns: u64,
+    /// Socket cookie: unique for the life of the kernel, never reused.
+    pub conn_id: u64,
+    /// Offset of this event's first byte in its direction's stream (counted from the first
+    /// byte mongowatch saw on the connection, not from the connection's start).
+    pub offset: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// Bytes the syscall moved in all (`ret`), of which this event covers a part.
+    pub orig_len: u32,
+    /// Payload bytes that follow this header.
+    pub captured_len: u32,
+    /// Syscall number that moved the bytes (x86_64 numbering), or -1 when not known.
+    pub syscall: i32,
+    pub kind: u8,
+    pub direction: u8,
+    pub _pad: [u8; 6],
+}
+
+pub const EVENT_HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
+
+/// Address family values as in the kernel.
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Where a connection goes, read from the socket on first sight. Follows a `ConnOpen` header.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct ConnInfo {
+    pub family: u16,
+    /// Local and remote ports (host order); 0 for unix sockets.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Unix socket path (`sun_path`) of the peer, or of this end when the peer has none.
+    /// NUL-terminated unless 108 bytes long; a leading NUL is an abstract name.
+    pub unix_path: [u8; 108],
+    pub unix_path_len: u32,
+    /// Set when the unix path is this end's own (a server-side socket).
+    pub unix_path_is_local: u32,
+}
+
+impl Default for ConnInfo {
+    fn default() -> Self {
+        Self {
+            family: 0,
+            local_port: 0,
+            remote_port: 0,
+            _pad: 0,
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            unix_path: [0; 108],
+            unix_path_len: 0,
+            unix_path_is_local: 0,
+        }
+    }
+}
+
+/// A connection's classification.
+pub const CLASS_UNKNOWN: u8 = 0;
+pub const CLASS_MONGO: u8 = 1;
+pub const CLASS_OTHER: u8 = 2;
+
+/// Kernel-side state of one connection (map value, keyed by socket cookie).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct ConnState {
+    /// Next stream offset per direction ([egress, ingress]).
+    pub offsets: [u64; 2],
+    pub tgid: u32,
+    pub class: u8,
+    /// Data events seen while `class` was unknown.
+    pub strikes: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per watched process (map value).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct WatchedProc {
+    /// 1 when the process was named on the command line, 2 when it was followed as a child.
+    pub origin: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU counters. Userspace sums the CPUs.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct Counters {
+    /// Records the ring buffer had no room for.
+    pub ring_full_events: u64,
+    /// Payload bytes in those records.
+    pub ring_full_bytes: u64,
+    /// Bytes moved through watched sockets with no user buffer to copy from.
+    pub gap_bytes: u64,
+    /// Copies from user memory that failed (the range becomes a gap).
+    pub read_failures: u64,
+    /// Connections dropped as not MongoDB.
+    pub classified_other: u64,
+    /// Data events written.
+    pub data_events: u64,
+}
+
+/// Offsets into kernel structures, read from the running kernel's BTF by userspace and set as
+/// a global before load (CO-RE done by hand: the eBPF toolchain here has no CO-RE relocations).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct KernelOffsets {
+    /// `struct sock_common` fields inside `struct sock`.
+    pub skc_family: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct unix_sock`: `addr` and `peer`.
+    pub unix_addr: u32,
+    pub unix_peer: u32,
+    /// `struct unix_address`: `len` and `name`.
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+    /// `struct task_struct`: `tgid`, `pid`.
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    /// Non-zero once filled in: the programs refuse to run on zeros.
+    pub valid: u32,
+}
+
+/// Load-time configuration (a global the loader overrides).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct Config {
+    pub offsets: KernelOffsets,
+    /// Copy the bytes of connections whose class is still unknown or other (diagnostics).
+    pub capture_all: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for ConnInfo {}
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for WatchedProc {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_is_stable() {
+        // The kernel writes this header byte for byte; a padding change would shift payloads.
+        assert_eq!(EVENT_HEADER_SIZE, 64);
+        assert_eq!(core::mem::size_of::<ConnInfo>(), 8 + 32 + 108 + 8);
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for k in [
+            EventKind::Data,
+            EventKind::Gap,
+            EventKind::ConnOpen,
+            EventKind::ConnClose,
+            EventKind::ProcFork,
+            EventKind::ProcExit,
+        ] {
+            assert_eq!(EventKind::from_u8(k as u8), Some(k));
+        }
+        assert_eq!(EventKind::from_u8(0), None);
+        assert_eq!(EventKind::from_u8(7), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! Capture: loads the kernel programs, reads their events, rebuilds connections.
