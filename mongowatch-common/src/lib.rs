@@ -9,7 +9,7 @@
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Watched processes: tgid -> `WatchedProc`.
 pub const MAP_WATCHED: &str = "WATCHED";
-/// Connections seen from watched processes: socket cookie -> `ConnState`.
+/// Connections seen from watched processes: `struct sock` address -> `ConnState`.
 pub const MAP_CONNS: &str = "CONNS";
 /// Per-CPU counters (`Counters`), read by userspace for loss accounting.
 pub const MAP_COUNTERS: &str = "COUNTERS";
@@ -27,6 +27,23 @@ pub const RING_SIZE: u32 = 64 << 20;
 pub const MAX_IOVECS: u32 = 1024;
 /// Data events before a connection whose bytes never looked like MongoDB is dropped.
 pub const CLASSIFY_STRIKES: u8 = 4;
+
+/// The largest message MongoDB allows (decimal, not MiB).
+pub const MAX_MESSAGE_SIZE: i32 = 48_000_000;
+/// The smallest well-formed message: a header and an OP_MSG with flags and an empty document.
+pub const MIN_MESSAGE_SIZE: i32 = 16 + 4 + 1 + 5;
+
+/// Does this look like the start of a MongoDB message? The kernel uses it to classify a
+/// connection from its first bytes; userspace uses it to resynchronise after a gap.
+#[inline(always)]
+pub fn plausible_header(h: &[u8; 16]) -> bool {
+    let length = i32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let op_code = i32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+    if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&length) {
+        return false;
+    }
+    matches!(op_code, 1 | 2001 | 2002 | 2004 | 2005 | 2006 | 2007 | 2012 | 2013)
+}
 
 /// What a ring buffer record is.
 #[repr(u8)]
@@ -68,7 +85,7 @@ pub const DIR_INGRESS: u8 = 1;
 
 /// The fixed header of every ring buffer record.
 #[repr(C)]
-#[derive(Copy, Clone, Debug, Default)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
     /// `bpf_ktime_get_boot_ns()` when the probe ran (after the bytes moved).
     pub ts_ns: u64,
@@ -116,6 +133,8 @@ pub struct ConnInfo {
     pub unix_path_len: u32,
     /// Set when the unix path is this end's own (a server-side socket).
     pub unix_path_is_local: u32,
+    /// The `comm` of the task that first used the connection.
+    pub comm: [u8; 16],
 }
 
 impl Default for ConnInfo {
@@ -130,6 +149,7 @@ impl Default for ConnInfo {
             unix_path: [0; 108],
             unix_path_len: 0,
             unix_path_is_local: 0,
+            comm: [0; 16],
         }
     }
 }
@@ -139,10 +159,13 @@ pub const CLASS_UNKNOWN: u8 = 0;
 pub const CLASS_MONGO: u8 = 1;
 pub const CLASS_OTHER: u8 = 2;
 
-/// Kernel-side state of one connection (map value, keyed by socket cookie).
+/// Kernel-side state of one connection (map value, keyed by the `struct sock` address; the
+/// cookie tells a new socket at a reused address from the old one).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default)]
 pub struct ConnState {
+    /// Socket cookie: the connection id userspace sees.
+    pub cookie: u64,
     /// Next stream offset per direction ([egress, ingress]).
     pub offsets: [u64; 2],
     pub tgid: u32,
@@ -205,14 +228,42 @@ pub struct KernelOffsets {
     pub valid: u32,
 }
 
+impl KernelOffsets {
+    pub const fn zeroed() -> Self {
+        Self {
+            skc_family: 0,
+            skc_daddr: 0,
+            skc_rcv_saddr: 0,
+            skc_dport: 0,
+            skc_num: 0,
+            skc_v6_daddr: 0,
+            skc_v6_rcv_saddr: 0,
+            unix_addr: 0,
+            unix_peer: 0,
+            unix_address_len: 0,
+            unix_address_name: 0,
+            task_tgid: 0,
+            task_pid: 0,
+            valid: 0,
+        }
+    }
+}
+
 /// Load-time configuration (a global the loader overrides).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default)]
 pub struct Config {
     pub offsets: KernelOffsets,
-    /// Copy the bytes of connections whose class is still unknown or other (diagnostics).
-    pub capture_all: u32,
     pub _pad: u32,
+}
+
+impl Config {
+    pub const fn zeroed() -> Self {
+        Self {
+            offsets: KernelOffsets::zeroed(),
+            _pad: 0,
+        }
+    }
 }
 
 #[cfg(feature = "user")]
@@ -234,8 +285,24 @@ mod tests {
     #[test]
     fn header_layout_is_stable() {
         // The kernel writes this header byte for byte; a padding change would shift payloads.
-        assert_eq!(EVENT_HEADER_SIZE, 64);
-        assert_eq!(core::mem::size_of::<ConnInfo>(), 8 + 32 + 108 + 8);
+        assert_eq!(EVENT_HEADER_SIZE, 56);
+        assert_eq!(core::mem::size_of::<ConnInfo>(), 8 + 32 + 108 + 8 + 16);
+    }
+
+    #[test]
+    fn plausible_headers() {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&100i32.to_le_bytes());
+        h[12..16].copy_from_slice(&2013i32.to_le_bytes());
+        assert!(plausible_header(&h));
+        h[12..16].copy_from_slice(&2000i32.to_le_bytes());
+        assert!(!plausible_header(&h), "unknown opcode");
+        h[12..16].copy_from_slice(&1i32.to_le_bytes());
+        h[0..4].copy_from_slice(&48_000_001i32.to_le_bytes());
+        assert!(!plausible_header(&h), "over the size limit");
+        h[0..4].copy_from_slice(&15i32.to_le_bytes());
+        assert!(!plausible_header(&h), "shorter than a header");
+        assert!(!plausible_header(b"GET / HTTP/1.1\r\n"), "HTTP");
     }
 
     #[test]
