@@ -6,6 +6,8 @@
 //! Everything below `capture` is pure code that needs no root.
 
 pub mod capture;
+pub mod config;
+pub mod filter;
 pub mod ops;
 pub mod queue;
 pub mod sink;

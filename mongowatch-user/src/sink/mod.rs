@@ -1,1 +1,128 @@
-//! sink layer.
+//! Sink layer: formats records and writes them to stdout or a file (append, mode 0600,
+//! rotation by size). Audit records only ever go here, never to the diagnostic log.
+
+mod format;
+
+use std::{
+    fs::OpenOptions,
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use file_rotate::{compression::Compression, suffix::AppendCount, ContentLimit, FileRotate};
+pub use format::{field_value, FieldValue, Format, Formatter, DEFAULT_TEXT_FIELDS};
+
+use crate::ops::Record;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("unknown field `{0}` (fields are the audit record's: WatchID, StartTime, DB, ...)")]
+    UnknownField(String),
+    #[error("bad template: {0}")]
+    Template(String),
+    #[error("cannot open output {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("--rotate-size must be more than 0 bytes")]
+    RotateSize,
+    #[error("writing audit records: {0}")]
+    Write(#[from] io::Error),
+}
+
+/// Where records go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// `None`: stdout.
+    pub path: Option<PathBuf>,
+    /// Rotate when the file passes this many bytes (whole records only).
+    pub rotate_size: Option<u64>,
+    /// Rotated files kept (`FILE.1` newest ... `FILE.N`).
+    pub rotate_keep: usize,
+}
+
+/// An opened output and whether it was empty (a CSV header is written only then).
+pub struct Output {
+    pub writer: Box<dyn Write + Send>,
+    pub fresh: bool,
+}
+
+fn open_options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    // file-rotate wants read + create + append; mode 0600 keeps the audit log private.
+    o.read(true).create(true).append(true).mode(0o600);
+    o
+}
+
+/// Opens the output: stdout, a file opened for append (created with mode 0600), or a
+/// size-rotated file.
+pub fn open_output(spec: &OutputSpec) -> Result<Output, SinkError> {
+    let Some(path) = &spec.path else {
+        return Ok(Output {
+            writer: Box::new(io::stdout()),
+            fresh: true,
+        });
+    };
+    let open_err = |source| SinkError::Open {
+        path: path.clone(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(open_err)?;
+    }
+    // Open once here so a bad path is a clear startup error, not a panic inside file-rotate.
+    let file = open_options().open(path).map_err(open_err)?;
+    let fresh = file.metadata().map(|m| m.len() == 0).unwrap_or(true);
+    let writer: Box<dyn Write + Send> = match spec.rotate_size {
+        None => Box::new(file),
+        Some(0) => return Err(SinkError::RotateSize),
+        Some(size) => {
+            drop(file);
+            let base = if path.parent().is_some_and(|p| p.as_os_str().is_empty()) {
+                Path::new(".").join(path)
+            } else {
+                path.clone()
+            };
+            Box::new(FileRotate::new(
+                base,
+                AppendCount::new(spec.rotate_keep.max(1)),
+                ContentLimit::BytesSurpassed(usize::try_from(size).unwrap_or(usize::MAX)),
+                Compression::None,
+                Some(open_options()),
+            ))
+        }
+    };
+    Ok(Output { writer, fresh })
+}
+
+/// Formats and writes records.
+pub struct Sink {
+    out: Box<dyn Write + Send>,
+    formatter: Formatter,
+    header_pending: bool,
+}
+
+impl Sink {
+    pub fn new(formatter: Formatter, out: Output) -> Self {
+        Self {
+            header_pending: out.fresh && formatter.header().is_some(),
+            out: out.writer,
+            formatter,
+        }
+    }
+
+    pub fn write(&mut self, r: &Record) -> Result<(), SinkError> {
+        if self.header_pending {
+            if let Some(h) = self.formatter.header() {
+                self.out.write_all(h.as_bytes())?;
+            }
+            self.header_pending = false;
+        }
+        self.out.write_all(self.formatter.format(r).as_bytes())?;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.out.flush()?;
+        Ok(())
+    }
+}

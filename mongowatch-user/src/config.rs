@@ -1,0 +1,349 @@
+//! Options of the audit pipeline (formats, outputs, filters, the delay queue): clap arguments
+//! the main CLI flattens, and the same keys in a TOML config file. The command line wins over
+//! the file, the file over the defaults. See `mongowatch.example.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{
+    filter::RecordFilter,
+    sink::{Format, Formatter, OutputSpec},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterError),
+}
+
+/// A size in bytes: a number, or a string with a K, M or G suffix (powers of 1024).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let (num, mult) = match t.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => {
+                let m = match c.to_ascii_uppercase() {
+                    'K' => 1u64 << 10,
+                    'M' => 1 << 20,
+                    'G' => 1 << 30,
+                    'B' => 1,
+                    _ => return Err(format!("bad size `{s}` (use e.g. 1048576, 512K, 100M, 1G)")),
+                };
+                (&t[..i], m)
+            }
+            _ => (t, 1),
+        };
+        let n: u64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad size `{s}` (use e.g. 1048576, 512K, 100M, 1G)"))?;
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size `{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Audit options. Every one can also be set in the config file under the same name
+/// (kebab-case, e.g. `rotate-size = "100M"`).
+#[derive(clap::Args, Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct AuditArgs {
+    /// TOML file with any of these options; the command line wins over it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Record format: json (JSON Lines, the default), text, csv, or template.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Fields of the text and csv formats, comma-separated (e.g. StartTime,DB,Filter).
+    #[arg(long, value_delimiter = ',', value_name = "FIELDS")]
+    pub fields: Option<Vec<String>>,
+
+    /// Line template with {Field} placeholders (implies --format template),
+    /// e.g. "{StartTime} {DB}.{Collection} {Operation} {Duration}s".
+    #[arg(long, value_name = "TEMPLATE")]
+    pub template: Option<String>,
+
+    /// Append records to FILE (created with mode 0600) instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Rotate the output file when it passes SIZE bytes (suffixes K, M, G).
+    #[arg(long, value_name = "SIZE")]
+    pub rotate_size: Option<ByteSize>,
+
+    /// Rotated files to keep (default 5).
+    #[arg(long, value_name = "N")]
+    pub rotate_keep: Option<usize>,
+
+    /// Write only records for which this CEL expression is true,
+    /// e.g. 'Collection == "news" && Duration > 0.01'.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+
+    /// Mask Filter values: strings to "x" times their length, numbers to 0, others to null.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub mask: Option<bool>,
+
+    /// Write only these operations, comma-separated (e.g. find,aggregate,update).
+    #[arg(long, value_delimiter = ',', value_name = "OPS")]
+    pub ops: Option<Vec<String>>,
+
+    /// Write only operations on these databases, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "DBS")]
+    pub db: Option<Vec<String>>,
+
+    /// Every SECS seconds, write a rate summary (per DB/Collection/Operation) to stderr.
+    #[arg(long, value_name = "SECS")]
+    pub rate: Option<f64>,
+
+    /// Seconds an open operation (cursor) may stay idle before a `timeout` record (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+
+    /// Seconds every record is held so output stays ordered by StartTime (default 0).
+    #[arg(long, value_name = "SECS")]
+    pub delay: Option<f64>,
+
+    /// Also record handshakes, heartbeats (hello, isMaster, ping) and authentication steps.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub include_heartbeats: Option<bool>,
+}
+
+/// Config file keys this module reads (others are left to the rest of the daemon).
+pub const FILE_KEYS: &[&str] = &[
+    "format",
+    "fields",
+    "template",
+    "output",
+    "rotate-size",
+    "rotate-keep",
+    "filter",
+    "mask",
+    "ops",
+    "db",
+    "rate",
+    "timeout",
+    "delay",
+    "include-heartbeats",
+];
+
+impl AuditArgs {
+    /// Reads the options from TOML text. Keys this module does not know are ignored (the
+    /// daemon's other options may share the file).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let ours: toml::Table = table
+            .into_iter()
+            .filter(|(k, _)| FILE_KEYS.contains(&k.as_str()))
+            .collect();
+        ours.try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Each option from `self` when set, else from `file`.
+    pub fn or(self, file: AuditArgs) -> AuditArgs {
+        AuditArgs {
+            config: self.config.or(file.config),
+            format: self.format.or(file.format),
+            fields: self.fields.or(file.fields),
+            template: self.template.or(file.template),
+            output: self.output.or(file.output),
+            rotate_size: self.rotate_size.or(file.rotate_size),
+            rotate_keep: self.rotate_keep.or(file.rotate_keep),
+            filter: self.filter.or(file.filter),
+            mask: self.mask.or(file.mask),
+            ops: self.ops.or(file.ops),
+            db: self.db.or(file.db),
+            rate: self.rate.or(file.rate),
+            timeout: self.timeout.or(file.timeout),
+            delay: self.delay.or(file.delay),
+            include_heartbeats: self.include_heartbeats.or(file.include_heartbeats),
+        }
+    }
+
+    /// Command line + config file (when `--config` names one) + defaults, checked.
+    pub fn resolve(self) -> Result<AuditConfig, ConfigError> {
+        let merged = match &self.config {
+            Some(path) => {
+                let file = AuditArgs::from_file(path)?;
+                self.or(file)
+            }
+            None => self,
+        };
+        AuditConfig::try_from(merged)
+    }
+}
+
+/// The checked audit configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditConfig {
+    pub format: Format,
+    pub fields: Option<Vec<String>>,
+    pub template: Option<String>,
+    pub output: OutputSpec,
+    pub filter: Option<String>,
+    pub mask: bool,
+    pub ops: Option<Vec<String>>,
+    pub db: Option<Vec<String>>,
+    /// Rate summary period in seconds.
+    pub rate: Option<f64>,
+    pub timeout_secs: f64,
+    pub delay_secs: f64,
+    pub include_heartbeats: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            format: Format::Json,
+            fields: None,
+            template: None,
+            output: OutputSpec {
+                path: None,
+                rotate_size: None,
+                rotate_keep: 5,
+            },
+            filter: None,
+            mask: false,
+            ops: None,
+            db: None,
+            rate: None,
+            timeout_secs: 10.0,
+            delay_secs: 0.0,
+            include_heartbeats: false,
+        }
+    }
+}
+
+fn secs_ok(name: &str, v: f64, zero_ok: bool) -> Result<f64, ConfigError> {
+    if v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v < 1e9 {
+        Ok(v)
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "--{name} must be a number of seconds{}, not {v}",
+            if zero_ok { " >= 0" } else { " > 0" }
+        )))
+    }
+}
+
+impl TryFrom<AuditArgs> for AuditConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: AuditArgs) -> Result<Self, ConfigError> {
+        let d = AuditConfig::default();
+        let format = match (a.format, &a.template) {
+            (None, Some(_)) => Format::Template,
+            (Some(f), Some(_)) if f != Format::Template => {
+                return Err(ConfigError::Invalid(
+                    "--template needs --format template (or no --format)".into(),
+                ))
+            }
+            (f, _) => f.unwrap_or_default(),
+        };
+        if a.output.is_none() && (a.rotate_size.is_some() || a.rotate_keep.is_some()) {
+            return Err(ConfigError::Invalid(
+                "--rotate-size and --rotate-keep need -o FILE".into(),
+            ));
+        }
+        if a.rotate_size == Some(ByteSize(0)) {
+            return Err(ConfigError::Invalid(
+                "--rotate-size must be more than 0".into(),
+            ));
+        }
+        if a.rotate_keep == Some(0) {
+            return Err(ConfigError::Invalid(
+                "--rotate-keep must be at least 1".into(),
+            ));
+        }
+        let cfg = AuditConfig {
+            format,
+            fields: a.fields,
+            template: a.template,
+            output: OutputSpec {
+                path: a.output,
+                rotate_size: a.rotate_size.map(|b| b.0),
+                rotate_keep: a.rotate_keep.unwrap_or(d.output.rotate_keep),
+            },
+            filter: a.filter,
+            mask: a.mask.unwrap_or(d.mask),
+            ops: a.ops,
+            db: a.db,
+            rate: a.rate.map(|r| secs_ok("rate", r, false)).transpose()?,
+            timeout_secs: secs_ok("timeout", a.timeout.unwrap_or(d.timeout_secs), false)?,
+            delay_secs: secs_ok("delay", a.delay.unwrap_or(d.delay_secs), true)?,
+            include_heartbeats: a.include_heartbeats.unwrap_or(d.include_heartbeats),
+        };
+        // Fail at startup, not on the first record.
+        cfg.formatter()?;
+        cfg.record_filter()?;
+        Ok(cfg)
+    }
+}
+
+impl AuditConfig {
+    pub fn formatter(&self) -> Result<Formatter, crate::sink::SinkError> {
+        Formatter::new(
+            self.format,
+            self.fields.as_deref(),
+            self.template.as_deref(),
+        )
+    }
+
+    pub fn record_filter(&self) -> Result<RecordFilter, crate::filter::FilterError> {
+        RecordFilter::new(
+            self.filter.as_deref(),
+            self.ops.clone(),
+            self.db.clone(),
+            self.mask,
+        )
+    }
+}

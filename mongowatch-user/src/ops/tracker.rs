@@ -1,0 +1,587 @@
+//! The operation tracker: paired exchanges of every connection -> audit record snapshots.
+//!
+//! A cursor-opening command, its getMores (on any pooled connection of the same process to the
+//! same server) and its killCursors are one operation, keyed by (pid, server, cursor id). Each
+//! round trip yields a snapshot ([`Emit`]); `terminal` says the operation is over. The delay
+//! queue decides when snapshots are written (see `queue`).
+
+use std::{collections::HashMap, sync::Arc};
+
+use bson::RawBsonRef;
+use serde::Serialize;
+
+use super::{
+    command::{as_i64, first_value, get, get_doc, get_str, truthy, CommandView, ReplyView},
+    describe::{apply_reply, auth_user, cursor_of, describe, error_of, is_heartbeat, reply_ok},
+    input::{ConnInfo, Input},
+    record::{Record, State, WatchIds},
+};
+use crate::wire::{Exchange, Timed};
+
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    /// Keep handshakes, heartbeats and authentication steps as records.
+    pub include_heartbeats: bool,
+    /// Most operations kept open at once (open cursors); beyond it the least recently active
+    /// one is written with State `timeout` and forgotten.
+    pub max_open: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            include_heartbeats: false,
+            max_open: 65_536,
+        }
+    }
+}
+
+/// A record snapshot of one operation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Emit {
+    pub record: Record,
+    /// The operation is over (final or closed): no further snapshot of this WatchID follows
+    /// from the tracker.
+    pub terminal: bool,
+}
+
+/// Counters of the ops layer.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct OpsStats {
+    pub exchanges: u64,
+    /// Handshakes, heartbeats, authentication steps left out.
+    pub heartbeats: u64,
+    /// Requests that carried no readable command.
+    pub unreadable: u64,
+    /// Replies whose request was not seen and that matched no open cursor.
+    pub orphan_replies: u64,
+    /// getMores whose opening command was not seen.
+    pub orphan_get_mores: u64,
+    /// Requests whose reply never came.
+    pub unanswered: u64,
+    /// Operations ended by a connection close or process exit.
+    pub closed: u64,
+    /// Open operations dropped because `max_open` was reached.
+    pub evicted: u64,
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    pid: u32,
+    server: String,
+    app_name: Option<String>,
+    driver: Option<String>,
+    user: Option<String>,
+    pending_user: Option<String>,
+    /// Compressors the client offered and the server accepted (first = in use).
+    negotiated: Vec<String>,
+}
+
+type CursorKey = (u32, String, i64);
+
+#[derive(Debug)]
+struct OpenOp {
+    rec: Record,
+    cursor: CursorKey,
+    /// Batches count into MatchedCount (not for bulkWrite result cursors).
+    count_batches: bool,
+    /// Time of the last reply (exhaust replies measure from it).
+    last_ts: u64,
+}
+
+/// One round trip's timing and sizes.
+#[derive(Copy, Clone, Debug)]
+struct Trip {
+    req_first: u64,
+    req_ts: u64,
+    req_bytes: u64,
+    reply_ts: Option<u64>,
+    reply_bytes: u64,
+    exhaust_index: u32,
+}
+
+pub struct Tracker {
+    cfg: TrackerConfig,
+    ids: WatchIds,
+    conns: HashMap<u64, ConnState>,
+    open: HashMap<u64, OpenOp>,
+    cursors: HashMap<CursorKey, u64>,
+    next_key: u64,
+    stats: OpsStats,
+}
+
+fn msg_len(t: &Timed) -> u64 {
+    t.msg.header.length.max(0) as u64
+}
+
+impl Tracker {
+    pub fn new(cfg: TrackerConfig, ids: WatchIds) -> Self {
+        Self {
+            cfg,
+            ids,
+            conns: HashMap::new(),
+            open: HashMap::new(),
+            cursors: HashMap::new(),
+            next_key: 0,
+            stats: OpsStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &OpsStats {
+        &self.stats
+    }
+
+    /// Operations still open (cursors not exhausted, killed or closed).
+    pub fn open_operations(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Feeds one input; snapshots go to `out`. `Tick` does nothing here.
+    pub fn handle(&mut self, input: &Input, out: &mut Vec<Emit>) {
+        match input {
+            Input::Exchange { conn, exchange } => {
+                self.stats.exchanges += 1;
+                match exchange {
+                    Exchange::RoundTrip {
+                        request,
+                        reply,
+                        exhaust_index,
+                    } => self.step(conn, request, Some(reply), *exhaust_index, out),
+                    Exchange::OneWay { request } => self.step(conn, request, None, 0, out),
+                    Exchange::Unanswered { request } => {
+                        self.stats.unanswered += 1;
+                        self.step(conn, request, None, 0, out)
+                    }
+                    Exchange::OrphanReply { reply } => self.orphan_reply(conn, reply, out),
+                }
+            }
+            Input::ConnClosed { conn, ts_ns } => {
+                self.conns.remove(&conn.id);
+                let others = self
+                    .conns
+                    .values()
+                    .any(|c| c.pid == conn.pid && c.server == conn.server);
+                if !others {
+                    let (pid, server) = (conn.pid, conn.server.clone());
+                    self.close_where(|k| k.0 == pid && k.1 == server, *ts_ns, out);
+                }
+            }
+            Input::ProcessExited { pid, ts_ns } => {
+                let pid = *pid;
+                self.conns.retain(|_, c| c.pid != pid);
+                self.close_where(|k| k.0 == pid, *ts_ns, out);
+            }
+            Input::Tick { .. } => {}
+        }
+    }
+
+    fn close_where(&mut self, pred: impl Fn(&CursorKey) -> bool, ts: u64, out: &mut Vec<Emit>) {
+        let mut keys: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, op)| pred(&op.cursor))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort_unstable();
+        for k in keys {
+            if let Some(mut op) = self.open.remove(&k) {
+                self.cursors.remove(&op.cursor);
+                op.rec.state = State::Closed;
+                op.rec.end_ns = op.rec.end_ns.max(ts);
+                self.stats.closed += 1;
+                out.push(Emit {
+                    record: op.rec,
+                    terminal: true,
+                });
+            }
+        }
+    }
+
+    fn conn_state(&mut self, conn: &ConnInfo) -> &mut ConnState {
+        self.conns.entry(conn.id).or_insert_with(|| ConnState {
+            pid: conn.pid,
+            server: conn.server.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn step(
+        &mut self,
+        conn: &Arc<ConnInfo>,
+        req: &Timed,
+        reply: Option<&Timed>,
+        exhaust_index: u32,
+        out: &mut Vec<Emit>,
+    ) {
+        let Some(cmd) = CommandView::from_message(&req.msg) else {
+            self.stats.unreadable += 1;
+            return;
+        };
+        let rep = reply.and_then(|r| ReplyView::from_message(&r.msg, cmd.legacy));
+        self.observe_identity(conn, &cmd, rep.as_ref());
+        if is_heartbeat(&cmd.name) && !self.cfg.include_heartbeats {
+            self.stats.heartbeats += 1;
+            return;
+        }
+        let trip = Trip {
+            req_first: req.first_ts_ns,
+            req_ts: req.ts_ns,
+            req_bytes: if exhaust_index == 0 { msg_len(req) } else { 0 },
+            reply_ts: reply.map(|r| r.ts_ns),
+            reply_bytes: reply.map(msg_len).unwrap_or(0),
+            exhaust_index,
+        };
+        match cmd.name.as_str() {
+            "getMore" => self.get_more(conn, &cmd, rep.as_ref(), trip, out),
+            "killCursors" => self.kill_cursors(conn, &cmd, rep.as_ref(), trip, out),
+            _ => self.new_op(conn, &cmd, rep.as_ref(), trip, false, out),
+        }
+    }
+
+    /// Handshake metadata, compression negotiation and the authenticated user.
+    fn observe_identity(&mut self, conn: &ConnInfo, cmd: &CommandView, rep: Option<&ReplyView>) {
+        let body = cmd.raw();
+        let reply_ok = rep.map(|r| reply_ok(r.raw()));
+        let done = rep.is_some_and(|r| truthy(get(r.raw(), "done")));
+        let st = self.conn_state(conn);
+        match cmd.name.as_str() {
+            "hello" | "isMaster" | "ismaster" => {
+                if let Some(client) = get_doc(body, "client") {
+                    if let Some(app) = get_doc(client, "application") {
+                        st.app_name = get_str(app, "name").map(str::to_owned);
+                    }
+                    if let Some(drv) = get_doc(client, "driver") {
+                        let name = get_str(drv, "name").unwrap_or("");
+                        let version = get_str(drv, "version").unwrap_or("");
+                        let d = format!("{name} {version}").trim().to_owned();
+                        st.driver = (!d.is_empty()).then_some(d);
+                    }
+                }
+                if let Some(spec) = get_doc(body, "speculativeAuthenticate") {
+                    st.pending_user = auth_user(spec);
+                }
+                if let Some(r) = rep {
+                    if let Some(RawBsonRef::Array(a)) = get(r.raw(), "compression") {
+                        st.negotiated = a
+                            .into_iter()
+                            .filter_map(|v| match v {
+                                Ok(RawBsonRef::String(s)) => Some(s.to_owned()),
+                                _ => None,
+                            })
+                            .collect();
+                    }
+                    if let Some(spec) = get_doc(r.raw(), "speculativeAuthenticate") {
+                        // X.509 answers with the user; SCRAM continues with saslContinue.
+                        if let Some(u) = get_str(spec, "user") {
+                            st.user = Some(u.to_owned());
+                            st.pending_user = None;
+                        } else if truthy(get(spec, "done")) {
+                            st.user = st.pending_user.take();
+                        }
+                    }
+                }
+            }
+            "saslStart" | "saslContinue" | "authenticate" => {
+                if cmd.name != "saslContinue" {
+                    st.pending_user = auth_user(body);
+                }
+                match reply_ok {
+                    Some(true) if done || cmd.name == "authenticate" => {
+                        let from_reply = rep.and_then(|r| get_str(r.raw(), "user"));
+                        st.user = from_reply.map(str::to_owned).or(st.pending_user.take());
+                    }
+                    Some(false) => st.pending_user = None,
+                    _ => {}
+                }
+            }
+            "logout" => st.user = None,
+            _ => {}
+        }
+    }
+
+    fn new_record(&mut self, conn: &ConnInfo, cmd: &CommandView, trip: Trip) -> Record {
+        let d = describe(cmd);
+        let st = self.conns.get(&conn.id);
+        let start = trip.req_first;
+        let end = trip.reply_ts.unwrap_or(trip.req_ts).max(start);
+        Record {
+            watch_id: self.ids.next(start),
+            start_ns: start,
+            end_ns: end,
+            duration_ns: trip.reply_ts.map(|t| t.saturating_sub(start)).unwrap_or(0),
+            db: d.db,
+            collection: d.collection,
+            operation: cmd.name.clone(),
+            filter: d.filter,
+            matched: None,
+            inserted: None,
+            upserted: None,
+            modified: None,
+            deleted: None,
+            iteration: 1,
+            state: State::Final,
+            cursor_id: None,
+            error: None,
+            pid: conn.pid,
+            comm: conn.comm.clone(),
+            client: conn.client.clone(),
+            server: conn.server.clone(),
+            user: st.and_then(|s| s.user.clone()),
+            app_name: st.and_then(|s| s.app_name.clone()),
+            driver: st.and_then(|s| s.driver.clone()),
+            compression: cmd.compressor.map(|c| c.name().to_owned()),
+            tls: conn.tls,
+            request_bytes: trip.req_bytes,
+            reply_bytes: trip.reply_bytes,
+        }
+    }
+
+    fn new_op(
+        &mut self,
+        conn: &ConnInfo,
+        cmd: &CommandView,
+        rep: Option<&ReplyView>,
+        trip: Trip,
+        orphan_get_more: bool,
+        out: &mut Vec<Emit>,
+    ) {
+        let mut rec = self.new_record(conn, cmd, trip);
+        let Some(rep) = rep else {
+            // moreToCome: final at once. No reply: the connection ended (or a gap).
+            if trip.reply_ts.is_none() && !cmd.more_to_come {
+                rec.state = State::Closed;
+            }
+            out.push(Emit {
+                record: rec,
+                terminal: true,
+            });
+            return;
+        };
+        if orphan_get_more {
+            rec.error = error_of(&cmd.name, rep.raw());
+        } else {
+            apply_reply(&mut rec, cmd, rep.raw());
+        }
+        let count_batches = cmd.name != "bulkWrite";
+        if let Some((id, batch)) = cursor_of(rep.raw()) {
+            if count_batches {
+                rec.matched = Some(batch.unwrap_or(0));
+            }
+            if orphan_get_more {
+                rec.cursor_id = first_value(cmd.raw()).and_then(as_i64).filter(|i| *i != 0);
+            }
+            if id != 0 && reply_ok(rep.raw()) {
+                rec.cursor_id = Some(id);
+                let key = (conn.pid, conn.server.clone(), id);
+                self.open_op(rec, key, count_batches, trip.reply_ts.unwrap_or(0), out);
+                return;
+            }
+        }
+        out.push(Emit {
+            record: rec,
+            terminal: true,
+        });
+    }
+
+    fn open_op(
+        &mut self,
+        rec: Record,
+        key: CursorKey,
+        count_batches: bool,
+        last_ts: u64,
+        out: &mut Vec<Emit>,
+    ) {
+        if self.open.len() >= self.cfg.max_open.max(1) {
+            self.evict_one(out);
+        }
+        out.push(Emit {
+            record: rec.clone(),
+            terminal: false,
+        });
+        let op_key = self.next_key;
+        self.next_key += 1;
+        // A reused id replaces a forgotten cursor.
+        if let Some(old) = self.cursors.insert(key.clone(), op_key) {
+            self.open.remove(&old);
+        }
+        self.open.insert(
+            op_key,
+            OpenOp {
+                rec,
+                cursor: key,
+                count_batches,
+                last_ts,
+            },
+        );
+    }
+
+    fn evict_one(&mut self, out: &mut Vec<Emit>) {
+        let oldest = self
+            .open
+            .iter()
+            .min_by_key(|(k, op)| (op.last_ts, **k))
+            .map(|(k, _)| *k);
+        if let Some(k) = oldest {
+            if let Some(mut op) = self.open.remove(&k) {
+                self.cursors.remove(&op.cursor);
+                self.stats.evicted += 1;
+                tracing::warn!(
+                    watch_id = %op.rec.watch_id,
+                    "too many open operations; writing the oldest as timed out"
+                );
+                op.rec.state = State::Timeout;
+                out.push(Emit {
+                    record: op.rec,
+                    terminal: true,
+                });
+            }
+        }
+    }
+
+    fn finish(&mut self, op_key: u64, state: State, out: &mut Vec<Emit>) {
+        if let Some(mut op) = self.open.remove(&op_key) {
+            self.cursors.remove(&op.cursor);
+            op.rec.state = state;
+            out.push(Emit {
+                record: op.rec,
+                terminal: true,
+            });
+        }
+    }
+
+    /// Adds one round trip's time and bytes to an open operation.
+    fn add_trip(op: &mut OpenOp, trip: Trip) {
+        op.rec.request_bytes += trip.req_bytes;
+        op.rec.reply_bytes += trip.reply_bytes;
+        match trip.reply_ts {
+            Some(ts) => {
+                let since = if trip.exhaust_index == 0 {
+                    trip.req_first
+                } else {
+                    op.last_ts
+                };
+                op.rec.duration_ns += ts.saturating_sub(since);
+                op.rec.end_ns = op.rec.end_ns.max(ts);
+                op.last_ts = ts;
+            }
+            None => op.rec.end_ns = op.rec.end_ns.max(trip.req_ts),
+        }
+    }
+
+    fn get_more(
+        &mut self,
+        conn: &ConnInfo,
+        cmd: &CommandView,
+        rep: Option<&ReplyView>,
+        trip: Trip,
+        out: &mut Vec<Emit>,
+    ) {
+        let id = first_value(cmd.raw()).and_then(as_i64).unwrap_or(0);
+        let key = (conn.pid, conn.server.clone(), id);
+        let Some(&op_key) = self.cursors.get(&key) else {
+            self.stats.orphan_get_mores += 1;
+            return self.new_op(conn, cmd, rep, trip, true, out);
+        };
+        let Some(op) = self.open.get_mut(&op_key) else {
+            self.cursors.remove(&key);
+            return self.new_op(conn, cmd, rep, trip, true, out);
+        };
+        Self::add_trip(op, trip);
+        let Some(rep) = rep else {
+            // The reply never came: the connection ended under the cursor.
+            return self.finish(op_key, State::Closed, out);
+        };
+        op.rec.iteration += 1;
+        let raw = rep.raw();
+        if !reply_ok(raw) {
+            if op.rec.error.is_none() {
+                op.rec.error = error_of("getMore", raw);
+            }
+            return self.finish(op_key, State::Final, out);
+        }
+        match cursor_of(raw) {
+            Some((next_id, batch)) => {
+                if op.count_batches {
+                    let m = op.rec.matched.unwrap_or(0);
+                    op.rec.matched = Some(m.saturating_add(batch.unwrap_or(0)));
+                }
+                if next_id == 0 {
+                    self.finish(op_key, State::Final, out);
+                } else {
+                    out.push(Emit {
+                        record: op.rec.clone(),
+                        terminal: false,
+                    });
+                }
+            }
+            None => out.push(Emit {
+                record: op.rec.clone(),
+                terminal: false,
+            }),
+        }
+    }
+
+    fn kill_cursors(
+        &mut self,
+        conn: &ConnInfo,
+        cmd: &CommandView,
+        rep: Option<&ReplyView>,
+        trip: Trip,
+        out: &mut Vec<Emit>,
+    ) {
+        let ids: Vec<i64> = match get(cmd.raw(), "cursors") {
+            Some(RawBsonRef::Array(a)) => a
+                .into_iter()
+                .filter_map(|v| v.ok().and_then(as_i64))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut matched = false;
+        for id in ids {
+            let key = (conn.pid, conn.server.clone(), id);
+            if let Some(op_key) = self.cursors.get(&key).copied() {
+                if let Some(op) = self.open.get_mut(&op_key) {
+                    Self::add_trip(op, trip);
+                    matched = true;
+                }
+                self.finish(op_key, State::Final, out);
+            }
+        }
+        if !matched {
+            self.new_op(conn, cmd, rep, trip, false, out);
+        }
+    }
+
+    /// A reply without its request: a further batch of a known cursor is still counted.
+    fn orphan_reply(&mut self, conn: &ConnInfo, reply: &Timed, out: &mut Vec<Emit>) {
+        let Some(rep) = ReplyView::from_message(&reply.msg, None) else {
+            self.stats.orphan_replies += 1;
+            return;
+        };
+        let raw = rep.raw();
+        let batch = get_doc(raw, "cursor").filter(|c| get(c, "nextBatch").is_some());
+        let (Some(_), Some((id, n))) = (batch, cursor_of(raw)) else {
+            self.stats.orphan_replies += 1;
+            return;
+        };
+        let key = (conn.pid, conn.server.clone(), id);
+        let Some(&op_key) = self.cursors.get(&key) else {
+            self.stats.orphan_replies += 1;
+            return;
+        };
+        if let Some(op) = self.open.get_mut(&op_key) {
+            op.rec.iteration += 1;
+            op.rec.reply_bytes += msg_len(reply);
+            op.rec.end_ns = op.rec.end_ns.max(reply.ts_ns);
+            op.last_ts = reply.ts_ns;
+            if op.count_batches {
+                let m = op.rec.matched.unwrap_or(0);
+                op.rec.matched = Some(m.saturating_add(n.unwrap_or(0)));
+            }
+            out.push(Emit {
+                record: op.rec.clone(),
+                terminal: false,
+            });
+        }
+    }
+}
