@@ -1,0 +1,198 @@
+//! MongoDB-compatible servers (SecantusDB) for the tests: started on a free port of 127.0.0.1
+//! with a temporary storage directory, ready once they answer `ping`, stopped by their own PID
+//! when dropped.
+
+use std::{
+    fs::File,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{paths, process::ChildGuard, wire};
+
+/// Which server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// `secantusd-py` (PyPI SecantusDB): fast to install and start; no wire compression.
+    SecantusPy,
+    /// `secantusd-rs` (crates.io secantus-mdb): negotiates zlib, zstd and snappy compression.
+    SecantusRs,
+}
+
+impl ServerKind {
+    pub fn binary(self) -> PathBuf {
+        match self {
+            ServerKind::SecantusPy => paths::secantusd_py(),
+            ServerKind::SecantusRs => paths::secantusd_rs(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::SecantusPy => "secantusd-py",
+            ServerKind::SecantusRs => "secantusd-rs",
+        }
+    }
+
+    /// Whether `cargo xtask setup` has installed it.
+    pub fn is_installed(self) -> bool {
+        self.binary().is_file()
+    }
+}
+
+/// How long a server gets to answer its first `ping`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running server. Dropping it stops the process (SIGTERM, then SIGKILL) and removes its
+/// storage directory.
+pub struct Server {
+    kind: ServerKind,
+    addr: SocketAddr,
+    // Field order matters: the process stops before its directory is removed.
+    process: ChildGuard,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `kind` with default options.
+    pub fn start(kind: ServerKind) -> Result<Server> {
+        Server::start_with_args(kind, &[])
+    }
+
+    /// Starts `kind` with extra command-line arguments (e.g. `--tls-cert-file`, `--auth`).
+    pub fn start_with_args(kind: ServerKind, extra_args: &[&str]) -> Result<Server> {
+        let binary = kind.binary();
+        if !binary.is_file() {
+            bail!(
+                "{} is not installed at {} (run `cargo xtask setup`)",
+                kind.name(),
+                binary.display()
+            );
+        }
+        // A free port can be taken between our probe and the server's bind: try a few.
+        let mut last_err = None;
+        for _ in 0..3 {
+            match Server::try_start(kind, &binary, extra_args) {
+                Ok(server) => return Ok(server),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap())
+    }
+
+    fn try_start(kind: ServerKind, binary: &Path, extra_args: &[&str]) -> Result<Server> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mongowatch-{}-", kind.name()))
+            .tempdir()
+            .context("creating the server's temp dir")?;
+        let port = free_port()?;
+        let storage = dir.path().join("data");
+        let log_path = dir.path().join("server.log");
+        let log = File::create(&log_path).context("creating the server log")?;
+        let mut cmd = Command::new(binary);
+        cmd.current_dir(dir.path())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--storage-path",
+            ])
+            .arg(&storage);
+        if kind == ServerKind::SecantusRs {
+            cmd.args(["--cache-size", "256M", "--log-file-max", "16MB"]);
+        }
+        cmd.args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut process = ChildGuard::spawn(kind.name(), &mut cmd)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = process.try_wait()? {
+                bail!(
+                    "{} exited with {status} before answering ping on {addr}; its log:\n{}",
+                    kind.name(),
+                    log_tail(&log_path)
+                );
+            }
+            match wire::ping(addr, Duration::from_secs(2)) {
+                Ok(()) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e).with_context(|| {
+                        format!(
+                        "{} did not answer ping on {addr} within {READY_TIMEOUT:?}; its log:\n{}",
+                        kind.name(),
+                        log_tail(&log_path)
+                    )
+                    })
+                }
+                Err(_) => thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        Ok(Server {
+            kind,
+            addr,
+            process,
+            dir,
+        })
+    }
+
+    pub fn kind(&self) -> ServerKind {
+        self.kind
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `mongodb://127.0.0.1:PORT/?directConnection=true`. SecantusDB advertises itself as a
+    /// single-node replica set; `directConnection` keeps drivers on this address (which matters
+    /// when they go through a proxy).
+    pub fn uri(&self) -> String {
+        format!("mongodb://{}/?directConnection=true", self.addr)
+    }
+
+    /// The server process's PID.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The server's temporary directory (storage and `server.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.dir.path().join("server.log"))
+    }
+
+    /// Stops the server now (dropping does the same).
+    pub fn stop(mut self) -> Result<()> {
+        self.process.stop().map(|_| ())
+    }
+}
+
+/// A port of 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("probing for a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
