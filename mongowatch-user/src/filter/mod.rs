@@ -75,7 +75,10 @@ impl RecordFilter {
         let program = match expr.map(str::trim).filter(|e| !e.is_empty()) {
             None => None,
             Some(e) => {
-                let p = Program::compile(e).map_err(|err| FilterError::Parse(err.to_string()))?;
+                // The CEL parser panics on some malformed input; that is a bad expression too.
+                let compiled = std::panic::catch_unwind(|| Program::compile(e))
+                    .map_err(|_| FilterError::Parse(format!("cannot parse `{e}`")))?;
+                let p = compiled.map_err(|err| FilterError::Parse(err.to_string()))?;
                 let refs = p.references();
                 let uses_macro = MACROS.iter().any(|m| refs.has_function(m));
                 let mut vars = refs.variables();
@@ -125,14 +128,17 @@ impl RecordFilter {
         for f in &self.referenced {
             ctx.add_variable_from_value(*f, field_to_cel(r, f));
         }
-        match program.execute(&ctx) {
-            Ok(Value::Bool(true)) => Verdict::Keep,
-            Ok(Value::Bool(false)) => Verdict::Drop,
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(&ctx)));
+        match result {
+            Ok(Ok(Value::Bool(true))) => Verdict::Keep,
+            Ok(Ok(Value::Bool(false))) => Verdict::Drop,
             other => {
                 self.errors += 1;
                 let why = match other {
-                    Ok(v) => format!("not a boolean: {v:?}"),
-                    Err(e) => e.to_string(),
+                    Ok(Ok(v)) => format!("not a boolean: {v:?}"),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "the evaluator failed".to_owned(),
                 };
                 if self.errors == 1 || self.errors.is_power_of_two() {
                     tracing::warn!(

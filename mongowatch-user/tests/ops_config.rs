@@ -1,0 +1,189 @@
+//! The audit options: clap flags, the TOML file, the command line winning, validation.
+
+use std::path::Path;
+
+use clap::Parser;
+use mongowatch::{
+    config::{AuditArgs, AuditConfig, ByteSize},
+    sink::Format,
+};
+
+#[derive(Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    audit: AuditArgs,
+}
+
+fn parse(args: &[&str]) -> AuditArgs {
+    Cli::try_parse_from(std::iter::once("mongowatch").chain(args.iter().copied()))
+        .unwrap()
+        .audit
+}
+
+#[test]
+fn every_flag_parses() {
+    let a = parse(&[
+        "--format",
+        "csv",
+        "--fields",
+        "StartTime,DB,Operation",
+        "-o",
+        "audit.csv",
+        "--rotate-size",
+        "100M",
+        "--rotate-keep",
+        "3",
+        "--filter",
+        "Duration > 0.5",
+        "--mask",
+        "--ops",
+        "find,aggregate",
+        "--db",
+        "shop",
+        "--rate",
+        "30",
+        "--timeout",
+        "20",
+        "--delay",
+        "1.5",
+        "--include-heartbeats",
+    ]);
+    let c = a.resolve().unwrap();
+    assert_eq!(c.format, Format::Csv);
+    assert_eq!(
+        c.fields.as_deref().unwrap(),
+        ["StartTime", "DB", "Operation"]
+    );
+    assert_eq!(c.output.path.as_deref(), Some(Path::new("audit.csv")));
+    assert_eq!(c.output.rotate_size, Some(100 << 20));
+    assert_eq!(c.output.rotate_keep, 3);
+    assert_eq!(c.filter.as_deref(), Some("Duration > 0.5"));
+    assert!(c.mask);
+    assert_eq!(c.ops.as_deref().unwrap(), ["find", "aggregate"]);
+    assert_eq!(c.db.as_deref().unwrap(), ["shop"]);
+    assert_eq!(c.rate, Some(30.0));
+    assert_eq!(c.timeout_secs, 20.0);
+    assert_eq!(c.delay_secs, 1.5);
+    assert!(c.include_heartbeats);
+}
+
+#[test]
+fn defaults() {
+    let c = parse(&[]).resolve().unwrap();
+    assert_eq!(c, AuditConfig::default());
+    assert_eq!(c.format, Format::Json);
+    assert_eq!(c.timeout_secs, 10.0);
+    assert_eq!(c.delay_secs, 0.0);
+    assert!(!c.mask && !c.include_heartbeats);
+    assert!(c.output.path.is_none());
+}
+
+#[test]
+fn template_implies_its_format() {
+    let c = parse(&["--template", "{DB} {Operation}"])
+        .resolve()
+        .unwrap();
+    assert_eq!(c.format, Format::Template);
+    assert!(parse(&["--format", "json", "--template", "{DB}"])
+        .resolve()
+        .is_err());
+    assert!(parse(&["--format", "template"]).resolve().is_err());
+}
+
+#[test]
+fn invalid_values_are_startup_errors() {
+    assert!(
+        parse(&["--rotate-size", "10M"]).resolve().is_err(),
+        "needs -o"
+    );
+    assert!(parse(&["-o", "f", "--rotate-size", "0"]).resolve().is_err());
+    assert!(parse(&["-o", "f", "--rotate-keep", "0"]).resolve().is_err());
+    assert!(parse(&["--timeout", "0"]).resolve().is_err());
+    assert!(parse(&["--delay=-1"]).resolve().is_err());
+    assert!(parse(&["--rate", "nan"]).resolve().is_err());
+    assert!(parse(&["--fields", "DB,Nope"]).resolve().is_err());
+    assert!(parse(&["--filter", "Nope > 1"]).resolve().is_err());
+    assert!(Cli::try_parse_from(["m", "--rotate-size", "12Q"]).is_err());
+    assert!(Cli::try_parse_from(["m", "--format", "xml"]).is_err());
+}
+
+#[test]
+fn byte_sizes() {
+    assert_eq!("1048576".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
+    assert_eq!("512K".parse::<ByteSize>().unwrap(), ByteSize(512 << 10));
+    assert_eq!("1g".parse::<ByteSize>().unwrap(), ByteSize(1 << 30));
+    assert!("99999999999999999999G".parse::<ByteSize>().is_err());
+}
+
+#[test]
+fn file_values_and_command_line_wins() {
+    let dir = std::env::temp_dir().join(format!("mongowatch-ops-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.toml");
+    std::fs::write(
+        &file,
+        r#"
+format = "text"
+fields = ["DB", "Operation"]
+timeout = 30.0
+delay = 2
+mask = true
+rotate-size = 1048576
+output = "from-file.log"
+pid = 1234  # another part of the daemon's options: ignored here
+"#,
+    )
+    .unwrap();
+    let cfg_arg = file.to_str().unwrap();
+    let c = parse(&["--config", cfg_arg, "--timeout", "5", "--mask=false"])
+        .resolve()
+        .unwrap();
+    assert_eq!(c.format, Format::Text);
+    assert_eq!(c.fields.as_deref().unwrap(), ["DB", "Operation"]);
+    assert_eq!(c.timeout_secs, 5.0, "command line wins");
+    assert!(!c.mask, "command line wins, even to turn a flag off");
+    assert_eq!(c.delay_secs, 2.0, "an integer is fine for seconds");
+    assert_eq!(c.output.rotate_size, Some(1 << 20));
+
+    std::fs::write(&file, "format = \"yaml\"\n").unwrap();
+    let e = parse(&["--config", cfg_arg]).resolve().unwrap_err();
+    assert!(e.to_string().contains("m.toml"), "{e}");
+    assert!(parse(&["--config", "/nonexistent/m.toml"])
+        .resolve()
+        .is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_example_file_documents_every_option_and_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mongowatch.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for key in mongowatch::config::FILE_KEYS {
+        assert!(text.contains(&format!("{key} =")), "example lacks `{key}`");
+    }
+    // Uncomment every option: the full example must be valid too.
+    let full: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if mongowatch::config::FILE_KEYS
+                    .iter()
+                    .any(|k| rest.starts_with(&format!("{k} ="))) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let args = AuditArgs::from_toml(&full, &path).unwrap();
+    assert!(args.template.is_some() && args.output.is_some() && args.rate.is_some());
+    let mut args = args;
+    args.format = Some(Format::Template);
+    args.resolve().unwrap();
+    let plain = AuditArgs::from_toml(&text, &path)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(plain, AuditConfig::default());
+}

@@ -1,0 +1,248 @@
+//! Formats (json, text, csv, template) and file outputs (append, mode 0600, rotation).
+
+use std::{io::Write, os::unix::fs::PermissionsExt};
+
+use mongowatch::{
+    ops::{ErrorInfo, Json, Record, State},
+    sink::{open_output, Format, Formatter, OutputSpec, Sink, SinkError},
+};
+
+const CONTRACT_EXAMPLE: &str = r#"{"WatchID":"6763e2c10000000000000001","StartTime":"2026-11-24T15:29:00.123456Z","EndTime":"2026-11-24T15:29:00.140001Z","Duration":0.0042,"DB":"shop","Collection":"orders","Operation":"find","Filter":{"status":"open"},"MatchedCount":250,"InsertedCount":null,"UpsertedCount":null,"ModifiedCount":null,"DeletedCount":null,"Iteration":3,"State":"final","CursorId":7263059173825163001,"Error":null,"Pid":4242,"Comm":"python3","Client":"127.0.0.1:51432","Server":"127.0.0.1:27017","User":null,"AppName":null,"Driver":"PyMongo 4.20.1","Compression":null,"Tls":false,"RequestBytes":310,"ReplyBytes":41234}"#;
+
+fn example() -> Record {
+    Record {
+        watch_id: "6763e2c10000000000000001".into(),
+        start_ns: 1_795_534_140_123_456_000,
+        end_ns: 1_795_534_140_140_001_000,
+        duration_ns: 4_200_000,
+        db: "shop".into(),
+        collection: Some("orders".into()),
+        operation: "find".into(),
+        filter: Some(Json::Object(vec![(
+            "status".into(),
+            Json::Str("open".into()),
+        )])),
+        matched: Some(250),
+        inserted: None,
+        upserted: None,
+        modified: None,
+        deleted: None,
+        iteration: 3,
+        state: State::Final,
+        cursor_id: Some(7_263_059_173_825_163_001),
+        error: None,
+        pid: 4242,
+        comm: "python3".into(),
+        client: "127.0.0.1:51432".into(),
+        server: "127.0.0.1:27017".into(),
+        user: None,
+        app_name: None,
+        driver: Some("PyMongo 4.20.1".into()),
+        compression: None,
+        tls: false,
+        request_bytes: 310,
+        reply_bytes: 41234,
+    }
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn json_is_the_contract_example_exactly() {
+    let f = Formatter::new(Format::Json, None, None).unwrap();
+    assert_eq!(f.format(&example()), format!("{CONTRACT_EXAMPLE}\n"));
+    assert_eq!(f.header(), None);
+}
+
+#[test]
+fn text_is_key_value_over_chosen_fields() {
+    let f = Formatter::new(
+        Format::Text,
+        Some(&strs(&[
+            "StartTime",
+            "DB",
+            "Collection",
+            "Filter",
+            "MatchedCount",
+            "User",
+            "Duration",
+        ])),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        f.format(&example()),
+        "StartTime=2026-11-24T15:29:00.123456Z DB=shop Collection=orders \
+         Filter={\"status\":\"open\"} MatchedCount=250 Duration=0.0042\n",
+        "null fields are left out"
+    );
+    let mut r = example();
+    r.comm = "my app".into();
+    r.error = Some(ErrorInfo {
+        code: Some(2),
+        code_name: Some("BadValue".into()),
+        errmsg: Some("bad".into()),
+        write_errors: None,
+    });
+    let f = Formatter::new(Format::Text, Some(&strs(&["Comm", "Error", "State"])), None).unwrap();
+    assert_eq!(
+        f.format(&r),
+        "Comm=\"my app\" Error={\"code\":2,\"codeName\":\"BadValue\",\"errmsg\":\"bad\"} State=final\n"
+    );
+    // The default field set.
+    let line = Formatter::new(Format::Text, None, None)
+        .unwrap()
+        .format(&example());
+    assert!(line.starts_with("StartTime=2026-11-24T15:29:00.123456Z Duration=0.0042 DB=shop"));
+    assert!(line.ends_with("WatchID=6763e2c10000000000000001\n"));
+}
+
+#[test]
+fn csv_has_one_header_in_contract_order_and_quotes() {
+    let f = Formatter::new(Format::Csv, None, None).unwrap();
+    let header = f.header().unwrap();
+    assert!(
+        header.starts_with("WatchID,StartTime,EndTime,Duration,DB,Collection,Operation,Filter,")
+    );
+    assert!(header.ends_with("Tls,RequestBytes,ReplyBytes\n"));
+    let mut r = example();
+    r.filter = Some(Json::Object(vec![
+        ("a".into(), Json::Str("x,y".into())),
+        ("b".into(), Json::Int(1)),
+    ]));
+    r.comm = "say \"hi\"".into();
+    let line = f.format(&r);
+    assert!(line.starts_with(
+        "6763e2c10000000000000001,2026-11-24T15:29:00.123456Z,2026-11-24T15:29:00.140001Z,0.0042,shop,orders,find,\"{\"\"a\"\":\"\"x,y\"\",\"\"b\"\":1}\",250,,,,,3,final,7263059173825163001,,4242,\"say \"\"hi\"\"\","
+    ), "{line}");
+    assert!(line.ends_with(",false,310,41234\n"));
+
+    // Header written once, only on a fresh output.
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    struct W(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for W {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let f = Formatter::new(Format::Csv, Some(&strs(&["DB", "Operation"])), None).unwrap();
+    let mut sink = Sink::new(
+        f,
+        mongowatch::sink::Output {
+            writer: Box::new(W(buf.clone())),
+            fresh: true,
+        },
+    );
+    sink.write(&example()).unwrap();
+    sink.write(&example()).unwrap();
+    assert_eq!(
+        String::from_utf8(buf.lock().unwrap().clone()).unwrap(),
+        "DB,Operation\nshop,find\nshop,find\n"
+    );
+}
+
+#[test]
+fn template_placeholders() {
+    let f = Formatter::new(
+        Format::Template,
+        None,
+        Some("{StartTime} {DB}.{Collection} {{{Operation}}} {watch.MatchedCount} in {Duration}s user={User}"),
+    )
+    .unwrap();
+    assert_eq!(
+        f.format(&example()),
+        "2026-11-24T15:29:00.123456Z shop.orders {find} 250 in 0.0042s user=null\n"
+    );
+    assert!(matches!(
+        Formatter::new(Format::Template, None, Some("{Nope}")),
+        Err(SinkError::UnknownField(f)) if f == "Nope"
+    ));
+    assert!(Formatter::new(Format::Template, None, Some("{DB")).is_err());
+    assert!(Formatter::new(Format::Template, None, None).is_err());
+    assert!(Formatter::new(Format::Text, Some(&strs(&["Bogus"])), None).is_err());
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mongowatch-ops-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn file_output_appends_with_mode_0600() {
+    let d = tmpdir("append");
+    let path = d.join("sub").join("audit.log");
+    let spec = OutputSpec {
+        path: Some(path.clone()),
+        rotate_size: None,
+        rotate_keep: 5,
+    };
+    for _ in 0..2 {
+        let out = open_output(&spec).unwrap();
+        let mut s = Sink::new(Formatter::new(Format::Json, None, None).unwrap(), out);
+        s.write(&example()).unwrap();
+        s.flush().unwrap();
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 2, "appended, not truncated");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn file_output_rotates_by_size() {
+    let d = tmpdir("rotate");
+    let path = d.join("audit.log");
+    let spec = OutputSpec {
+        path: Some(path.clone()),
+        rotate_size: Some(1000),
+        rotate_keep: 2,
+    };
+    let out = open_output(&spec).unwrap();
+    let mut s = Sink::new(Formatter::new(Format::Json, None, None).unwrap(), out);
+    for _ in 0..10 {
+        s.write(&example()).unwrap();
+    }
+    s.flush().unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["audit.log", "audit.log.1", "audit.log.2"]);
+    for n in &names {
+        let p = d.join(n);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.lines().all(|l| l == CONTRACT_EXAMPLE),
+            "whole records only"
+        );
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn unwritable_output_is_an_error_not_a_panic() {
+    let d = tmpdir("bad");
+    let file = d.join("f");
+    std::fs::write(&file, "x").unwrap();
+    let spec = OutputSpec {
+        path: Some(file.join("below-a-file.log")),
+        rotate_size: Some(10),
+        rotate_keep: 1,
+    };
+    assert!(matches!(open_output(&spec), Err(SinkError::Open { .. })));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -1,0 +1,322 @@
+//! The delay queue's rules: final at once, idle timeout then more batches under the same
+//! WatchID, delay ordering by StartTime, closed on connection close or process exit, flush on
+//! shutdown.
+
+mod ops_support;
+
+use bson::rawdoc;
+use mongowatch::{
+    config::AuditConfig,
+    ops::{Input, Record, State},
+    queue::{QueueConfig, WatchQueue},
+};
+use ops_support::*;
+use serde_json::Value;
+
+fn open_find(h: &mut Harness, c: &std::sync::Arc<mongowatch::ops::ConnInfo>, id: i64, t: u64) {
+    h.feed(round_trip(
+        c,
+        msg(rawdoc! { "find": "c", "filter": { "k": id }, "$db": "d" }),
+        t,
+        reply(
+            rawdoc! { "cursor": { "firstBatch": [{ "a": 1 }, { "a": 2 }], "id": id }, "ok": 1.0 },
+        ),
+        MS,
+    ));
+}
+
+fn get_more(
+    h: &mut Harness,
+    c: &std::sync::Arc<mongowatch::ops::ConnInfo>,
+    id: i64,
+    next: i64,
+    t: u64,
+) {
+    h.feed(round_trip(
+        c,
+        msg(rawdoc! { "getMore": id, "collection": "c", "$db": "d" }),
+        t,
+        reply(rawdoc! { "cursor": { "nextBatch": [{ "a": 3 }], "id": next }, "ok": 1.0 }),
+        MS,
+    ));
+}
+
+fn cfg(timeout: f64, delay: f64) -> AuditConfig {
+    AuditConfig {
+        timeout_secs: timeout,
+        delay_secs: delay,
+        ..AuditConfig::default()
+    }
+}
+
+#[test]
+fn final_record_leaves_at_once() {
+    let mut h = Harness::default_config();
+    let c = conn(1, 1);
+    h.feed(round_trip(
+        &c,
+        msg(rawdoc! { "count": "c", "$db": "d" }),
+        T0,
+        reply(rawdoc! { "n": 1, "ok": 1.0 }),
+        MS,
+    ));
+    assert_eq!(h.records().len(), 1, "no tick needed for a final record");
+}
+
+#[test]
+fn timeout_then_more_batches_same_watch_id_higher_iteration() {
+    let mut h = Harness::new(cfg(10.0, 0.0));
+    let c = conn(1, 1);
+    open_find(&mut h, &c, 5, T0);
+    h.feed(Input::Tick {
+        now_ns: T0 + 5 * SEC,
+    });
+    assert!(h.records().is_empty(), "not idle long enough");
+    h.feed(Input::Tick {
+        now_ns: T0 + 11 * SEC,
+    });
+    let r = h.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["State"], "timeout");
+    assert_eq!(r[0]["Iteration"], 1);
+    assert_eq!(r[0]["MatchedCount"], 2);
+    assert_eq!(r[0]["EndTime"], "2026-11-24T15:29:10.001000Z");
+    // Still idle: no second timeout record without news.
+    h.feed(Input::Tick {
+        now_ns: T0 + 30 * SEC,
+    });
+    assert_eq!(h.records().len(), 1);
+    get_more(&mut h, &c, 5, 0, T0 + 40 * SEC);
+    let r = h.records();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[1]["WatchID"], r[0]["WatchID"]);
+    assert_eq!(r[1]["State"], "final");
+    assert_eq!(r[1]["Iteration"], 2);
+    assert_eq!(r[1]["MatchedCount"], 3);
+    assert_eq!(h.auditor.stats().queue.timeouts, 1);
+}
+
+#[test]
+fn each_get_more_rearms_the_timeout() {
+    let mut h = Harness::new(cfg(10.0, 0.0));
+    let c = conn(1, 1);
+    open_find(&mut h, &c, 5, T0);
+    get_more(&mut h, &c, 5, 5, T0 + 8 * SEC);
+    h.feed(Input::Tick {
+        now_ns: T0 + 15 * SEC,
+    });
+    assert!(h.records().is_empty(), "re-armed at 8 s");
+    get_more(&mut h, &c, 5, 5, T0 + 17 * SEC);
+    h.feed(Input::Tick {
+        now_ns: T0 + 28 * SEC,
+    });
+    let r = h.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["State"], "timeout");
+    assert_eq!(r[0]["Iteration"], 3);
+    // A second timeout after more batches: a new record of the same WatchID.
+    get_more(&mut h, &c, 5, 5, T0 + 30 * SEC);
+    h.feed(Input::Tick {
+        now_ns: T0 + 41 * SEC,
+    });
+    let r = h.records();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[1]["State"], "timeout");
+    assert_eq!(r[1]["Iteration"], 4);
+    assert_eq!(r[1]["WatchID"], r[0]["WatchID"]);
+}
+
+#[test]
+fn delay_orders_output_by_start_time() {
+    let c1 = conn(1, 1);
+    let c2 = conn(2, 1);
+    let scenario = |h: &mut Harness| {
+        // Op A starts first but finishes last; op B starts later and finishes at once.
+        open_find(h, &c1, 5, T0);
+        h.feed(round_trip(
+            &c2,
+            msg(rawdoc! { "count": "b", "$db": "d" }),
+            T0 + 100 * MS,
+            reply(rawdoc! { "n": 1, "ok": 1.0 }),
+            MS,
+        ));
+        get_more(h, &c1, 5, 0, T0 + 500 * MS);
+    };
+    let mut plain = Harness::new(cfg(10.0, 0.0));
+    scenario(&mut plain);
+    let r = plain.records();
+    assert_eq!(
+        (r[0]["Operation"].clone(), r[1]["Operation"].clone()),
+        ("count".into(), "find".into())
+    );
+
+    let mut delayed = Harness::new(cfg(10.0, 2.0));
+    scenario(&mut delayed);
+    assert!(delayed.records().is_empty(), "held for the delay");
+    delayed.feed(Input::Tick {
+        now_ns: T0 + 2200 * MS,
+    });
+    assert!(
+        delayed.records().is_empty(),
+        "the earlier-started op holds the later one"
+    );
+    delayed.feed(Input::Tick {
+        now_ns: T0 + 3 * SEC,
+    });
+    let r = delayed.records();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0]["Operation"], "find");
+    assert_eq!(r[1]["Operation"], "count");
+    assert_eq!(delayed.auditor.stats().queue.out_of_order, 0);
+}
+
+#[test]
+fn connection_close_closes_only_when_no_pooled_connection_is_left() {
+    let mut h = Harness::default_config();
+    let (c1, c2) = (conn(1, 7), conn(2, 7));
+    open_find(&mut h, &c1, 5, T0);
+    get_more(&mut h, &c2, 5, 5, T0 + 10 * MS);
+    h.feed(Input::ConnClosed {
+        conn: c1.clone(),
+        ts_ns: T0 + 20 * MS,
+    });
+    assert!(h.records().is_empty(), "the cursor can go on over c2");
+    h.feed(Input::ConnClosed {
+        conn: c2.clone(),
+        ts_ns: T0 + 30 * MS,
+    });
+    let r = h.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["State"], "closed");
+    assert_eq!(r[0]["Iteration"], 2);
+    assert_eq!(r[0]["EndTime"], "2026-11-24T15:29:00.030000Z");
+}
+
+#[test]
+fn process_exit_closes_its_operations_only() {
+    let mut h = Harness::default_config();
+    let (a, b) = (conn(1, 7), conn(2, 8));
+    open_find(&mut h, &a, 5, T0);
+    open_find(&mut h, &b, 6, T0 + MS);
+    h.feed(Input::ProcessExited {
+        pid: 7,
+        ts_ns: T0 + SEC,
+    });
+    let r = h.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["State"], "closed");
+    assert_eq!(r[0]["Pid"], 7);
+    // After a timeout record, the close writes one more record of the same WatchID.
+    h.feed(Input::Tick {
+        now_ns: T0 + 20 * SEC,
+    });
+    h.feed(Input::ProcessExited {
+        pid: 8,
+        ts_ns: T0 + 21 * SEC,
+    });
+    let r = h.records();
+    assert_eq!(r.len(), 3);
+    assert_eq!(
+        (r[1]["State"].clone(), r[2]["State"].clone()),
+        ("timeout".into(), "closed".into())
+    );
+    assert_eq!(r[1]["WatchID"], r[2]["WatchID"]);
+}
+
+#[test]
+fn shutdown_flushes_every_pending_record() {
+    let mut h = Harness::new(cfg(10.0, 60.0));
+    let c = conn(1, 1);
+    open_find(&mut h, &c, 5, T0);
+    h.feed(round_trip(
+        &c,
+        msg(rawdoc! { "count": "b", "$db": "d" }),
+        T0 + 100 * MS,
+        reply(rawdoc! { "n": 1, "ok": 1.0 }),
+        MS,
+    ));
+    assert!(h.records().is_empty());
+    h.auditor.shutdown(T0 + SEC).unwrap();
+    let r = h.records();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0]["Operation"], "find");
+    assert_eq!(r[0]["State"], "timeout", "still open when we stopped");
+    assert_eq!(r[1]["Operation"], "count");
+    assert_eq!(r[1]["State"], "final");
+    assert_eq!(r[0]["CursorId"], 5);
+    assert_eq!(r[0]["Error"], Value::Null);
+}
+
+fn rec(id: &str, start: u64) -> Record {
+    Record {
+        watch_id: id.into(),
+        start_ns: start,
+        end_ns: start,
+        duration_ns: 0,
+        db: "d".into(),
+        collection: None,
+        operation: "find".into(),
+        filter: None,
+        matched: None,
+        inserted: None,
+        upserted: None,
+        modified: None,
+        deleted: None,
+        iteration: 1,
+        state: State::Final,
+        cursor_id: None,
+        error: None,
+        pid: 1,
+        comm: "x".into(),
+        client: "c".into(),
+        server: "s".into(),
+        user: None,
+        app_name: None,
+        driver: None,
+        compression: None,
+        tls: false,
+        request_bytes: 0,
+        reply_bytes: 0,
+    }
+}
+
+#[test]
+fn newer_record_of_a_watch_id_replaces_a_waiting_one() {
+    let mut q = WatchQueue::new(QueueConfig {
+        timeout_ns: SEC,
+        delay_ns: 5 * SEC,
+    });
+    q.update(rec("a", T0), false, T0);
+    assert!(
+        q.advance(T0 + 2 * SEC).is_empty(),
+        "timeout fired but delayed"
+    );
+    let mut fin = rec("a", T0);
+    fin.iteration = 2;
+    q.update(fin, true, T0 + 3 * SEC);
+    let out = q.advance(T0 + 7 * SEC);
+    assert_eq!(
+        out.len(),
+        1,
+        "the timeout record was superseded while waiting"
+    );
+    assert_eq!(out[0].state, State::Final);
+    assert_eq!(out[0].iteration, 2);
+    assert_eq!(q.stats().superseded, 1);
+}
+
+#[test]
+fn queue_orders_ready_records_by_start_time() {
+    let mut q = WatchQueue::new(QueueConfig {
+        timeout_ns: SEC,
+        delay_ns: SEC,
+    });
+    q.update(rec("late", T0 + 5 * MS), true, T0 + 10 * MS);
+    q.update(rec("early", T0), true, T0 + 20 * MS);
+    assert!(q.advance(T0 + 500 * MS).is_empty());
+    let out = q.advance(T0 + 2 * SEC);
+    let ids: Vec<_> = out.iter().map(|r| r.watch_id.as_str()).collect();
+    assert_eq!(ids, ["early", "late"]);
+    assert_eq!(q.ready_len(), 0);
+    assert_eq!(q.open_len(), 0);
+}
