@@ -1,0 +1,153 @@
+//! `cargo xtask demo`: mongowatch watching a small pymongo application.
+//!
+//! Starts SecantusDB on a free loopback port, starts `tests/workloads/demo_workload.py`
+//! (gated: it connects only once mongowatch has had time to attach), runs
+//! `mongowatch --pid <app>` with its audit records (JSON lines) on this stdout, and once the
+//! application exits waits for mongowatch to exit by itself, then stops the server by its PID.
+//! Narration goes to stderr, so `cargo xtask demo > audit.jsonl` keeps only the records.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use mongowatch_tests::{paths, ChildGuard, Server, ServerKind};
+
+use crate::util::{self, run};
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// The server: secantusd-py (default) or secantusd-rs.
+    #[arg(long, value_enum, default_value = "py")]
+    pub server: DemoServer,
+    /// Seconds between starting mongowatch and letting the application connect.
+    #[arg(long, default_value_t = 1.0)]
+    pub attach_secs: f64,
+    /// Seconds mongowatch gets to exit by itself after the application has exited.
+    #[arg(long, default_value_t = 10.0)]
+    pub exit_secs: f64,
+    /// Do not build; use this mongowatch binary.
+    #[arg(long)]
+    pub bin: Option<std::path::PathBuf>,
+    /// Extra arguments for mongowatch (after `--`).
+    #[arg(last = true)]
+    pub mongowatch_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DemoServer {
+    Py,
+    Rs,
+}
+
+pub fn run_demo(workspace: &Path, args: &DemoArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "mongowatch loads eBPF programs and needs root: run `sudo -E cargo xtask demo` \
+             (this is uid {})",
+            // SAFETY: getuid cannot fail.
+            unsafe { libc::getuid() }
+        );
+    }
+    let kind = match args.server {
+        DemoServer::Py => ServerKind::SecantusPy,
+        DemoServer::Rs => ServerKind::SecantusRs,
+    };
+    for (what, path) in [
+        (kind.name(), kind.binary()),
+        ("the Python venv", paths::venv_python()),
+    ] {
+        if !path.is_file() {
+            bail!(
+                "{what} is not installed ({} is missing): run `cargo xtask setup`",
+                path.display()
+            );
+        }
+    }
+
+    let bin = match &args.bin {
+        Some(bin) => bin.clone(),
+        None => {
+            run(util::cargo()
+                .current_dir(workspace)
+                .args(["build", "-p", "mongowatch-user", "--bin", "mongowatch"])
+                .env("MONGOWATCH_REQUIRE_EBPF", "1"))?;
+            util::target_dir(workspace)?.join("debug/mongowatch")
+        }
+    };
+    if !bin.is_file() {
+        bail!("{} does not exist", bin.display());
+    }
+
+    let server = Server::start(kind)?;
+    eprintln!(
+        "demo: {} listening on {} (pid {})",
+        kind.name(),
+        server.addr(),
+        server.pid()
+    );
+
+    let gate_dir = tempfile::tempdir().context("creating the demo's temp dir")?;
+    let gate = gate_dir.path().join("start");
+    let mut app = ChildGuard::spawn(
+        "demo application",
+        Command::new(paths::venv_python())
+            .arg(paths::workloads_dir().join("demo_workload.py"))
+            .arg("--uri")
+            .arg(server.uri())
+            .arg("--start-file")
+            .arg(&gate)
+            .args(["--start-delay", "0"])
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            // stdout is for mongowatch's records.
+            .stdout(Stdio::from(std::io::stderr())),
+    )?;
+    let app_pid = app.pid();
+    eprintln!("demo: application started (pid {app_pid}), waiting to connect");
+
+    let mut watch_cmd = Command::new(&bin);
+    watch_cmd
+        .arg("--pid")
+        .arg(app_pid.to_string())
+        .args(&args.mongowatch_args)
+        .stdin(Stdio::null());
+    eprintln!("demo: $ {}", util::show(&watch_cmd));
+    let mut watcher = ChildGuard::spawn("mongowatch", &mut watch_cmd)?;
+
+    thread::sleep(Duration::from_secs_f64(args.attach_secs.max(0.0)));
+    if let Some(status) = watcher.try_wait()? {
+        bail!("mongowatch exited with {status} before the application started");
+    }
+    std::fs::File::create(&gate).context("opening the application's start gate")?;
+    eprintln!("demo: application released; mongowatch's audit records follow on stdout");
+
+    let app_status = app.wait_exit(Duration::from_secs(120))?;
+    eprintln!("demo: application exited ({app_status})");
+    let exit = Duration::from_secs_f64(args.exit_secs.max(0.0));
+    let watch_status = match watcher.wait_timeout(exit)? {
+        Some(status) => {
+            eprintln!("demo: mongowatch exited by itself ({status})");
+            status
+        }
+        None => {
+            eprintln!(
+                "demo: mongowatch still running {exit:?} after the application exited; stopping it"
+            );
+            watcher.stop()?
+        }
+    };
+    let server_pid = server.pid();
+    server.stop()?;
+    eprintln!("demo: {} (pid {server_pid}) stopped", kind.name());
+    if !app_status.success() {
+        bail!("the demo application failed: {app_status}");
+    }
+    if !watch_status.success() {
+        bail!("mongowatch failed: {watch_status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! `cargo xtask setup`: everything a fresh machine (Debian 12, root, no stdin) needs to build
+//! the eBPF programs and run the end-to-end tests, installed into the project cache
+//! (`$MONGOWATCH_CACHE`, else `<repo>/.cache`). Idempotent: each step first checks whether its
+//! result is already there, so a second run costs about a second.
+//!
+//! | step        | what                                                        | where            |
+//! |-------------|-------------------------------------------------------------|------------------|
+//! | kernel      | checks /sys/kernel/btf/vmlinux, mounts tracefs if missing   |                  |
+//! | apt         | Debian's eBPF toolchain, cmake + ninja for secantusd-rs     | the system       |
+//! | bpf-linker  | bpf-linker 0.13.0 built against Debian's LLVM 22            | <cache>/tools    |
+//! | venv        | SecantusDB (secantusd-py) + pymongo, tests/requirements.txt | <cache>/venv     |
+//! | node        | mongodb 7 + mongosh 2, `npm ci` of tests/node's lock        | <cache>/node     |
+//! | secantusd-rs| secantus-mdb from crates.io (about 3 min, 1 GB peak)        | <cache>/tools    |
+
+use std::{
+    env,
+    fs::{self, File},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    ebpf,
+    util::{self, run, Report},
+};
+
+/// Debian packages: the eBPF toolchain route of docs/toolchain.md, the C build tools of
+/// secantus-mdb, and iproute2 for tests across network namespaces.
+pub const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "cmake",
+    "ninja-build",
+    "iproute2",
+];
+pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const SECANTUS_CRATE: &str = "secantus-mdb";
+pub const SECANTUS_VERSION: &str = "0.5.3-beta.196";
+/// The Node driver 7.x needs this (its `engines`).
+const MIN_NODE: (u32, u32) = (20, 19);
+/// How long to wait for another install into the same root, or another setup, to finish.
+const FOREIGN_WAIT: Duration = Duration::from_secs(40 * 60);
+
+/// Parts of the setup that can be left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Apt,
+    BpfLinker,
+    Venv,
+    Node,
+    SecantusdRs,
+}
+
+pub struct Paths {
+    pub workspace: PathBuf,
+    pub cache: PathBuf,
+    pub tools: PathBuf,
+    pub venv: PathBuf,
+    pub node: PathBuf,
+}
+
+impl Paths {
+    pub fn new(workspace: &Path) -> Result<Paths> {
+        let mut cache = ebpf::cache_dir(workspace);
+        if cache.is_relative() {
+            cache = env::current_dir()?.join(cache);
+        }
+        Ok(Paths {
+            workspace: workspace.to_path_buf(),
+            tools: cache.join("tools"),
+            venv: cache.join("venv"),
+            node: cache.join("node"),
+            cache,
+        })
+    }
+}
+
+pub fn run_setup(workspace: &Path, skip: &[Part]) -> Result<()> {
+    let p = Paths::new(workspace)?;
+    fs::create_dir_all(&p.cache).with_context(|| format!("creating {}", p.cache.display()))?;
+    eprintln!("setup: project cache {}", p.cache.display());
+    let _lock = lock_cache(&p.cache)?;
+    let mut report = Report::default();
+    report.step("kernel", check_kernel)?;
+    let todo = |part: Part| !skip.contains(&part);
+    if todo(Part::Apt) {
+        report.step("apt", apt_packages)?;
+    }
+    if todo(Part::BpfLinker) {
+        report.step("bpf-linker", || bpf_linker(&p))?;
+    }
+    if todo(Part::Venv) {
+        report.step("venv", || python_venv(&p))?;
+    }
+    if todo(Part::Node) {
+        report.step("node", || node_drivers(&p))?;
+    }
+    if todo(Part::SecantusdRs) {
+        report.step("secantusd-rs", || secantusd_rs(&p))?;
+    }
+    report.print("setup done");
+    Ok(())
+}
+
+/// Holds `<cache>/.setup.lock` so two setups never install into the same cache at once.
+fn lock_cache(cache: &Path) -> Result<File> {
+    let path = cache.join(".setup.lock");
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let deadline = Instant::now() + FOREIGN_WAIT;
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) => {
+                if !told {
+                    eprintln!(
+                        "setup: another `cargo xtask setup` holds {}; waiting",
+                        path.display()
+                    );
+                    told = true;
+                }
+                if Instant::now() > deadline {
+                    bail!("{} still locked after {FOREIGN_WAIT:?}", path.display());
+                }
+                thread::sleep(Duration::from_secs(2));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+}
+
+fn check_kernel() -> Result<String> {
+    let mut notes = Vec::new();
+    if Path::new("/sys/kernel/btf/vmlinux").is_file() {
+        notes.push("BTF at /sys/kernel/btf/vmlinux".to_string());
+    } else {
+        eprintln!(
+            "WARNING: /sys/kernel/btf/vmlinux is missing: this kernel has no BTF \
+             (CONFIG_DEBUG_INFO_BTF), and mongowatch's programs need it to load."
+        );
+        notes.push("WARNING: no kernel BTF".to_string());
+    }
+    // aya attaches tracepoints by the ids under tracefs; some machines boot without it mounted.
+    let tracefs = Path::new("/sys/kernel/tracing");
+    if tracefs.join("events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+        notes.push("tracefs mounted".to_string());
+    } else if util::is_root() && tracefs.is_dir() {
+        run(Command::new("mount")
+            .args(["-t", "tracefs", "tracefs"])
+            .arg(tracefs))
+        .context("mounting tracefs")?;
+        notes.push(format!("mounted tracefs on {}", tracefs.display()));
+    } else {
+        eprintln!(
+            "WARNING: tracefs is not mounted and this is not root: \
+             mount -t tracefs tracefs /sys/kernel/tracing"
+        );
+        notes.push("WARNING: tracefs not mounted".to_string());
+    }
+    Ok(notes.join("; "))
+}
+
+/// The packages of `names` that dpkg does not have installed. `None` if dpkg is missing.
+fn missing_packages(names: &[&str]) -> Option<Vec<String>> {
+    // dpkg-query exits 1 when some name is unknown, but still prints the known ones.
+    let out = Command::new("dpkg-query")
+        .arg("-W")
+        .arg("-f=${Package}\t${db:Status-Abbrev}\n")
+        .args(names)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let installed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, status)| status.starts_with("ii"))
+        .map(|(name, _)| name.split(':').next().unwrap_or(name))
+        .collect();
+    Some(
+        names
+            .iter()
+            .filter(|n| !installed.contains(n))
+            .map(|n| n.to_string())
+            .collect(),
+    )
+}
+
+fn apt_packages() -> Result<String> {
+    let Some(missing) = missing_packages(APT_PACKAGES) else {
+        eprintln!(
+            "WARNING: dpkg-query not found: not a Debian system. Install the equivalents of {} \
+             yourself (docs/toolchain.md).",
+            APT_PACKAGES.join(" ")
+        );
+        return Ok("not Debian: skipped".into());
+    };
+    if missing.is_empty() {
+        return Ok(format!(
+            "all {} packages already installed",
+            APT_PACKAGES.len()
+        ));
+    }
+    if !util::is_root() {
+        bail!(
+            "Debian packages missing: {}. Run setup as root, or: sudo apt-get install -y \
+             --no-install-recommends {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    let apt = |args: &[&str]| -> Result<()> {
+        run(Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("NEEDRESTART_MODE", "a"))
+    };
+    apt(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing.iter().map(String::as_str));
+    apt(&args)?;
+    let still = missing_packages(APT_PACKAGES).unwrap_or_default();
+    if !still.is_empty() {
+        bail!("still missing after apt-get install: {}", still.join(" "));
+    }
+    Ok(format!("installed {}", missing.join(" ")))
+}
+
+/// Waits while another `cargo install <krate> ... --root <root>` runs (a person's, or another
+/// setup's in a different checkout sharing the cache), so two never build into one root.
+fn wait_for_foreign_install(krate: &str, root: &Path) -> Result<()> {
+    let root_s = root.to_string_lossy();
+    let deadline = Instant::now() + FOREIGN_WAIT;
+    let mut last_note = None::<Instant>;
+    loop {
+        let others = util::processes_matching(&["cargo", "install", krate, &root_s]);
+        let Some((pid, _)) = others.first() else {
+            return Ok(());
+        };
+        if Instant::now() > deadline {
+            bail!("another `cargo install {krate}` (pid {pid}) into {root_s} still runs after {FOREIGN_WAIT:?}");
+        }
+        if last_note.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            eprintln!("setup: another `cargo install {krate}` (pid {pid}) is installing into {root_s}; waiting for it");
+            last_note = Some(Instant::now());
+        }
+        thread::sleep(Duration::from_secs(3));
+    }
+}
+
+fn bpf_linker_version(bin: &Path) -> Option<String> {
+    util::output(Command::new(bin).arg("--version")).map(|s| s.trim().to_string())
+}
+
+fn bpf_linker(p: &Paths) -> Result<String> {
+    let bin = p.tools.join("bin/bpf-linker");
+    let current = || bpf_linker_version(&bin).filter(|v| v.contains(BPF_LINKER_VERSION));
+    if let Some(v) = current() {
+        return Ok(format!("already there: {v}"));
+    }
+    wait_for_foreign_install("bpf-linker", &p.tools)?;
+    if let Some(v) = current() {
+        return Ok(format!("installed meanwhile by another process: {v}"));
+    }
+    let llvm_bin = Path::new(LLVM_PREFIX).join("bin");
+    if !llvm_bin.join("llvm-config").is_file() {
+        bail!(
+            "{} is missing: install llvm-22-dev (the apt step does)",
+            llvm_bin.join("llvm-config").display()
+        );
+    }
+    let path = env::join_paths(
+        std::iter::once(llvm_bin).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+    )?;
+    run(util::cargo()
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ])
+        .args(["--no-default-features", "--features", "llvm-22", "--root"])
+        .arg(&p.tools)
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env("PATH", path)
+        .env_remove("CARGO_TARGET_DIR"))?;
+    let v = bpf_linker_version(&bin)
+        .with_context(|| format!("{} does not run after the install", bin.display()))?;
+    Ok(format!("built {v}"))
+}
+
+fn python_venv(p: &Paths) -> Result<String> {
+    let requirements = p.workspace.join("tests/requirements.txt");
+    let wanted = fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let python = p.venv.join("bin/python");
+    let stamp = p.venv.join(".mongowatch-requirements.txt");
+    let works = |py: &Path| util::output(Command::new(py).args(["-c", "import sys"])).is_some();
+    if works(&python)
+        && fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
+        && p.venv.join("bin/secantusd-py").is_file()
+    {
+        return Ok("already matches tests/requirements.txt".into());
+    }
+    let mut did = Vec::new();
+    if !works(&python) {
+        if p.venv.exists() {
+            fs::remove_dir_all(&p.venv)
+                .with_context(|| format!("removing a broken {}", p.venv.display()))?;
+        }
+        let base = ["python3", "/usr/bin/python3"]
+            .into_iter()
+            .find(|py| {
+                util::output(Command::new(py).args(["-c", "import venv, ensurepip"])).is_some()
+            })
+            .context(
+                "no python3 with the venv and ensurepip modules (Debian: apt-get install python3-venv)",
+            )?;
+        run(Command::new(base).args(["-m", "venv"]).arg(&p.venv))?;
+        did.push(format!("created the venv with {base}"));
+    }
+    let _ = fs::remove_file(&stamp);
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--pre",
+            "-r",
+        ])
+        .arg(&requirements)
+        .env("PIP_NO_INPUT", "1"))?;
+    if !p.venv.join("bin/secantusd-py").is_file() {
+        bail!(
+            "pip succeeded but {} is missing",
+            p.venv.join("bin/secantusd-py").display()
+        );
+    }
+    fs::write(&stamp, &wanted)?;
+    did.push("installed tests/requirements.txt".into());
+    Ok(did.join("; "))
+}
+
+fn parse_node_version(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.trim().trim_start_matches('v').split('.');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+fn node_drivers(p: &Paths) -> Result<String> {
+    let src = p.workspace.join("tests/node");
+    let lock =
+        fs::read(src.join("package-lock.json")).context("reading tests/node/package-lock.json")?;
+    let stamp = p.node.join(".mongowatch-installed-lock.json");
+    let installed = |rel: &str| p.node.join("node_modules").join(rel).is_file();
+    if fs::read(&stamp).ok().as_deref() == Some(lock.as_slice())
+        && installed("mongodb/package.json")
+        && installed("mongosh/package.json")
+    {
+        return Ok("already matches tests/node/package-lock.json".into());
+    }
+    let node_v = util::output(Command::new("node").arg("--version"))
+        .context("node not found on PATH (this machine kind ships Node 20; Debian's is too old)")?;
+    match parse_node_version(&node_v) {
+        Some(v) if v >= MIN_NODE => {}
+        _ => bail!(
+            "node {} is too old: the mongodb driver 7 needs {}.{} or newer",
+            node_v.trim(),
+            MIN_NODE.0,
+            MIN_NODE.1
+        ),
+    }
+    fs::create_dir_all(&p.node)?;
+    let _ = fs::remove_file(&stamp);
+    for f in ["package.json", "package-lock.json"] {
+        fs::copy(src.join(f), p.node.join(f)).with_context(|| format!("copying tests/node/{f}"))?;
+    }
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&p.node))?;
+    fs::write(&stamp, &lock)?;
+    Ok(format!("npm ci with node {}", node_v.trim()))
+}
+
+fn secantusd_installed(p: &Paths) -> bool {
+    p.tools.join("bin/secantusd-rs").is_file()
+        && fs::read_to_string(p.tools.join(".crates.toml"))
+            .is_ok_and(|t| t.contains(&format!("\"{SECANTUS_CRATE} {SECANTUS_VERSION} ")))
+}
+
+fn secantusd_rs(p: &Paths) -> Result<String> {
+    if secantusd_installed(p) {
+        return Ok(format!(
+            "already there: {SECANTUS_CRATE} {SECANTUS_VERSION}"
+        ));
+    }
+    wait_for_foreign_install(SECANTUS_CRATE, &p.tools)?;
+    if secantusd_installed(p) {
+        return Ok(format!(
+            "installed meanwhile by another process: {SECANTUS_CRATE} {SECANTUS_VERSION}"
+        ));
+    }
+    for tool in ["cmake", "ninja"] {
+        if util::output(Command::new(tool).arg("--version")).is_none() {
+            bail!("{tool} not found: secantus-mdb builds WiredTiger with cmake and ninja (the apt step installs them)");
+        }
+    }
+    eprintln!(
+        "setup: building {SECANTUS_CRATE} {SECANTUS_VERSION} (about 3 min on 2 cores, 1 GB peak)"
+    );
+    run(util::cargo()
+        .args([
+            "install",
+            SECANTUS_CRATE,
+            "--version",
+            SECANTUS_VERSION,
+            "--ignore-rust-version",
+            "--root",
+        ])
+        .arg(&p.tools)
+        .env_remove("CARGO_TARGET_DIR"))?;
+    if !secantusd_installed(p) {
+        bail!(
+            "cargo install succeeded but {} is missing",
+            p.tools.join("bin/secantusd-rs").display()
+        );
+    }
+    Ok(format!("built {SECANTUS_CRATE} {SECANTUS_VERSION}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_versions() {
+        assert_eq!(parse_node_version("v20.20.2\n"), Some((20, 20)));
+        assert!(parse_node_version("v20.20.2").unwrap() >= MIN_NODE);
+        assert!(parse_node_version("v18.19.0").unwrap() < MIN_NODE);
+        assert_eq!(parse_node_version("garbage"), None);
+    }
+}
