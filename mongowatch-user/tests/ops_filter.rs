@@ -244,3 +244,23 @@ fn rate_summary_through_the_auditor_goes_to_its_own_stream() {
     assert_eq!(v["Rates"][0]["Operation"], "count");
     assert_eq!(h.auditor.stats().rate_summaries, 1);
 }
+
+#[test]
+fn auditor_can_move_to_another_thread() {
+    fn send<T: Send>() {}
+    send::<mongowatch::ops::Auditor>();
+    send::<RecordFilter>();
+}
+
+#[test]
+fn macro_variables_are_allowed() {
+    let r = rec();
+    assert_eq!(
+        verdict(r#"Filter.exists(k, k == "status")"#, &r),
+        Verdict::Keep
+    );
+    assert_eq!(
+        verdict(r#"Filter.all(k, k == "status")"#, &r),
+        Verdict::Drop
+    );
+}

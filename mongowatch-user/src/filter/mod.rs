@@ -43,6 +43,8 @@ const MACROS: &[&str] = &["all", "exists", "exists_one", "map", "filter"];
 
 pub struct RecordFilter {
     program: Option<Program>,
+    /// The standard functions, built once; each record gets a child scope with its fields.
+    root: Context<'static>,
     /// Fields the expression reads (only these are converted per record).
     referenced: Vec<&'static str>,
     ops: Option<Vec<String>>,
@@ -80,7 +82,11 @@ impl RecordFilter {
                     .map_err(|_| FilterError::Parse(format!("cannot parse `{e}`")))?;
                 let p = compiled.map_err(|err| FilterError::Parse(err.to_string()))?;
                 let refs = p.references();
-                let uses_macro = MACROS.iter().any(|m| refs.has_function(m));
+                // Macros bind their own variables and do not show as functions in the
+                // references; spot them in the text.
+                let uses_macro = MACROS
+                    .iter()
+                    .any(|m| refs.has_function(m) || e.contains(&format!(".{m}(")));
                 let mut vars = refs.variables();
                 vars.sort_unstable();
                 for v in vars {
@@ -96,6 +102,7 @@ impl RecordFilter {
         let non_empty = |v: Option<Vec<String>>| v.filter(|l| !l.is_empty());
         Ok(Self {
             program,
+            root: Context::default(),
             referenced,
             ops: non_empty(ops),
             dbs: non_empty(dbs),
@@ -124,7 +131,7 @@ impl RecordFilter {
         let Some(program) = &self.program else {
             return Verdict::Keep;
         };
-        let mut ctx = Context::default();
+        let mut ctx = self.root.new_inner_scope();
         for f in &self.referenced {
             ctx.add_variable_from_value(*f, field_to_cel(r, f));
         }

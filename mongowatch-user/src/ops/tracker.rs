@@ -400,9 +400,16 @@ impl Tracker {
         });
         let op_key = self.next_key;
         self.next_key += 1;
-        // A reused id replaces a forgotten cursor.
+        // A reused id: the old cursor ended unseen (its last getMore or kill was lost).
+        // Write what we know of it rather than drop it.
         if let Some(old) = self.cursors.insert(key.clone(), op_key) {
-            self.open.remove(&old);
+            if let Some(mut op) = self.open.remove(&old) {
+                op.rec.state = State::Timeout;
+                out.push(Emit {
+                    record: op.rec,
+                    terminal: true,
+                });
+            }
         }
         self.open.insert(
             op_key,
