@@ -851,3 +851,120 @@ fn malformed_inputs_do_not_panic() {
     assert_eq!(h.auditor.stats().ops.unreadable, 1);
     assert_eq!(h.records().len(), 3);
 }
+
+#[test]
+fn explain_describes_the_inner_command() {
+    let mut h = Harness::default_config();
+    let c = conn(1, 1);
+    h.feed(round_trip(
+        &c,
+        msg(rawdoc! { "explain": { "find": "orders", "filter": { "a": 5 } }, "verbosity": "queryPlanner", "$db": "shop" }),
+        T0,
+        reply(rawdoc! { "queryPlanner": {}, "ok": 1.0 }),
+        MS,
+    ));
+    h.feed(round_trip(
+        &c,
+        msg(rawdoc! { "explain": { "delete": "orders", "deletes": [{ "q": { "b": 1 }, "limit": 1 }] }, "$db": "shop" }),
+        T0 + 2 * MS,
+        reply(rawdoc! { "queryPlanner": {}, "ok": 1.0 }),
+        MS,
+    ));
+    let r = h.records();
+    assert_eq!(r[0]["Operation"], "explain");
+    assert_eq!(r[0]["Collection"], "orders");
+    assert_eq!(r[0]["Filter"], json!({ "a": 5 }));
+    assert_eq!(r[0]["MatchedCount"], Value::Null);
+    assert_eq!(r[1]["Filter"], json!({ "b": 1 }));
+}
+
+#[test]
+fn orphan_reply_of_a_known_cursor_still_counts() {
+    let mut h = Harness::default_config();
+    let c = conn(1, 1);
+    h.feed(round_trip(
+        &c,
+        msg(rawdoc! { "find": "c", "$db": "d" }),
+        T0,
+        reply(rawdoc! { "cursor": { "firstBatch": docs(2), "id": 4_i64 }, "ok": 1.0 }),
+        MS,
+    ));
+    // The getMore request was lost in a gap; its reply still names the cursor.
+    h.feed(Input::Exchange {
+        conn: c.clone(),
+        exchange: mongowatch::wire::Exchange::OrphanReply {
+            reply: mongowatch::wire::Timed {
+                ts_ns: T0 + 5 * MS,
+                first_ts_ns: T0 + 5 * MS,
+                msg: reply(rawdoc! { "cursor": { "nextBatch": docs(3), "id": 4_i64 }, "ok": 1.0 }),
+            },
+        },
+    });
+    // An orphan reply that matches nothing is only counted.
+    h.feed(Input::Exchange {
+        conn: c.clone(),
+        exchange: mongowatch::wire::Exchange::OrphanReply {
+            reply: mongowatch::wire::Timed {
+                ts_ns: T0 + 6 * MS,
+                first_ts_ns: T0 + 6 * MS,
+                msg: reply(rawdoc! { "n": 1, "ok": 1.0 }),
+            },
+        },
+    });
+    h.feed(round_trip(
+        &c,
+        msg(rawdoc! { "getMore": 4_i64, "collection": "c", "$db": "d" }),
+        T0 + 8 * MS,
+        reply(rawdoc! { "cursor": { "nextBatch": docs(1), "id": 0_i64 }, "ok": 1.0 }),
+        MS,
+    ));
+    let r = one(&h);
+    assert_eq!(r["MatchedCount"], 6);
+    assert_eq!(r["Iteration"], 3);
+    assert_eq!(h.auditor.stats().ops.orphan_replies, 1);
+}
+
+#[test]
+fn tracker_bounds_open_operations_and_handles_reused_cursor_ids() {
+    use mongowatch::ops::{Emit, State, Tracker, TrackerConfig, WatchIds};
+    let mut t = Tracker::new(
+        TrackerConfig {
+            include_heartbeats: false,
+            max_open: 2,
+        },
+        WatchIds::new([0; 5]),
+    );
+    let c = conn(1, 1);
+    let mut out: Vec<Emit> = Vec::new();
+    let open = |id: i64, at: u64| {
+        round_trip(
+            &c,
+            msg(rawdoc! { "find": "c", "$db": "d" }),
+            at,
+            reply(rawdoc! { "cursor": { "firstBatch": docs(1), "id": id }, "ok": 1.0 }),
+            MS,
+        )
+    };
+    t.handle(&open(1, T0), &mut out);
+    t.handle(&open(2, T0 + MS * 2), &mut out);
+    assert_eq!(t.open_operations(), 2);
+    out.clear();
+    t.handle(&open(3, T0 + MS * 4), &mut out);
+    assert_eq!(t.open_operations(), 2);
+    let evicted: Vec<_> = out.iter().filter(|e| e.terminal).collect();
+    assert_eq!(evicted.len(), 1);
+    assert_eq!(evicted[0].record.state, State::Timeout);
+    assert_eq!(
+        evicted[0].record.cursor_id,
+        Some(1),
+        "the least recently active one"
+    );
+    assert_eq!(t.stats().evicted, 1);
+    out.clear();
+    // Cursor id 3 comes back from a new find: the old operation ended unseen.
+    t.handle(&open(3, T0 + MS * 6), &mut out);
+    let ended: Vec<_> = out.iter().filter(|e| e.terminal).collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].record.cursor_id, Some(3));
+    assert_eq!(t.open_operations(), 2);
+}

@@ -223,8 +223,14 @@ impl Tracker {
             self.stats.heartbeats += 1;
             return;
         }
+        // A further exhaust reply outside a cursor (streaming hello) is a server push: it is
+        // timed from its own first byte, not from the request sent long before.
+        let req_first = match reply {
+            Some(r) if exhaust_index > 0 && cmd.name != "getMore" => r.first_ts_ns,
+            _ => req.first_ts_ns,
+        };
         let trip = Trip {
-            req_first: req.first_ts_ns,
+            req_first,
             req_ts: req.ts_ns,
             req_bytes: if exhaust_index == 0 { msg_len(req) } else { 0 },
             reply_ts: reply.map(|r| r.ts_ns),
@@ -391,6 +397,17 @@ impl Tracker {
         last_ts: u64,
         out: &mut Vec<Emit>,
     ) {
+        // A reused id: the old cursor ended unseen (its last getMore or kill was lost).
+        // Write what we know of it rather than drop it.
+        if let Some(old) = self.cursors.remove(&key) {
+            if let Some(mut op) = self.open.remove(&old) {
+                op.rec.state = State::Timeout;
+                out.push(Emit {
+                    record: op.rec,
+                    terminal: true,
+                });
+            }
+        }
         if self.open.len() >= self.cfg.max_open.max(1) {
             self.evict_one(out);
         }
@@ -400,17 +417,7 @@ impl Tracker {
         });
         let op_key = self.next_key;
         self.next_key += 1;
-        // A reused id: the old cursor ended unseen (its last getMore or kill was lost).
-        // Write what we know of it rather than drop it.
-        if let Some(old) = self.cursors.insert(key.clone(), op_key) {
-            if let Some(mut op) = self.open.remove(&old) {
-                op.rec.state = State::Timeout;
-                out.push(Emit {
-                    record: op.rec,
-                    terminal: true,
-                });
-            }
-        }
+        self.cursors.insert(key.clone(), op_key);
         self.open.insert(
             op_key,
             OpenOp {
