@@ -5,6 +5,8 @@
 //!   OP_KILL_CURSORS) gets no reply: [`Exchange::OneWay`] at once.
 //! - Exhaust: a reply with `moreToCome` promises another reply, which answers *its* requestID;
 //!   the original request is handed on with the next reply, `exhaust_index` counting from 0.
+//!   Some servers (secantusd-rs 0.5) answer every reply of the stream to the original
+//!   requestID instead: accepted too, and counted (`exhaust_original_response_to`).
 //! - A connection carries one request at a time (moreToCome and exhaust aside), so when a
 //!   reply answers a request, older requests still waiting lost their replies to a gap: they
 //!   are given up as [`Exchange::Unanswered`] then rather than at close.
@@ -42,6 +44,8 @@ pub struct Pairer {
     cfg: PairConfig,
     /// Keyed by the requestID the next reply will answer.
     outstanding: HashMap<i32, Pending>,
+    /// Open exhaust streams: original requestID -> the key its next reply is expected under.
+    exhaust_alias: HashMap<i32, i32>,
     seq: u64,
     stats: PairStats,
 }
@@ -68,6 +72,7 @@ impl Pairer {
         Self {
             cfg,
             outstanding: HashMap::new(),
+            exhaust_alias: HashMap::new(),
             seq: 0,
             stats: PairStats::default(),
         }
@@ -120,11 +125,27 @@ impl Pairer {
 
     fn reply(&mut self, t: Timed, out: &mut impl FnMut(Exchange)) {
         self.stats.replies += 1;
-        let Some(p) = self.outstanding.remove(&t.msg.header.response_to) else {
-            self.stats.orphan_replies += 1;
-            out(Exchange::OrphanReply { reply: t });
-            return;
+        let response_to = t.msg.header.response_to;
+        let p = match self.outstanding.remove(&response_to) {
+            Some(p) => p,
+            None => match self
+                .exhaust_alias
+                .get(&response_to)
+                .and_then(|key| self.outstanding.remove(key))
+            {
+                Some(p) => {
+                    self.stats.exhaust_original_response_to += 1;
+                    p
+                }
+                None => {
+                    self.stats.orphan_replies += 1;
+                    out(Exchange::OrphanReply { reply: t });
+                    return;
+                }
+            },
         };
+        let original_id = p.request.msg.header.request_id;
+        self.exhaust_alias.remove(&original_id);
         self.supersede(p.seq, out);
         let more = matches!(&t.msg.body, Body::Msg(m) if m.more_to_come());
         let next_id = t.msg.header.request_id;
@@ -133,6 +154,7 @@ impl Pairer {
             self.stats.exhaust_replies += 1;
         }
         if more {
+            self.exhaust_alias.insert(original_id, next_id);
             self.seq += 1;
             self.outstanding.insert(
                 next_id,
@@ -160,6 +182,7 @@ impl Pairer {
 
     /// The connection is gone: every request still waiting is unanswered.
     pub fn close(&mut self, out: &mut impl FnMut(Exchange)) {
+        self.exhaust_alias.clear();
         let mut left: Vec<Pending> = self.outstanding.drain().map(|(_, p)| p).collect();
         left.sort_by_key(|p| p.seq);
         for p in left {
@@ -188,6 +211,7 @@ impl Pairer {
 
     fn give_up(&mut self, p: Pending, why: Why, out: &mut impl FnMut(Exchange)) {
         if p.exhaust_index > 0 {
+            self.exhaust_alias.remove(&p.request.msg.header.request_id);
             // Answered at least once: an exhaust stream cut short, not an unanswered request.
             self.stats.exhaust_open_at_close += 1;
             return;

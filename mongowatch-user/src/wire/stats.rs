@@ -193,6 +193,9 @@ pub struct PairStats {
     pub unanswered_evicted: u64,
     /// A requestID reused while still outstanding (the older request is given up as evicted).
     pub duplicate_request_ids: u64,
+    /// Exhaust replies answering the stream's original requestID rather than the previous
+    /// reply's (a server deviating from the spec; paired anyway).
+    pub exhaust_original_response_to: u64,
     /// Exhaust streams cut short (closed, superseded, reply lost): answered at least once, so
     /// not `unanswered`.
     pub exhaust_open_at_close: u64,
@@ -212,6 +215,7 @@ impl PairStats {
         self.unanswered_reply_lost += o.unanswered_reply_lost;
         self.unanswered_evicted += o.unanswered_evicted;
         self.duplicate_request_ids += o.duplicate_request_ids;
+        self.exhaust_original_response_to += o.exhaust_original_response_to;
         self.exhaust_open_at_close += o.exhaust_open_at_close;
     }
 }
