@@ -73,7 +73,9 @@ struct ConnState {
     driver: Option<String>,
     user: Option<String>,
     pending_user: Option<String>,
-    /// Compressors the client offered and the server accepted (first = in use).
+    /// Compressors the client offered and the server accepted (first = preferred). Records
+    /// report each request's own compressor, which is what actually travelled; this is kept
+    /// for diagnostics.
     negotiated: Vec<String>,
 }
 
@@ -275,6 +277,12 @@ impl Tracker {
                                 _ => None,
                             })
                             .collect();
+                        tracing::debug!(
+                            conn = conn.id,
+                            pid = conn.pid,
+                            negotiated = ?st.negotiated,
+                            "compression negotiated"
+                        );
                     }
                     if let Some(spec) = get_doc(r.raw(), "speculativeAuthenticate") {
                         // X.509 answers with the user; SCRAM continues with saslContinue.

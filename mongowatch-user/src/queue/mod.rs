@@ -7,7 +7,7 @@
 //! (final or closed) is ready at once. Every ready record is held `delay` seconds and records
 //! leave in `StartTime` order. Time comes only from the inputs, never the wall clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -59,6 +59,8 @@ pub struct WatchQueue {
     cfg: QueueConfig,
     now_ns: u64,
     open: HashMap<String, Open>,
+    /// Armed deadlines (deadline, WatchID), so a tick costs only what fires.
+    deadlines: BTreeSet<(u64, String)>,
     /// Ready records by (StartTime, arrival).
     ready: BTreeMap<(u64, u64), Ready>,
     ready_by_id: HashMap<String, (u64, u64)>,
@@ -97,13 +99,28 @@ impl WatchQueue {
     /// A snapshot from the tracker at time `now_ns`. `terminal`: the operation is over.
     pub fn update(&mut self, record: Record, terminal: bool, now_ns: u64) {
         self.now_ns = self.now_ns.max(now_ns);
-        if terminal {
-            self.open.remove(&record.watch_id);
+        let id = record.watch_id.clone();
+        let (previous, armed) = if terminal {
+            let previous = self.open.remove(&id);
             self.push_ready(record);
+            (previous, None)
         } else {
-            let deadline = Some(self.now_ns.saturating_add(self.cfg.timeout_ns));
-            self.open
-                .insert(record.watch_id.clone(), Open { record, deadline });
+            let deadline = self.now_ns.saturating_add(self.cfg.timeout_ns);
+            self.deadlines.insert((deadline, id.clone()));
+            let open = Open {
+                record,
+                deadline: Some(deadline),
+            };
+            (self.open.insert(id.clone(), open), Some(deadline))
+        };
+        // Re-armed or ended: the old deadline no longer counts (unless it is the new one).
+        if let Some(Open {
+            deadline: Some(d), ..
+        }) = previous
+        {
+            if armed != Some(d) {
+                self.deadlines.remove(&(d, id));
+            }
         }
     }
 
@@ -128,9 +145,15 @@ impl WatchQueue {
         self.now_ns = self.now_ns.max(now_ns);
         let now = self.now_ns;
         let mut fired: Vec<Record> = Vec::new();
-        for open in self.open.values_mut() {
-            if let Some(deadline) = open.deadline {
-                if deadline <= now {
+        while let Some(first) = self.deadlines.first() {
+            if first.0 > now {
+                break;
+            }
+            let Some((deadline, id)) = self.deadlines.pop_first() else {
+                break;
+            };
+            if let Some(open) = self.open.get_mut(&id) {
+                if open.deadline == Some(deadline) {
                     open.deadline = None;
                     let mut r = open.record.clone();
                     r.state = State::Timeout;
@@ -169,6 +192,7 @@ impl WatchQueue {
     pub fn flush_all(&mut self, now_ns: u64) -> Vec<Record> {
         self.now_ns = self.now_ns.max(now_ns);
         let now = self.now_ns;
+        self.deadlines.clear();
         let mut open: Vec<Open> = self.open.drain().map(|(_, o)| o).collect();
         open.sort_by(|a, b| {
             (a.record.start_ns, &a.record.watch_id).cmp(&(b.record.start_ns, &b.record.watch_id))
