@@ -34,10 +34,12 @@ pub struct WireAccount {
     pub app_connections: usize,
     /// Connections that carried only handshakes/heartbeats.
     pub monitor_connections: usize,
-    /// Bytes of the largest reply to a reported command.
+    /// Bytes of the largest reply to a reported command (uncompressed).
     pub largest_reply: usize,
-    /// Bytes of the largest request.
+    /// Bytes of the largest request (uncompressed).
     pub largest_request: usize,
+    /// OP_COMPRESSED messages, both directions.
+    pub compressed: usize,
 }
 
 /// Checks that `connections` and `oracle` tell the same story (see the module doc) and returns
@@ -60,7 +62,8 @@ pub fn reconcile(connections: &[ConnectionRecord], oracle: &[OracleEvent]) -> Re
         }
         for msg in conn.requests() {
             account.requests += 1;
-            account.largest_request = account.largest_request.max(msg.len());
+            account.largest_request = account.largest_request.max(msg.uncompressed_len());
+            account.compressed += usize::from(msg.op_code() == crate::wire::OP_COMPRESSED);
             requests
                 .entry(msg.request_id())
                 .or_default()
@@ -68,6 +71,7 @@ pub fn reconcile(connections: &[ConnectionRecord], oracle: &[OracleEvent]) -> Re
         }
         for msg in conn.replies() {
             account.replies += 1;
+            account.compressed += usize::from(msg.op_code() == crate::wire::OP_COMPRESSED);
             replies
                 .entry((conn.id, msg.response_to()))
                 .or_default()
@@ -122,7 +126,7 @@ pub fn reconcile(connections: &[ConnectionRecord], oracle: &[OracleEvent]) -> Re
             answers.len()
         );
         if let Some(reply) = answers.first() {
-            account.largest_reply = account.largest_reply.max(reply.len());
+            account.largest_reply = account.largest_reply.max(reply.uncompressed_len());
         }
         app_connections.insert(*conn);
     }

@@ -3,6 +3,7 @@
 //! harness's own independent reading, deliberately not mongowatch's `wire` module.
 
 use std::{
+    borrow::Cow,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     time::Duration,
@@ -67,10 +68,66 @@ impl WireMessage {
         }
     }
 
-    /// OP_MSG flagBits (0 for other opcodes).
+    /// OP_COMPRESSED's compressorId (0 noop, 1 snappy, 2 zlib, 3 zstd).
+    pub fn compressor_id(&self) -> Option<u8> {
+        (self.op_code() == OP_COMPRESSED)
+            .then(|| self.bytes.get(24).copied())
+            .flatten()
+    }
+
+    /// The length of the message once decompressed (= `len()` if not compressed).
+    pub fn uncompressed_len(&self) -> usize {
+        if self.op_code() == OP_COMPRESSED && self.bytes.len() >= 25 {
+            16 + le_i32(&self.bytes, 20) as usize
+        } else {
+            self.len()
+        }
+    }
+
+    /// The message with OP_COMPRESSED undone (same header IDs, the original opcode); the
+    /// message itself if it is not compressed. `None` if decompression fails.
+    pub fn decompressed(&self) -> Option<Cow<'_, WireMessage>> {
+        if self.op_code() != OP_COMPRESSED {
+            return Some(Cow::Borrowed(self));
+        }
+        let b = &self.bytes;
+        let size = usize::try_from(le_i32(b.get(..25)?, 20)).ok()?;
+        let data = &b[25..];
+        let plain = match b[24] {
+            0 => data.to_vec(),
+            1 => snap::raw::Decoder::new().decompress_vec(data).ok()?,
+            2 => {
+                let mut out = Vec::with_capacity(size);
+                flate2::read::ZlibDecoder::new(data)
+                    .read_to_end(&mut out)
+                    .ok()?;
+                out
+            }
+            3 => zstd::stream::decode_all(data).ok()?,
+            _ => return None,
+        };
+        if plain.len() != size {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(16 + size);
+        bytes.extend_from_slice(&((16 + size) as i32).to_le_bytes());
+        bytes.extend_from_slice(&b[4..12]);
+        bytes.extend_from_slice(&b[16..20]);
+        bytes.extend_from_slice(&plain);
+        Some(Cow::Owned(WireMessage {
+            bytes,
+            first_byte_ns: self.first_byte_ns,
+            last_byte_ns: self.last_byte_ns,
+        }))
+    }
+
+    /// OP_MSG flagBits (0 for other opcodes), looking inside OP_COMPRESSED.
     pub fn flag_bits(&self) -> u32 {
-        if self.op_code() == OP_MSG && self.bytes.len() >= 20 {
-            le_i32(&self.bytes, 16) as u32
+        let Some(plain) = self.decompressed() else {
+            return 0;
+        };
+        if plain.op_code() == OP_MSG && plain.bytes.len() >= 20 {
+            le_i32(&plain.bytes, 16) as u32
         } else {
             0
         }
@@ -81,12 +138,14 @@ impl WireMessage {
     }
 
     /// The command document: an OP_MSG's kind-0 section, an OP_QUERY's query (unwrapped from
-    /// `$query`), an OP_REPLY's first document. `None` for OP_COMPRESSED and malformed bytes.
+    /// `$query`), an OP_REPLY's first document; OP_COMPRESSED is decompressed first. `None`
+    /// for malformed bytes.
     pub fn body(&self) -> Option<Document> {
-        let b = &self.bytes;
-        match self.op_code() {
+        let plain = self.decompressed()?;
+        let b = &plain.bytes;
+        match plain.op_code() {
             OP_MSG => {
-                let flags = self.flag_bits();
+                let flags = plain.flag_bits();
                 let end = if flags & CHECKSUM_PRESENT != 0 {
                     b.len().checked_sub(4)?
                 } else {
@@ -130,8 +189,7 @@ impl WireMessage {
         self.body().and_then(|d| d.keys().next().cloned())
     }
 
-    /// A driver's own handshake or heartbeat (see [`HANDSHAKE_COMMANDS`]). Handshakes are never
-    /// compressed, so an OP_COMPRESSED message is never one.
+    /// A driver's own handshake or heartbeat (see [`HANDSHAKE_COMMANDS`]).
     pub fn is_handshake(&self) -> bool {
         self.command_name()
             .is_some_and(|n| HANDSHAKE_COMMANDS.contains(&n.as_str()))
@@ -280,5 +338,43 @@ mod tests {
         assert_eq!(msgs[1].command_name().as_deref(), Some("find"));
         assert!(msgs[0].body().unwrap().get_i32("ping").is_ok());
         assert!(!msgs[1].is_handshake());
+    }
+
+    #[test]
+    fn decompresses_op_compressed() {
+        use std::io::Write as _;
+        let plain = op_msg(9, &doc! { "hello": 1, "$db": "admin" });
+        for id in [1u8, 2, 3] {
+            let data = match id {
+                1 => snap::raw::Encoder::new()
+                    .compress_vec(&plain[16..])
+                    .unwrap(),
+                2 => {
+                    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), Default::default());
+                    z.write_all(&plain[16..]).unwrap();
+                    z.finish().unwrap()
+                }
+                _ => zstd::stream::encode_all(&plain[16..], 3).unwrap(),
+            };
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&((16 + 9 + data.len()) as i32).to_le_bytes());
+            bytes.extend_from_slice(&plain[4..12]);
+            bytes.extend_from_slice(&OP_COMPRESSED.to_le_bytes());
+            bytes.extend_from_slice(&OP_MSG.to_le_bytes());
+            bytes.extend_from_slice(&((plain.len() - 16) as i32).to_le_bytes());
+            bytes.push(id);
+            bytes.extend_from_slice(&data);
+            let msg = WireMessage {
+                bytes,
+                first_byte_ns: 0,
+                last_byte_ns: 0,
+            };
+            assert_eq!(msg.compressor_id(), Some(id));
+            assert_eq!(msg.uncompressed_len(), plain.len());
+            assert_eq!(msg.decompressed().unwrap().bytes, plain);
+            assert_eq!(msg.command_name().as_deref(), Some("hello"));
+            assert!(msg.is_handshake());
+            assert_eq!(msg.request_id(), 9);
+        }
     }
 }

@@ -161,10 +161,15 @@ fn proxy_records_a_real_servers_replies() -> Result<()> {
     Ok(())
 }
 
-fn workload_through_proxy(driver: Driver) -> Result<()> {
-    let server = Server::start(ServerKind::SecantusPy)?;
+fn workload_through_proxy(
+    driver: Driver,
+    kind: ServerKind,
+    uri_options: &str,
+) -> Result<mongowatch_tests::WireAccount> {
+    let server = Server::start(kind)?;
     let proxy = RecordingProxy::start(server.addr())?;
-    let mut workload = WorkloadSpec::new(driver, proxy.uri(), HARNESS_OPS)
+    let uri = format!("{}{uri_options}", proxy.uri());
+    let mut workload = WorkloadSpec::new(driver, uri, HARNESS_OPS)
         .gated()
         .spawn()?;
     // Gated: nothing may reach the server before the release.
@@ -219,17 +224,46 @@ fn workload_through_proxy(driver: Driver) -> Result<()> {
             "no {expected} in the oracle: {names:?}"
         );
     }
-    Ok(())
+    Ok(account)
 }
 
 #[test]
 fn pymongo_workload_matches_the_wire() -> Result<()> {
     skip_unless!(Ok(()); Need::SecantusPy, Need::Pymongo);
-    workload_through_proxy(Driver::Pymongo)
+    let account = workload_through_proxy(Driver::Pymongo, ServerKind::SecantusPy, "")?;
+    ensure!(account.compressed == 0);
+    Ok(())
+}
+
+/// Against secantusd-rs with zstd negotiated: compressed requests still match the oracle one to
+/// one by requestID (handshakes are never compressed).
+#[test]
+fn pymongo_compressed_workload_matches_the_wire() -> Result<()> {
+    skip_unless!(Ok(()); Need::SecantusRs, Need::Pymongo);
+    let account =
+        workload_through_proxy(Driver::Pymongo, ServerKind::SecantusRs, "&compressors=zstd")?;
+    ensure!(
+        account.compressed > 1000,
+        "zstd was not negotiated: {account:?}"
+    );
+    Ok(())
 }
 
 #[test]
 fn node_workload_matches_the_wire() -> Result<()> {
     skip_unless!(Ok(()); Need::SecantusPy, Need::NodeDriver);
-    workload_through_proxy(Driver::Node)
+    workload_through_proxy(Driver::Node, ServerKind::SecantusPy, "")?;
+    Ok(())
+}
+
+#[test]
+fn node_compressed_workload_matches_the_wire() -> Result<()> {
+    skip_unless!(Ok(()); Need::SecantusRs, Need::NodeDriver);
+    let account =
+        workload_through_proxy(Driver::Node, ServerKind::SecantusRs, "&compressors=zlib")?;
+    ensure!(
+        account.compressed > 1000,
+        "zlib was not negotiated: {account:?}"
+    );
+    Ok(())
 }

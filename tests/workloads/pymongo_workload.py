@@ -25,7 +25,9 @@ from pymongo import MongoClient, monitoring
 from pymongo.errors import OperationFailure
 
 BATCH = 2000  # documents per insert_many
-BIG_BYTES = 5 * 1024 * 1024 + 512 * 1024  # the one document that makes a reply of >= 5 MB
+# The one document that makes a request and a reply of >= 5 MB; random, so it stays that big
+# on the wire when compression is negotiated.
+BIG_BYTES = 5 * 1024 * 1024 + 512 * 1024
 
 
 def plan(i, n):
@@ -180,7 +182,7 @@ def run(args):
         elif op == "find_one":
             items.find_one({"k": i - 1})
         elif op == "big_insert":
-            big.insert_one({"_id": 1, "blob": "z" * BIG_BYTES})
+            big.insert_one({"_id": 1, "blob": os.urandom(BIG_BYTES)})
         elif op == "big_find":
             doc = big.find_one({"_id": 1})
             assert doc is not None and len(doc["blob"]) == BIG_BYTES
