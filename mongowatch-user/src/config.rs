@@ -116,7 +116,7 @@ pub struct AuditArgs {
     pub filter: Option<String>,
 
     /// Mask Filter values: strings to "x" times their length, numbers to 0, others to null.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub mask: Option<bool>,
 
     /// Write only these operations, comma-separated (e.g. find,aggregate,update).
@@ -140,7 +140,7 @@ pub struct AuditArgs {
     pub delay: Option<f64>,
 
     /// Also record handshakes, heartbeats (hello, isMaster, ping) and authentication steps.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub include_heartbeats: Option<bool>,
 }
 

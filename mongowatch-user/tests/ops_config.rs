@@ -187,3 +187,31 @@ fn the_example_file_documents_every_option_and_parses() {
         .unwrap();
     assert_eq!(plain, AuditConfig::default());
 }
+
+#[test]
+fn help_text_comes_from_doc_comments() {
+    use clap::CommandFactory;
+    let help = Cli::command().render_long_help().to_string();
+    for flag in [
+        "--format",
+        "--fields",
+        "--template",
+        "--output",
+        "--rotate-size",
+        "--rotate-keep",
+        "--filter",
+        "--mask",
+        "--ops",
+        "--db",
+        "--rate",
+        "--timeout",
+        "--delay",
+        "--include-heartbeats",
+        "--config",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from help");
+    }
+    assert!(help.contains("Mask Filter values"));
+    // A bare boolean flag does not swallow the next argument.
+    assert!(Cli::try_parse_from(["m", "--mask", "--delay", "1"]).is_ok());
+}
