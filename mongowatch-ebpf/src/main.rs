@@ -65,6 +65,9 @@ pub struct Scratch {
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+#[map]
+static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
+
 const MSG_PEEK: i32 = 2;
 const MSG_TRUNC: i32 = 0x20;
 const TCP_CLOSE: i32 = 7;
@@ -112,10 +115,13 @@ struct IoVec {
     len: u64,
 }
 
-/// State of one copy, walked chunk by chunk by `bpf_loop` (a verifier-friendly loop that can run
-/// as many times as a 5 MB read needs).
+/// State of one copy, walked chunk by chunk by `bpf_loop` (a loop that can run as many times as
+/// a 5 MB read needs). It lives in a per-CPU map, not on the stack: the verifier tracks exact
+/// stack values through every callback iteration and never converges, while values loaded from
+/// a map are unknown scalars, the same at every iteration. (Tracepoints run with preemption
+/// disabled and a program does not recurse, so the per-CPU slot is ours for the run.)
 #[repr(C)]
-struct CopyState {
+pub struct CopyState {
     conn_id: u64,
     /// Stream offset of the next byte.
     offset: u64,
@@ -135,7 +141,6 @@ struct CopyState {
     orig_len: u32,
     syscall: i32,
     direction: u8,
-    _pad: [u8; 3],
 }
 
 #[inline(always)]
@@ -209,38 +214,40 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     let offset = *slot;
     *slot = offset + ret as u64;
 
-    let mut copy = CopyState {
-        conn_id: state.cookie,
-        offset,
-        // SAFETY: helper without arguments.
-        ts: unsafe { bpf_ktime_get_boot_ns() },
-        remaining: ret as u64,
-        cur_base: 0,
-        cur_len: 0,
-        iov: 0,
-        iov_idx: 0,
-        iov_cnt: 0,
-        tgid,
-        tid: pid_tgid as u32,
-        fd: -1,
-        orig_len: ret as u32,
-        syscall: -1,
-        direction,
-        _pad: [0; 3],
+    let Some(copy) = COPY.get_ptr_mut(0) else {
+        return;
     };
+    // SAFETY: per-CPU value, exclusively ours during this run.
+    let copy = unsafe { &mut *copy };
+    copy.conn_id = state.cookie;
+    copy.offset = offset;
+    // SAFETY: helper without arguments.
+    copy.ts = unsafe { bpf_ktime_get_boot_ns() };
+    copy.remaining = ret as u64;
+    copy.cur_base = 0;
+    copy.cur_len = 0;
+    copy.iov = 0;
+    copy.iov_idx = 0;
+    copy.iov_cnt = 0;
+    copy.tgid = tgid;
+    copy.tid = pid_tgid as u32;
+    copy.fd = -1;
+    copy.orig_len = ret as u32;
+    copy.syscall = -1;
+    copy.direction = direction;
 
     if direction == DIR_INGRESS && flags & MSG_TRUNC != 0 {
         // TCP discards the bytes instead of copying them out.
-        emit_gap(&mut copy);
+        emit_gap(copy);
         return;
     }
-    if !locate_user_buffer(&mut copy) {
-        emit_gap(&mut copy);
+    if !locate_user_buffer(copy) {
+        emit_gap(copy);
         return;
     }
 
     if state.class == CLASS_UNKNOWN {
-        match first_bytes_look_like_mongo(&copy) {
+        match first_bytes_look_like_mongo(copy) {
             Some(true) => state.class = CLASS_MONGO,
             Some(false) => {
                 state.strikes = state.strikes.saturating_add(1);
@@ -256,12 +263,12 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
         }
     }
 
-    // SAFETY: bpf_loop with a static callback and a pointer to our stack frame.
+    // SAFETY: bpf_loop with a static callback; the state is in the COPY map.
     unsafe {
         bpf_loop(
-            (MAX_IOVECS + (ret as u32 / CHUNK_SIZE as u32) + 2) as u32,
+            MAX_IOVECS + (ret as u32 / CHUNK_SIZE as u32) + 2,
             copy_chunk as *mut c_void,
-            &mut copy as *mut CopyState as *mut c_void,
+            core::ptr::null_mut(),
             0,
         );
     }
@@ -334,9 +341,12 @@ fn first_bytes_look_like_mongo(copy: &CopyState) -> Option<bool> {
 
 /// One `bpf_loop` step: emits one chunk (at most CHUNK_SIZE bytes of one buffer), or moves to
 /// the next iovec. Returns 1 to stop.
-extern "C" fn copy_chunk(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `CopyState` on the caller's stack, as passed to bpf_loop.
-    let copy = unsafe { &mut *(ctx as *mut CopyState) };
+extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(copy) = COPY.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU value, exclusively ours during this run.
+    let copy = unsafe { &mut *copy };
     if copy.remaining == 0 {
         return 1;
     }

@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod config;
 pub mod filter;
+pub mod forensic;
 pub mod ops;
 pub mod queue;
 pub mod sink;

@@ -1,4 +1,313 @@
-fn main() {
-    eprintln!("mongowatch: not built yet");
-    std::process::exit(2);
+//! `mongowatch --pid <PID>`: audits the MongoDB operations of running processes from the
+//! kernel, with no change to the application, its driver or the network.
+
+use std::{
+    collections::HashSet,
+    io::{self, BufWriter, Write},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{MapData, RingBuf};
+use clap::Parser;
+use mongowatch::{
+    capture::{
+        events,
+        probes::{KernelCounters, Probes},
+        procfs,
+        tracker::{Clock, Output, Tracker, TrackerStats},
+    },
+    config::AuditArgs,
+    forensic,
+    ops::{Auditor, Input},
+    stream::ConnConfig,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{info, warn};
+
+/// Audits the MongoDB operations of running processes, from the kernel (eBPF).
+///
+/// Writes one audit record per application-level operation (a find and all its getMores are
+/// one record). Runs as root. Exits when every watched process has exited, or on
+/// SIGINT/SIGTERM, after writing every pending record.
+#[derive(Parser, Debug)]
+#[command(name = "mongowatch", version)]
+struct Cli {
+    /// A process to watch (repeat for several); the children it starts are followed.
+    #[arg(long = "pid", value_name = "PID", required = true)]
+    pids: Vec<u32>,
+
+    /// Server ports that mark a TCP connection as MongoDB at once; connections to other ports
+    /// (and unix sockets) are recognised from their first bytes.
+    #[arg(long = "port", value_name = "PORT", default_values_t = [27017u16, 27018, 27019])]
+    ports: Vec<u16>,
+
+    /// Forensic mode: one JSON line per wire message instead of audit records.
+    #[arg(long)]
+    messages: bool,
+
+    /// With --messages: add each message's wire bytes, base64, as "Bytes".
+    #[arg(long, requires = "messages")]
+    message_bytes: bool,
+
+    /// Print capture statistics as JSON to stderr at exit.
+    #[arg(long)]
+    stats: bool,
+
+    #[command(flatten)]
+    audit: AuditArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MONGOWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mongowatch: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Where the tracker's output goes.
+enum Mode {
+    Audit(Box<Auditor>),
+    Messages { with_bytes: bool },
+}
+
+struct Daemon {
+    probes: Probes,
+    tracker: Tracker,
+    mode: Mode,
+    out: BufWriter<io::Stdout>,
+    watched: HashSet<u32>,
+    last_counters: KernelCounters,
+    write_failed: bool,
+}
+
+fn run(cli: Cli) -> Result<()> {
+    for pid in &cli.pids {
+        if !procfs::alive(*pid) {
+            bail!("no running process has pid {pid}");
+        }
+    }
+    let mode = if cli.messages {
+        Mode::Messages {
+            with_bytes: cli.message_bytes,
+        }
+    } else {
+        let args = match &cli.audit.config {
+            Some(path) => cli.audit.clone().or(AuditArgs::from_file(path)?),
+            None => cli.audit.clone(),
+        };
+        let config = args.resolve()?;
+        Mode::Audit(Box::new(Auditor::new(&config)?))
+    };
+    let (mut probes, ring) = Probes::load(&cli.ports)?;
+    let mut tracker = Tracker::new(Clock::now(), ConnConfig::default(), cli.ports.clone());
+    let mut watched = HashSet::new();
+    for pid in &cli.pids {
+        probes.watch(*pid, 1)?;
+        tracker.add_process(*pid);
+        watched.insert(*pid);
+    }
+    info!(pids = ?cli.pids, "watching");
+    let daemon = Daemon {
+        probes,
+        tracker,
+        mode,
+        out: BufWriter::with_capacity(1 << 16, io::stdout()),
+        watched,
+        last_counters: KernelCounters::default(),
+        write_failed: false,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let (tracker_stats, kernel) = runtime.block_on(daemon.run(ring))?;
+    if cli.stats {
+        let summary = serde_json::json!({ "capture": tracker_stats, "kernel": kernel });
+        eprintln!("{summary}");
+    }
+    Ok(())
+}
+
+impl Daemon {
+    async fn run(mut self, ring: RingBuf<MapData>) -> Result<(TrackerStats, KernelCounters)> {
+        // The AsyncFd owns the ring buffer, and with it the fd it polls, for the whole loop.
+        #[allow(deprecated)]
+        let mut ring = AsyncFd::new(ring)
+            .context("polling the ring buffer")?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("waiting for the ring buffer")?;
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                    self.flush();
+                }
+                _ = tick.tick() => {
+                    self.drain(ring.get_mut());
+                    self.tick();
+                    if !self.tracker.has_processes() {
+                        info!("every watched process has exited");
+                        break;
+                    }
+                }
+                _ = sigint.recv() => { info!("interrupted (SIGINT)"); break; }
+                _ = sigterm.recv() => { info!("terminated (SIGTERM)"); break; }
+            }
+            if self.write_failed {
+                warn!("the output cannot be written any more; stopping");
+                break;
+            }
+        }
+        // Whatever the kernel wrote before we stopped is still processed.
+        self.drain(ring.get_mut());
+        let now = self.tracker.clock().now_epoch_ns();
+        let Self {
+            tracker,
+            mode,
+            out,
+            write_failed,
+            ..
+        } = &mut self;
+        tracker.close_all(now, &mut |o| deliver(o, mode, out, write_failed));
+        if let Mode::Audit(auditor) = &mut self.mode {
+            if let Err(e) = auditor.shutdown(now) {
+                warn!("writing the last records: {e}");
+            }
+        }
+        self.flush();
+        let kernel = self.probes.counters();
+        self.report_loss(&kernel);
+        let stats = self.tracker.stats().clone();
+        info!(
+            messages = stats.messages,
+            connections = stats.connections,
+            gaps = stats.gaps,
+            events_lost = kernel.ring_full_events,
+            "detaching"
+        );
+        // Dropping the probes detaches the programs.
+        Ok((stats, kernel))
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let Self {
+            tracker,
+            mode,
+            out,
+            write_failed,
+            ..
+        } = self;
+        while let Some(item) = ring.next() {
+            match events::parse(&item) {
+                Ok(event) => {
+                    tracker.handle(event, &mut |o| deliver(o, mode, out, write_failed));
+                }
+                Err(e) => warn!("malformed ring buffer record dropped: {e}"),
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.tracker.clock().now_epoch_ns();
+        let Self {
+            tracker,
+            mode,
+            out,
+            write_failed,
+            ..
+        } = self;
+        tracker.tick(now, &mut |o| deliver(o, mode, out, write_failed));
+        // Processes that are gone leave the kernel's watched set.
+        let alive: HashSet<u32> = self.tracker.processes().collect();
+        for pid in self.watched.difference(&alive) {
+            self.probes.unwatch(*pid);
+        }
+        self.watched = alive;
+        let counters = self.probes.counters();
+        self.report_loss(&counters);
+        self.flush();
+    }
+
+    /// Loss is never silent: every new ring-full drop is logged with its size.
+    fn report_loss(&mut self, now: &KernelCounters) {
+        let lost = now.ring_full_events - self.last_counters.ring_full_events;
+        if lost > 0 {
+            warn!(
+                events = lost,
+                bytes = now.ring_full_bytes - self.last_counters.ring_full_bytes,
+                "the ring buffer was full: events lost (the affected messages are reported as gaps)"
+            );
+        }
+        let failed = now.read_failures - self.last_counters.read_failures;
+        if failed > 0 {
+            warn!(reads = failed, "copies from user memory failed (reported as gaps)");
+        }
+        self.last_counters = *now;
+    }
+
+    fn flush(&mut self) {
+        if self.out.flush().is_err() {
+            self.write_failed = true;
+        }
+    }
+}
+
+fn deliver(
+    output: Output<'_>,
+    mode: &mut Mode,
+    out: &mut BufWriter<io::Stdout>,
+    write_failed: &mut bool,
+) {
+    match (output, mode) {
+        (
+            Output::Message {
+                conn,
+                dir,
+                frame,
+                message,
+            },
+            Mode::Messages { with_bytes },
+        ) => {
+            if forensic::write_message(
+                out,
+                conn,
+                dir,
+                &frame.bytes,
+                frame.first_ts_ns,
+                message,
+                *with_bytes,
+            )
+            .is_err()
+            {
+                *write_failed = true;
+            }
+        }
+        (Output::Input(input), Mode::Audit(auditor)) => {
+            if let Err(e) = auditor.handle(input) {
+                warn!("writing audit records: {e}");
+            }
+        }
+        (Output::Input(Input::Tick { .. }), _) | (Output::Input(_), Mode::Messages { .. }) => {}
+        (Output::Message { .. }, Mode::Audit(_)) => {}
+    }
 }

@@ -99,7 +99,7 @@ impl Probes {
             _pad: 0,
         };
         let mut ebpf = EbpfLoader::new()
-            .set_global("CONFIG", &config, true)
+            .override_global("CONFIG", &config, true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 let hint = if e.to_string().contains("ring") {

@@ -1,0 +1,621 @@
+//! From kernel events to connections, messages and ops inputs. Pure code: the daemon feeds it
+//! the ring buffer's events, the tests feed it synthetic ones.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use serde::Serialize;
+
+use super::{
+    events::{Direction, Ends, Event},
+    procfs,
+};
+use crate::{
+    ops::{ConnInfo, Input},
+    stream::{ConnConfig, ConnEvent, Connection, Dir, RawFrame},
+    wire::{DecodeError, Timed},
+};
+
+/// Kernel time (CLOCK_BOOTTIME) to wall time.
+#[derive(Copy, Clone, Debug)]
+pub struct Clock {
+    boot_to_epoch_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let epoch = clock_ns(libc::CLOCK_REALTIME);
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        Self {
+            boot_to_epoch_ns: epoch - boot,
+        }
+    }
+
+    /// A clock whose epoch equals boot time (tests).
+    pub fn identity() -> Self {
+        Self {
+            boot_to_epoch_ns: 0,
+        }
+    }
+
+    pub fn epoch_ns(&self, boot_ns: u64) -> u64 {
+        (boot_ns as i128 + self.boot_to_epoch_ns).max(0) as u64
+    }
+
+    pub fn now_epoch_ns(&self) -> u64 {
+        self.epoch_ns(clock_ns(libc::CLOCK_BOOTTIME) as u64)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid clock id and timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// What the tracker hands on.
+pub enum Output<'a> {
+    /// One framed wire message (for `--messages`).
+    Message {
+        conn: &'a Arc<ConnInfo>,
+        dir: Dir,
+        frame: &'a RawFrame,
+        message: Result<&'a Timed, &'a DecodeError>,
+    },
+    /// Input for the ops layer.
+    Input(Input),
+}
+
+/// Counters of what the tracker saw, for the exit summary.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TrackerStats {
+    pub events: u64,
+    pub data_bytes: u64,
+    pub connections: u64,
+    pub gaps: u64,
+    pub gap_bytes: u64,
+    pub messages: u64,
+    pub decode_errors: u64,
+    pub dropped_frames: u64,
+    /// Data for a connection whose open event never arrived (ends learnt from /proc).
+    pub late_connections: u64,
+}
+
+/// Which end of a connection the watched process is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Role {
+    Unknown,
+    Client,
+    Server,
+}
+
+struct Conn {
+    stream: Connection,
+    info: Arc<ConnInfo>,
+    ends: Ends,
+    role: Role,
+}
+
+pub struct Tracker {
+    clock: Clock,
+    cfg: ConnConfig,
+    server_ports: Vec<u16>,
+    conns: HashMap<u64, Conn>,
+    /// Watched processes still alive.
+    procs: HashMap<u32, String>,
+    stats: TrackerStats,
+}
+
+impl Tracker {
+    pub fn new(clock: Clock, cfg: ConnConfig, server_ports: Vec<u16>) -> Self {
+        Self {
+            clock,
+            cfg,
+            server_ports,
+            conns: HashMap::new(),
+            procs: HashMap::new(),
+            stats: TrackerStats::default(),
+        }
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    pub fn stats(&self) -> &TrackerStats {
+        &self.stats
+    }
+
+    /// Starts tracking a process named on the command line.
+    pub fn add_process(&mut self, pid: u32) {
+        let comm = procfs::comm(pid).unwrap_or_default();
+        self.procs.insert(pid, comm);
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.procs.keys().copied()
+    }
+
+    pub fn has_processes(&self) -> bool {
+        !self.procs.is_empty()
+    }
+
+    pub fn handle(&mut self, event: Event<'_>, out: &mut impl FnMut(Output<'_>)) {
+        self.stats.events += 1;
+        match event {
+            Event::ConnOpen {
+                header,
+                ends,
+                comm,
+            } => {
+                if let Some(old) = self.conns.remove(&header.conn_id) {
+                    // Cannot happen with cookies, which are never reused; be safe anyway.
+                    self.finish(old, self.clock.epoch_ns(header.ts_ns), out);
+                }
+                self.procs.entry(header.tgid).or_insert_with(|| comm.clone());
+                let conn = self.new_conn(header.conn_id, header.tgid, comm, ends);
+                self.conns.insert(header.conn_id, conn);
+            }
+            Event::Data {
+                header,
+                direction,
+                payload,
+            } => {
+                self.stats.data_bytes += payload.len() as u64;
+                let ts = self.clock.epoch_ns(header.ts_ns);
+                self.ensure_conn(header.conn_id, header.tgid, header.fd);
+                let Self { conns, stats, .. } = self;
+                let Some(Conn {
+                    stream, info, role, ends, ..
+                }) = conns.get_mut(&header.conn_id)
+                else {
+                    return;
+                };
+                stream.push(dir(direction), header.offset, payload, ts, &mut |ev| {
+                    forward(ev, info, role, ends, stats, out)
+                });
+            }
+            Event::Gap {
+                header,
+                direction,
+                len,
+            } => {
+                let ts = self.clock.epoch_ns(header.ts_ns);
+                self.ensure_conn(header.conn_id, header.tgid, header.fd);
+                let Self { conns, stats, .. } = self;
+                let Some(Conn {
+                    stream, info, role, ends, ..
+                }) = conns.get_mut(&header.conn_id)
+                else {
+                    return;
+                };
+                stream.gap(dir(direction), header.offset, len, ts, &mut |ev| {
+                    forward(ev, info, role, ends, stats, out)
+                });
+            }
+            Event::ConnClose { header } => {
+                if let Some(conn) = self.conns.remove(&header.conn_id) {
+                    self.finish(conn, self.clock.epoch_ns(header.ts_ns), out);
+                }
+            }
+            Event::ProcFork { child, .. } => {
+                let comm = procfs::comm(child).unwrap_or_default();
+                self.procs.insert(child, comm);
+            }
+            Event::ProcExit { header, pid } => {
+                self.process_exited(pid, self.clock.epoch_ns(header.ts_ns), out);
+            }
+        }
+    }
+
+    /// A watched process is gone: its connections are closed, and the ops layer is told.
+    pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        if self.procs.remove(&pid).is_none() {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.info.pid == pid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(conn) = self.conns.remove(&id) {
+                self.finish(conn, ts_ns, out);
+            }
+        }
+        out(Output::Input(Input::ProcessExited { pid, ts_ns }));
+    }
+
+    /// Periodic work: processes that exited without an exit event (missed), idle
+    /// connections, and the clock for the ops layer's timeouts.
+    pub fn tick(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        let dead: Vec<u32> = self
+            .procs
+            .keys()
+            .copied()
+            .filter(|pid| !procfs::alive(*pid))
+            .collect();
+        for pid in dead {
+            self.process_exited(pid, now_ns, out);
+        }
+        let mut expired = Vec::new();
+        for (id, conn) in self.conns.iter_mut() {
+            let Conn {
+                stream, info, role, ends, ..
+            } = conn;
+            let stats = &mut self.stats;
+            if stream.expire(now_ns, &mut |ev| forward(ev, info, role, ends, stats, out)) {
+                expired.push(*id);
+            }
+        }
+        for id in expired {
+            if let Some(conn) = self.conns.remove(&id) {
+                out(Output::Input(Input::ConnClosed {
+                    conn: conn.info,
+                    ts_ns: now_ns,
+                }));
+            }
+        }
+        out(Output::Input(Input::Tick { now_ns }));
+    }
+
+    /// Shutdown: every connection is closed so no request is left unreported.
+    pub fn close_all(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.conns.remove(&id) {
+                self.finish(conn, now_ns, out);
+            }
+        }
+    }
+
+    fn finish(&mut self, mut conn: Conn, ts_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        let Conn {
+            stream, info, role, ends, ..
+        } = &mut conn;
+        let stats = &mut self.stats;
+        stream.close(ts_ns, &mut |ev| forward(ev, info, role, ends, stats, out));
+        out(Output::Input(Input::ConnClosed {
+            conn: conn.info,
+            ts_ns,
+        }));
+    }
+
+    fn new_conn(&mut self, id: u64, pid: u32, comm: String, ends: Ends) -> Conn {
+        self.stats.connections += 1;
+        let role = guess_role(&ends, &self.server_ports);
+        Conn {
+            stream: Connection::new(self.cfg.clone()),
+            info: Arc::new(conn_info(id, pid, comm, &ends, role)),
+            ends,
+            role,
+        }
+    }
+
+    /// Makes sure the connection has an entry; one whose open event was lost is created from
+    /// /proc.
+    fn ensure_conn(&mut self, id: u64, pid: u32, fd: i32) {
+        if !self.conns.contains_key(&id) {
+            self.stats.late_connections += 1;
+            let ends = procfs::socket_inode(pid, fd)
+                .and_then(|inode| procfs::tcp_ends(pid, inode))
+                .map(|(local, remote)| Ends::Inet { local, remote })
+                .unwrap_or(Ends::Unknown { family: 0 });
+            let comm = self
+                .procs
+                .get(&pid)
+                .cloned()
+                .or_else(|| procfs::comm(pid))
+                .unwrap_or_default();
+            let conn = self.new_conn(id, pid, comm, ends);
+            self.conns.insert(id, conn);
+        }
+    }
+}
+
+fn dir(d: Direction) -> Dir {
+    match d {
+        Direction::Egress => Dir::Egress,
+        Direction::Ingress => Dir::Ingress,
+    }
+}
+
+/// Hands a connection event on, learning the watched side's role from the first request.
+fn forward(
+    ev: ConnEvent<'_>,
+    info: &mut Arc<ConnInfo>,
+    role: &mut Role,
+    ends: &Ends,
+    stats: &mut TrackerStats,
+    out: &mut impl FnMut(Output<'_>),
+) {
+    match ev {
+        ConnEvent::Frame {
+            dir,
+            frame,
+            message,
+        } => {
+            stats.messages += 1;
+            match message {
+                Ok(t) => {
+                    // A request travels from client to server: its direction settles who is
+                    // who, whatever the ports suggested.
+                    if !t.msg.is_reply() {
+                        let seen = if dir == Dir::Egress {
+                            Role::Client
+                        } else {
+                            Role::Server
+                        };
+                        if *role != seen {
+                            *role = seen;
+                            *info = Arc::new(conn_info(
+                                info.id,
+                                info.pid,
+                                info.comm.clone(),
+                                ends,
+                                seen,
+                            ));
+                        }
+                    }
+                }
+                Err(_) => stats.decode_errors += 1,
+            }
+            out(Output::Message {
+                conn: info,
+                dir,
+                frame,
+                message,
+            });
+        }
+        ConnEvent::Gap { len, .. } => {
+            stats.gaps += 1;
+            stats.gap_bytes += len;
+        }
+        ConnEvent::Dropped { .. } => stats.dropped_frames += 1,
+        ConnEvent::Exchange(exchange) => out(Output::Input(Input::Exchange {
+            conn: info.clone(),
+            exchange,
+        })),
+    }
+}
+
+fn guess_role(ends: &Ends, server_ports: &[u16]) -> Role {
+    match ends {
+        Ends::Inet { local, remote } => {
+            if server_ports.contains(&remote.port()) {
+                Role::Client
+            } else if server_ports.contains(&local.port()) {
+                Role::Server
+            } else {
+                Role::Unknown
+            }
+        }
+        Ends::Unix { path_is_local, .. } => {
+            if *path_is_local {
+                Role::Server
+            } else {
+                Role::Client
+            }
+        }
+        Ends::Unknown { .. } => Role::Unknown,
+    }
+}
+
+fn conn_info(id: u64, pid: u32, comm: String, ends: &Ends, role: Role) -> ConnInfo {
+    let (local, remote) = match ends {
+        Ends::Inet { local, remote } => (show(local), show(remote)),
+        Ends::Unix { path, .. } => {
+            let path = if path.is_empty() {
+                "unix:?".to_string()
+            } else {
+                path.clone()
+            };
+            (path.clone(), path)
+        }
+        Ends::Unknown { .. } => ("?".to_string(), "?".to_string()),
+    };
+    let (client, server) = match role {
+        Role::Server => (remote, local),
+        Role::Client | Role::Unknown => (local, remote),
+    };
+    ConnInfo {
+        id,
+        pid,
+        comm,
+        client,
+        server,
+        tls: false,
+    }
+}
+
+fn show(addr: &SocketAddr) -> String {
+    addr.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use mongowatch_common::{EventHeader, EventKind};
+
+    use super::*;
+
+    fn header(kind: EventKind, conn: u64, offset: u64, ts: u64) -> EventHeader {
+        EventHeader {
+            kind: kind as u8,
+            conn_id: conn,
+            offset,
+            ts_ns: ts,
+            tgid: 4242,
+            tid: 4242,
+            fd: 7,
+            ..Default::default()
+        }
+    }
+
+    /// An OP_MSG `{ping: 1, $db: "admin"}` request or its `{ok: 1}` reply.
+    fn op_msg(request_id: i32, response_to: i32, doc: bson::RawDocumentBuf) -> Vec<u8> {
+        let body = doc.as_bytes();
+        let len = 16 + 4 + 1 + body.len();
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(&(len as i32).to_le_bytes());
+        v.extend_from_slice(&request_id.to_le_bytes());
+        v.extend_from_slice(&response_to.to_le_bytes());
+        v.extend_from_slice(&2013i32.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.push(0);
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn a_request_and_its_reply_become_one_exchange() {
+        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        t.add_process(4242);
+        let mut messages = Vec::new();
+        let mut inputs = Vec::new();
+        let mut sink = |o: Output<'_>| match o {
+            Output::Message { conn, dir, frame, .. } => {
+                messages.push((conn.client.clone(), conn.server.clone(), dir, frame.bytes.len()))
+            }
+            Output::Input(i) => inputs.push(i),
+        };
+        let ends = Ends::Inet {
+            local: "127.0.0.1:50000".parse().unwrap(),
+            remote: "127.0.0.1:27017".parse().unwrap(),
+        };
+        t.handle(
+            Event::ConnOpen {
+                header: header(EventKind::ConnOpen, 9, 0, 1),
+                ends,
+                comm: "python3".into(),
+            },
+            &mut sink,
+        );
+        let req = op_msg(1, 0, bson::rawdoc! { "ping": 1, "$db": "admin" });
+        let rep = op_msg(2, 1, bson::rawdoc! { "ok": 1.0 });
+        // The reply arrives the way pymongo reads it: the header, then the body.
+        t.handle(
+            Event::Data {
+                header: header(EventKind::Data, 9, 0, 10),
+                direction: Direction::Egress,
+                payload: &req,
+            },
+            &mut sink,
+        );
+        t.handle(
+            Event::Data {
+                header: header(EventKind::Data, 9, 0, 20),
+                direction: Direction::Ingress,
+                payload: &rep[..16],
+            },
+            &mut sink,
+        );
+        t.handle(
+            Event::Data {
+                header: header(EventKind::Data, 9, 16, 21),
+                direction: Direction::Ingress,
+                payload: &rep[16..],
+            },
+            &mut sink,
+        );
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].0, "127.0.0.1:50000");
+        assert_eq!(messages[0].1, "127.0.0.1:27017");
+        assert_eq!(messages[1].3, rep.len());
+        let exchanges: Vec<_> = inputs
+            .iter()
+            .filter(|i| matches!(i, Input::Exchange { .. }))
+            .collect();
+        assert_eq!(exchanges.len(), 1);
+        assert_eq!(t.stats().messages, 2);
+    }
+
+    #[test]
+    fn the_watched_server_side_is_recognised() {
+        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![]);
+        let mut clients = Vec::new();
+        let mut sink = |o: Output<'_>| {
+            if let Output::Message { conn, .. } = o {
+                clients.push((conn.client.clone(), conn.server.clone()));
+            }
+        };
+        // No known port: the role comes from the first request's direction.
+        t.handle(
+            Event::ConnOpen {
+                header: header(EventKind::ConnOpen, 5, 0, 1),
+                ends: Ends::Inet {
+                    local: "127.0.0.1:4000".parse().unwrap(),
+                    remote: "127.0.0.1:50000".parse().unwrap(),
+                },
+                comm: "server".into(),
+            },
+            &mut sink,
+        );
+        let req = op_msg(1, 0, bson::rawdoc! { "ping": 1, "$db": "admin" });
+        t.handle(
+            Event::Data {
+                header: header(EventKind::Data, 5, 0, 10),
+                direction: Direction::Ingress,
+                payload: &req,
+            },
+            &mut sink,
+        );
+        assert_eq!(
+            clients,
+            vec![("127.0.0.1:50000".to_string(), "127.0.0.1:4000".to_string())]
+        );
+    }
+
+    #[test]
+    fn exit_closes_the_process_connections() {
+        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        t.add_process(4242);
+        let mut inputs = Vec::new();
+        let mut sink = |o: Output<'_>| {
+            if let Output::Input(i) = o {
+                inputs.push(i)
+            }
+        };
+        t.handle(
+            Event::ConnOpen {
+                header: header(EventKind::ConnOpen, 9, 0, 1),
+                ends: Ends::Unknown { family: 0 },
+                comm: "x".into(),
+            },
+            &mut sink,
+        );
+        let req = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
+        t.handle(
+            Event::Data {
+                header: header(EventKind::Data, 9, 0, 10),
+                direction: Direction::Egress,
+                payload: &req,
+            },
+            &mut sink,
+        );
+        t.handle(
+            Event::ProcExit {
+                header: header(EventKind::ProcExit, 0, 0, 50),
+                pid: 4242,
+            },
+            &mut sink,
+        );
+        assert!(!t.has_processes());
+        assert!(inputs.iter().any(|i| matches!(
+            i,
+            Input::Exchange {
+                exchange: crate::wire::Exchange::Unanswered { .. },
+                ..
+            }
+        )));
+        assert!(inputs
+            .iter()
+            .any(|i| matches!(i, Input::ConnClosed { ts_ns: 50, .. })));
+        assert!(inputs
+            .iter()
+            .any(|i| matches!(i, Input::ProcessExited { pid: 4242, .. })));
+    }
+}

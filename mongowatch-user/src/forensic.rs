@@ -1,0 +1,175 @@
+//! `--messages`: one JSON line per wire message, for forensics and for checking the capture
+//! byte for byte.
+
+use std::io::Write;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::{
+    ops::ConnInfo,
+    stream::Dir,
+    wire::{Body, DecodeError, OpCode, Timed},
+};
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Line<'a> {
+    time: String,
+    pid: u32,
+    conn: u64,
+    client: &'a str,
+    server: &'a str,
+    /// "request" or "reply", from the header (responseTo == 0 is a request).
+    direction: &'static str,
+    /// Which way the bytes went, seen from the watched process.
+    flow: &'static str,
+    op_code: String,
+    #[serde(rename = "RequestID")]
+    request_id: i32,
+    response_to: i32,
+    /// Bytes on the wire.
+    length: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compressor: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original_op_code: Option<&'static str>,
+    /// The command name of a request (first key of its body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<String>,
+}
+
+pub fn rfc3339_micros(epoch_ns: u64) -> String {
+    let secs = (epoch_ns / 1_000_000_000) as i64;
+    let nanos = (epoch_ns % 1_000_000_000) as u32;
+    chrono::DateTime::from_timestamp(secs, nanos)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn op_name(code: i32) -> String {
+    OpCode::from_i32(code)
+        .map(|c| c.name().to_string())
+        .unwrap_or_else(|| code.to_string())
+}
+
+fn command_name(t: &Timed) -> Option<String> {
+    let doc = match &t.msg.body {
+        Body::Msg(m) => &m.body,
+        Body::Query(q) => &q.query,
+        _ => return None,
+    };
+    let (key, _) = doc.raw().iter().next()?.ok()?;
+    Some(key.as_str().to_string())
+}
+
+/// Writes one message line.
+pub fn write_message(
+    out: &mut impl Write,
+    conn: &ConnInfo,
+    dir: Dir,
+    bytes: &Bytes,
+    first_ts_ns: u64,
+    message: Result<&Timed, &DecodeError>,
+    with_bytes: bool,
+) -> std::io::Result<()> {
+    let word = |i: usize| {
+        bytes
+            .get(i..i + 4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0)
+    };
+    let (request_id, response_to, wire_op) = (word(4), word(8), word(12));
+    let (compressor, original, command, error) = match message {
+        Ok(t) => (
+            t.msg.compressor.map(|c| c.name()),
+            t.msg
+                .compressor
+                .and_then(|_| OpCode::from_i32(t.msg.header.op_code))
+                .map(|c| c.name()),
+            if t.msg.is_reply() { None } else { command_name(t) },
+            None,
+        ),
+        Err(e) => (None, None, None, Some(e.to_string())),
+    };
+    let is_reply = response_to != 0 || wire_op == OpCode::Reply as i32;
+    let line = Line {
+        time: rfc3339_micros(first_ts_ns),
+        pid: conn.pid,
+        conn: conn.id,
+        client: &conn.client,
+        server: &conn.server,
+        direction: if is_reply { "reply" } else { "request" },
+        flow: match dir {
+            Dir::Egress => "sent",
+            Dir::Ingress => "received",
+        },
+        op_code: op_name(wire_op),
+        request_id,
+        response_to,
+        length: bytes.len(),
+        compressor,
+        original_op_code: original,
+        command,
+        error,
+        bytes: with_bytes.then(|| base64::engine::general_purpose::STANDARD.encode(bytes)),
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::decode;
+
+    #[test]
+    fn a_request_line() {
+        let doc = bson::rawdoc! { "find": "orders", "$db": "shop" };
+        let body = doc.as_bytes();
+        let len = 21 + body.len();
+        let mut v = Vec::new();
+        v.extend_from_slice(&(len as i32).to_le_bytes());
+        v.extend_from_slice(&7i32.to_le_bytes());
+        v.extend_from_slice(&0i32.to_le_bytes());
+        v.extend_from_slice(&2013i32.to_le_bytes());
+        v.extend_from_slice(&[0, 0, 0, 0, 0]);
+        v.extend_from_slice(body);
+        let bytes = Bytes::from(v);
+        let msg = decode(&bytes).unwrap();
+        let t = Timed {
+            ts_ns: 1,
+            first_ts_ns: 1,
+            msg,
+        };
+        let conn = ConnInfo {
+            id: 3,
+            pid: 42,
+            comm: "app".into(),
+            client: "127.0.0.1:5000".into(),
+            server: "127.0.0.1:27017".into(),
+            tls: false,
+        };
+        let mut out = Vec::new();
+        write_message(&mut out, &conn, Dir::Egress, &bytes, 1_700_000_000_123_456_789, Ok(&t), true)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["Time"], "2023-11-14T22:13:20.123456Z");
+        assert_eq!(v["Direction"], "request");
+        assert_eq!(v["OpCode"], "OP_MSG");
+        assert_eq!(v["RequestID"], 7);
+        assert_eq!(v["ResponseTo"], 0);
+        assert_eq!(v["Length"], len);
+        assert_eq!(v["Command"], "find");
+        assert_eq!(v["Pid"], 42);
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v["Bytes"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(raw, bytes.to_vec());
+    }
+}
