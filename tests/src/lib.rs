@@ -14,6 +14,36 @@
 //! - [`ready`] / [`skip_unless!`]: skip a test (with a printed reason) when what it needs is not
 //!   installed, unless `MONGOWATCH_REQUIRE_E2E` is set (as `cargo xtask test` and CI do), in
 //!   which case a missing piece fails the test.
+//!
+//! A capture test, in outline (root; see tests/tests/harness.rs for the harness's own tests):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use mongowatch_tests::*;
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+//! let server = Server::start(ServerKind::SecantusPy)?;
+//! // The proxy is the wire's ground truth; the test process itself is not watched.
+//! let proxy = RecordingProxy::start(server.addr())?;
+//! let mut app = WorkloadSpec::new(Driver::Pymongo, server.uri_via(proxy.addr()), 10_000)
+//!     .gated()
+//!     .spawn()?;
+//! let mut watch = Mongowatch::watch_pid(app.pid(), &[])?;
+//! std::thread::sleep(Duration::from_secs(1)); // or watch.wait_for_stderr("...", ..)
+//! app.release()?;
+//! let outcome = app.wait(Duration::from_secs(600))?;
+//! proxy.wait_all_closed(Duration::from_secs(30))?;
+//! watch.wait_exit(Duration::from_secs(30))?; // exits once the watched process has
+//! let records = watch.records()?; // mongowatch's JSON lines
+//! let account = reconcile(&proxy.connections(), &outcome.oracle)?;
+//! assert_eq!(outcome.summary.commands_started as usize, account.reported_requests);
+//! // ... compare `records` with `outcome.oracle` (request_id, command_name, durations)
+//! // and with the proxy's messages (bytes exact, timestamps).
+//! # let _ = records;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod mongowatch;
 pub mod paths;

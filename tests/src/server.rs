@@ -53,6 +53,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Server {
     kind: ServerKind,
     addr: SocketAddr,
+    /// With TLS: the self-signed certificate (also the CA drivers must trust).
+    tls_cert: Option<PathBuf>,
     // Field order matters: the process stops before its directory is removed.
     process: ChildGuard,
     dir: tempfile::TempDir,
@@ -64,8 +66,19 @@ impl Server {
         Server::start_with_args(kind, &[])
     }
 
-    /// Starts `kind` with extra command-line arguments (e.g. `--tls-cert-file`, `--auth`).
+    /// Starts `kind` with extra command-line arguments (e.g. `--auth`, `--standalone`).
     pub fn start_with_args(kind: ServerKind, extra_args: &[&str]) -> Result<Server> {
+        Server::start_inner(kind, false, extra_args)
+    }
+
+    /// Starts `kind` with TLS only, on a fresh self-signed certificate for 127.0.0.1 and
+    /// localhost (made with the `openssl` command). [`Server::uri`] then carries `tls=true` and
+    /// `tlsCAFile`. Readiness is checked with pymongo over TLS, so this needs the venv too.
+    pub fn start_tls(kind: ServerKind) -> Result<Server> {
+        Server::start_inner(kind, true, &[])
+    }
+
+    fn start_inner(kind: ServerKind, tls: bool, extra_args: &[&str]) -> Result<Server> {
         let binary = kind.binary();
         if !binary.is_file() {
             bail!(
@@ -77,7 +90,7 @@ impl Server {
         // A free port can be taken between our probe and the server's bind: try a few.
         let mut last_err = None;
         for _ in 0..3 {
-            match Server::try_start(kind, &binary, extra_args) {
+            match Server::try_start(kind, &binary, tls, extra_args) {
                 Ok(server) => return Ok(server),
                 Err(e) => last_err = Some(e),
             }
@@ -85,7 +98,12 @@ impl Server {
         Err(last_err.unwrap())
     }
 
-    fn try_start(kind: ServerKind, binary: &Path, extra_args: &[&str]) -> Result<Server> {
+    fn try_start(
+        kind: ServerKind,
+        binary: &Path,
+        tls: bool,
+        extra_args: &[&str],
+    ) -> Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("mongowatch-{}-", kind.name()))
             .tempdir()
@@ -107,41 +125,76 @@ impl Server {
         if kind == ServerKind::SecantusRs {
             cmd.args(["--cache-size", "256M", "--log-file-max", "16MB"]);
         }
+        let tls_cert = if tls {
+            let (cert, key) = self_signed_cert(dir.path())?;
+            cmd.arg("--tls-cert-file")
+                .arg(&cert)
+                .arg("--tls-key-file")
+                .arg(&key);
+            Some(cert)
+        } else {
+            None
+        };
         cmd.args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let mut process = ChildGuard::spawn(kind.name(), &mut cmd)?;
+        let process = ChildGuard::spawn(kind.name(), &mut cmd)?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut server = Server {
+            kind,
+            addr,
+            tls_cert,
+            process,
+            dir,
+        };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = process.try_wait()? {
+            if let Some(status) = server.process.try_wait()? {
                 bail!(
                     "{} exited with {status} before answering ping on {addr}; its log:\n{}",
                     kind.name(),
-                    log_tail(&log_path)
+                    server.log_tail()
                 );
             }
-            match wire::ping(addr, Duration::from_secs(2)) {
-                Ok(()) => break,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e).with_context(|| {
-                        format!(
+            match server.ping() {
+                Ok(()) => return Ok(server),
+                Err(e) if Instant::now() >= deadline => return Err(e).with_context(|| {
+                    format!(
                         "{} did not answer ping on {addr} within {READY_TIMEOUT:?}; its log:\n{}",
                         kind.name(),
-                        log_tail(&log_path)
+                        server.log_tail()
                     )
-                    })
-                }
+                }),
                 Err(_) => thread::sleep(Duration::from_millis(50)),
             }
         }
-        Ok(Server {
-            kind,
-            addr,
-            process,
-            dir,
-        })
+    }
+
+    /// Runs `{ping: 1}` (a raw OP_MSG; with TLS, through pymongo).
+    pub fn ping(&self) -> Result<()> {
+        match &self.tls_cert {
+            None => wire::ping(self.addr, Duration::from_secs(2)),
+            Some(_) => {
+                let script = "import sys, pymongo\n\
+                    c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=2000)\n\
+                    c.admin.command('ping')\n";
+                let out = Command::new(paths::venv_python())
+                    .args(["-c", script])
+                    .arg(self.uri())
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running pymongo to ping over TLS")?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    bail!(
+                        "TLS ping failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                }
+            }
+        }
     }
 
     pub fn kind(&self) -> ServerKind {
@@ -161,7 +214,24 @@ impl Server {
     /// single-node replica set; `directConnection` keeps drivers on this address (which matters
     /// when they go through a proxy).
     pub fn uri(&self) -> String {
-        format!("mongodb://{}/?directConnection=true", self.addr)
+        self.uri_via(self.addr)
+    }
+
+    /// The URI of this server reached at `addr` (a [`crate::RecordingProxy`] in front of it),
+    /// with this server's TLS options.
+    pub fn uri_via(&self, addr: SocketAddr) -> String {
+        match &self.tls_cert {
+            None => format!("mongodb://{addr}/?directConnection=true"),
+            Some(cert) => format!(
+                "mongodb://{addr}/?directConnection=true&tls=true&tlsCAFile={}",
+                cert.display()
+            ),
+        }
+    }
+
+    /// With TLS, the certificate drivers must trust (`tlsCAFile`).
+    pub fn tls_ca_file(&self) -> Option<&Path> {
+        self.tls_cert.as_deref()
     }
 
     /// The server process's PID.
@@ -183,6 +253,36 @@ impl Server {
     pub fn stop(mut self) -> Result<()> {
         self.process.stop().map(|_| ())
     }
+}
+
+/// Writes a self-signed certificate and key for 127.0.0.1/localhost into `dir`.
+pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl to make a test certificate")?;
+    if !out.status.success() {
+        bail!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((cert, key))
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.

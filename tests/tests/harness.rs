@@ -267,3 +267,30 @@ fn node_compressed_workload_matches_the_wire() -> Result<()> {
     );
     Ok(())
 }
+
+/// TLS servers start and answer; through the proxy, the driver's bytes are TLS records (what
+/// a wire-level observer cannot read, and what mongowatch must capture above TLS instead).
+#[test]
+fn tls_server_works_and_the_wire_is_ciphertext() -> Result<()> {
+    skip_unless!(Ok(()); Need::SecantusPy, Need::Pymongo);
+    let server = Server::start_tls(ServerKind::SecantusPy)?;
+    ensure!(server.uri().contains("tls=true"));
+    let proxy = RecordingProxy::start(server.addr())?;
+    let mut workload =
+        WorkloadSpec::new(Driver::Pymongo, server.uri_via(proxy.addr()), 40).spawn()?;
+    let outcome = workload.wait(Duration::from_secs(300))?;
+    proxy.wait_all_closed(Duration::from_secs(30))?;
+    ensure!(outcome.summary.commands_started >= 40);
+    let conns = proxy.connections();
+    ensure!(!conns.is_empty());
+    for conn in &conns {
+        let stream = conn.stream(Direction::ClientToServer);
+        // A TLS handshake record: content type 22, version 3.x.
+        ensure!(
+            stream.len() > 5 && stream[0] == 0x16 && stream[1] == 0x03,
+            "connection {} does not start with a TLS handshake",
+            conn.id
+        );
+    }
+    Ok(())
+}
