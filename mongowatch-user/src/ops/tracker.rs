@@ -18,6 +18,28 @@ use super::{
 };
 use crate::wire::{Exchange, Timed};
 
+#[cfg(test)]
+mod tests {
+    use super::driver_name;
+
+    #[test]
+    fn driver_names() {
+        assert_eq!(
+            driver_name("PyMongo|c", "4.20.1|").as_deref(),
+            Some("PyMongo 4.20.1")
+        );
+        assert_eq!(
+            driver_name("PyMongo|Motor", "4.20.1|3.6.0").as_deref(),
+            Some("PyMongo 4.20.1 (Motor 3.6.0)")
+        );
+        assert_eq!(
+            driver_name("nodejs", "7.9.0").as_deref(),
+            Some("nodejs 7.9.0")
+        );
+        assert_eq!(driver_name("", ""), None);
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {
     /// Keep handshakes, heartbeats and authentication steps as records.
@@ -110,6 +132,29 @@ pub struct Tracker {
     cursors: HashMap<CursorKey, u64>,
     next_key: u64,
     stats: OpsStats,
+}
+
+/// `PyMongo 4.20.1` from the handshake's driver metadata. Wrapping libraries append
+/// themselves after `|` (`PyMongo|Motor`, `4.20.1|3.6.0`; pymongo's C extension shows as
+/// `PyMongo|c` with an empty version): those with a version follow in parentheses.
+pub fn driver_name(name: &str, version: &str) -> Option<String> {
+    let mut names = name.split('|').map(str::trim);
+    let mut versions = version.split('|').map(str::trim);
+    let first = format!(
+        "{} {}",
+        names.next().unwrap_or(""),
+        versions.next().unwrap_or("")
+    );
+    let mut out = first.trim().to_owned();
+    let extra: Vec<String> = names
+        .zip(versions)
+        .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+    if !extra.is_empty() {
+        out = format!("{out} ({})", extra.join(", "));
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 fn msg_len(t: &Timed) -> u64 {
@@ -259,10 +304,10 @@ impl Tracker {
                         st.app_name = get_str(app, "name").map(str::to_owned);
                     }
                     if let Some(drv) = get_doc(client, "driver") {
-                        let name = get_str(drv, "name").unwrap_or("");
-                        let version = get_str(drv, "version").unwrap_or("");
-                        let d = format!("{name} {version}").trim().to_owned();
-                        st.driver = (!d.is_empty()).then_some(d);
+                        st.driver = driver_name(
+                            get_str(drv, "name").unwrap_or(""),
+                            get_str(drv, "version").unwrap_or(""),
+                        );
                     }
                 }
                 if let Some(spec) = get_doc(body, "speculativeAuthenticate") {
