@@ -320,3 +320,19 @@ fn queue_orders_ready_records_by_start_time() {
     assert_eq!(q.ready_len(), 0);
     assert_eq!(q.open_len(), 0);
 }
+
+#[test]
+fn extreme_times_do_not_panic() {
+    let mut h = Harness::new(AuditConfig {
+        rate: Some(1.0),
+        delay_secs: 5.0,
+        ..AuditConfig::default()
+    });
+    let c = conn(1, 1);
+    open_find(&mut h, &c, 5, u64::MAX - 10 * SEC);
+    h.feed(Input::Tick { now_ns: u64::MAX });
+    h.feed(Input::Tick { now_ns: 0 });
+    get_more(&mut h, &c, 5, 0, 0);
+    h.auditor.shutdown(u64::MAX).unwrap();
+    assert!(!h.records().is_empty());
+}

@@ -110,7 +110,7 @@ impl RateCounter {
         if now_ns < start.saturating_add(self.period_ns) {
             return None;
         }
-        let end = start + self.period_ns;
+        let end = start.saturating_add(self.period_ns);
         let s = self.summary(start, end);
         // Skip whole idle periods.
         let elapsed = (now_ns - start) / self.period_ns;

@@ -469,7 +469,7 @@ impl Tracker {
             terminal: false,
         });
         let op_key = self.next_key;
-        self.next_key += 1;
+        self.next_key = self.next_key.wrapping_add(1);
         self.cursors.insert(key.clone(), op_key);
         self.open.insert(
             op_key,
@@ -518,8 +518,8 @@ impl Tracker {
 
     /// Adds one round trip's time and bytes to an open operation.
     fn add_trip(op: &mut OpenOp, trip: Trip) {
-        op.rec.request_bytes += trip.req_bytes;
-        op.rec.reply_bytes += trip.reply_bytes;
+        op.rec.request_bytes = op.rec.request_bytes.saturating_add(trip.req_bytes);
+        op.rec.reply_bytes = op.rec.reply_bytes.saturating_add(trip.reply_bytes);
         match trip.reply_ts {
             Some(ts) => {
                 let since = if trip.exhaust_index == 0 {
@@ -527,7 +527,7 @@ impl Tracker {
                 } else {
                     op.last_ts
                 };
-                op.rec.duration_ns += ts.saturating_sub(since);
+                op.rec.duration_ns = op.rec.duration_ns.saturating_add(ts.saturating_sub(since));
                 op.rec.end_ns = op.rec.end_ns.max(ts);
                 op.last_ts = ts;
             }
@@ -558,7 +558,7 @@ impl Tracker {
             // The reply never came: the connection ended under the cursor.
             return self.finish(op_key, State::Closed, out);
         };
-        op.rec.iteration += 1;
+        op.rec.iteration = op.rec.iteration.saturating_add(1);
         let raw = rep.raw();
         if !reply_ok(raw) {
             if op.rec.error.is_none() {
@@ -637,8 +637,8 @@ impl Tracker {
             return;
         };
         if let Some(op) = self.open.get_mut(&op_key) {
-            op.rec.iteration += 1;
-            op.rec.reply_bytes += msg_len(reply);
+            op.rec.iteration = op.rec.iteration.saturating_add(1);
+            op.rec.reply_bytes = op.rec.reply_bytes.saturating_add(msg_len(reply));
             op.rec.end_ns = op.rec.end_ns.max(reply.ts_ns);
             op.last_ts = reply.ts_ns;
             if op.count_batches {
