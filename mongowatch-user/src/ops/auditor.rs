@@ -143,7 +143,9 @@ impl Auditor {
     }
 
     /// SIGINT/SIGTERM: writes every pending record (open operations as `timeout`) and the last
-    /// rate summary, then flushes the output.
+    /// rate summary, then flushes the output. Call it before feeding synthetic connection
+    /// closes for the daemon's own exit: a `ConnClosed` writes open cursors as `closed`, which
+    /// says the application's connection ended.
     pub fn shutdown(&mut self, now_ns: u64) -> Result<(), AuditError> {
         let now = now_ns.max(self.queue.now_ns());
         let rest = self.queue.flush_all(now);
