@@ -134,10 +134,7 @@ fn csv_has_one_header_in_contract_order_and_quotes() {
     let f = Formatter::new(Format::Csv, Some(&strs(&["DB", "Operation"])), None).unwrap();
     let mut sink = Sink::new(
         f,
-        mongowatch::sink::Output {
-            writer: Box::new(W(buf.clone())),
-            fresh: true,
-        },
+        mongowatch::sink::Output::new(Box::new(W(buf.clone())), true),
     );
     sink.write(&example()).unwrap();
     sink.write(&example()).unwrap();
@@ -244,5 +241,40 @@ fn unwritable_output_is_an_error_not_a_panic() {
         rotate_keep: 1,
     };
     assert!(matches!(open_output(&spec), Err(SinkError::Open { .. })));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn csv_header_in_every_rotated_file() {
+    let d = tmpdir("rotate-csv");
+    let path = d.join("audit.csv");
+    let spec = OutputSpec {
+        path: Some(path.clone()),
+        rotate_size: Some(300),
+        rotate_keep: 10,
+    };
+    let fields = strs(&["DB", "Operation", "Filter"]);
+    let out = open_output(&spec).unwrap();
+    let mut s = Sink::new(
+        Formatter::new(Format::Csv, Some(&fields), None).unwrap(),
+        out,
+    );
+    for _ in 0..20 {
+        s.write(&example()).unwrap();
+    }
+    s.flush().unwrap();
+    let mut files = 0;
+    for e in std::fs::read_dir(&d).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("DB,Operation,Filter"), "{text}");
+        assert!(lines.all(|l| l == "shop,find,\"{\"\"status\"\":\"\"open\"\"}\""));
+        files += 1;
+    }
+    assert!(files >= 3, "{files} files");
+    // Reopening a non-empty file appends without a second header.
+    drop(s);
+    let out = open_output(&spec).unwrap();
+    assert!(!out.fresh);
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -44,6 +44,26 @@ pub struct OutputSpec {
 pub struct Output {
     pub writer: Box<dyn Write + Send>,
     pub fresh: bool,
+    /// For a rotated file: its size when opened and the rotation size, so the sink knows when
+    /// a write starts a new file (which then gets its own CSV header).
+    pub rotation: Option<Rotation>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    pub initial_len: u64,
+    pub size: u64,
+}
+
+impl Output {
+    /// Any writer (tests, or a daemon that routes records itself); `fresh`: write a CSV header.
+    pub fn new(writer: Box<dyn Write + Send>, fresh: bool) -> Self {
+        Self {
+            writer,
+            fresh,
+            rotation: None,
+        }
+    }
 }
 
 fn open_options() -> OpenOptions {
@@ -57,10 +77,7 @@ fn open_options() -> OpenOptions {
 /// size-rotated file.
 pub fn open_output(spec: &OutputSpec) -> Result<Output, SinkError> {
     let Some(path) = &spec.path else {
-        return Ok(Output {
-            writer: Box::new(io::stdout()),
-            fresh: true,
-        });
+        return Ok(Output::new(Box::new(io::stdout()), true));
     };
     let open_err = |source| SinkError::Open {
         path: path.clone(),
@@ -71,7 +88,12 @@ pub fn open_output(spec: &OutputSpec) -> Result<Output, SinkError> {
     }
     // Open once here so a bad path is a clear startup error, not a panic inside file-rotate.
     let file = open_options().open(path).map_err(open_err)?;
-    let fresh = file.metadata().map(|m| m.len() == 0).unwrap_or(true);
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let fresh = len == 0;
+    let rotation = spec.rotate_size.map(|size| Rotation {
+        initial_len: len,
+        size,
+    });
     let writer: Box<dyn Write + Send> = match spec.rotate_size {
         None => Box::new(file),
         Some(0) => return Err(SinkError::RotateSize),
@@ -91,7 +113,11 @@ pub fn open_output(spec: &OutputSpec) -> Result<Output, SinkError> {
             ))
         }
     };
-    Ok(Output { writer, fresh })
+    Ok(Output {
+        writer,
+        fresh,
+        rotation,
+    })
 }
 
 /// Formats and writes records.
@@ -99,6 +125,9 @@ pub struct Sink {
     out: Box<dyn Write + Send>,
     formatter: Formatter,
     header_pending: bool,
+    rotation: Option<Rotation>,
+    /// Bytes in the current file (rotated outputs only).
+    in_file: u64,
 }
 
 impl Sink {
@@ -107,18 +136,36 @@ impl Sink {
             header_pending: out.fresh && formatter.header().is_some(),
             out: out.writer,
             formatter,
+            rotation: out.rotation,
+            in_file: out.rotation.map_or(0, |r| r.initial_len),
         }
     }
 
+    fn write_bytes(&mut self, b: &[u8]) -> Result<(), SinkError> {
+        self.out.write_all(b)?;
+        self.in_file = self.in_file.saturating_add(b.len() as u64);
+        Ok(())
+    }
+
     pub fn write(&mut self, r: &Record) -> Result<(), SinkError> {
+        // file-rotate starts a new file when a write begins past the size (whole writes only):
+        // that file gets its own CSV header.
+        if let Some(rot) = self.rotation {
+            if self.in_file > rot.size {
+                self.in_file = 0;
+                self.header_pending = self.formatter.header().is_some();
+            }
+        }
+        let mut line = String::new();
         if self.header_pending {
             if let Some(h) = self.formatter.header() {
-                self.out.write_all(h.as_bytes())?;
+                line.push_str(&h);
             }
             self.header_pending = false;
         }
-        self.out.write_all(self.formatter.format(r).as_bytes())?;
-        Ok(())
+        // Header and record in one write, so a rotation never falls between them.
+        line.push_str(&self.formatter.format(r));
+        self.write_bytes(line.as_bytes())
     }
 
     pub fn flush(&mut self) -> Result<(), SinkError> {

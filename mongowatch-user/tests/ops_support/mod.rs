@@ -224,10 +224,7 @@ impl Harness {
         let rate = Buf::default();
         let auditor = Auditor::with_output(
             &cfg,
-            Output {
-                writer: Box::new(out.clone()),
-                fresh: true,
-            },
+            Output::new(Box::new(out.clone()), true),
             Box::new(rate.clone()),
             WatchIds::new([0; 5]),
         )
