@@ -345,3 +345,15 @@ impl Workload {
         })
     }
 }
+
+/// `mongosh URI --quiet --eval SCRIPT` from the cache's node_modules (mongosh sends the legacy
+/// OP_QUERY handshake and then OP_MSG, like the Node driver it wraps).
+pub fn mongosh_command(uri: &str, script: &str) -> Command {
+    let mut cmd = Command::new(paths::node());
+    cmd.arg(paths::mongosh())
+        .arg(uri)
+        .args(["--quiet", "--eval", script])
+        .env("NODE_PATH", paths::node_modules())
+        .stdin(Stdio::null());
+    cmd
+}

@@ -294,3 +294,40 @@ fn tls_server_works_and_the_wire_is_ciphertext() -> Result<()> {
     }
     Ok(())
 }
+
+/// mongosh runs against a server through the proxy; its first request is the legacy OP_QUERY
+/// handshake and its insert is an OP_MSG.
+#[test]
+fn mongosh_runs_through_the_proxy() -> Result<()> {
+    skip_unless!(Ok(()); Need::SecantusPy, Need::Mongosh, Need::NodeDriver);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let proxy = RecordingProxy::start(server.addr())?;
+    let out = mongowatch_tests::mongosh_command(
+        &server.uri_via(proxy.addr()),
+        "db.shell.insertOne({a: 1}); print(db.shell.countDocuments({}))",
+    )
+    .output()?;
+    ensure!(
+        out.status.success(),
+        "mongosh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == "1",
+        "{:?}",
+        out
+    );
+    proxy.wait_all_closed(Duration::from_secs(30))?;
+    let requests: Vec<_> = proxy
+        .connections()
+        .iter()
+        .flat_map(|c| c.requests())
+        .collect();
+    ensure!(requests
+        .iter()
+        .any(|m| m.op_code() == wire::OP_QUERY && m.is_handshake()));
+    ensure!(requests
+        .iter()
+        .any(|m| m.op_code() == wire::OP_MSG && m.command_name().as_deref() == Some("insert")));
+    Ok(())
+}

@@ -148,3 +148,18 @@ pub fn processes_matching(words: &[&str]) -> Vec<(u32, String)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_process_by_its_command_line() {
+        let mut child = Command::new("sleep").arg("7.31415").spawn().unwrap();
+        let found = processes_matching(&["sleep", "7.31415"]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found.iter().any(|(pid, _)| *pid == child.id()), "{found:?}");
+        assert!(processes_matching(&["no-such-process-7.31415-x"]).is_empty());
+    }
+}
