@@ -74,12 +74,12 @@ fn text_is_key_value_over_chosen_fields() {
     .unwrap();
     assert_eq!(
         f.format(&example()),
-        "StartTime=2026-11-24T15:29:00.123456Z DB=shop Collection=orders \
+        "StartTime='2026-11-24T15:29:00.123456Z' DB='shop' Collection='orders' \
          Filter={\"status\":\"open\"} MatchedCount=250 Duration=0.0042\n",
         "null fields are left out"
     );
     let mut r = example();
-    r.comm = "my app".into();
+    r.comm = "it's \\ my\napp".into();
     r.error = Some(ErrorInfo {
         code: Some(2),
         code_name: Some("BadValue".into()),
@@ -89,14 +89,14 @@ fn text_is_key_value_over_chosen_fields() {
     let f = Formatter::new(Format::Text, Some(&strs(&["Comm", "Error", "State"])), None).unwrap();
     assert_eq!(
         f.format(&r),
-        "Comm=\"my app\" Error={\"code\":2,\"codeName\":\"BadValue\",\"errmsg\":\"bad\"} State=final\n"
+        "Comm='it\\'s \\\\ my\\napp' Error={\"code\":2,\"codeName\":\"BadValue\",\"errmsg\":\"bad\"} State='final'\n"
     );
     // The default field set.
     let line = Formatter::new(Format::Text, None, None)
         .unwrap()
         .format(&example());
-    assert!(line.starts_with("StartTime=2026-11-24T15:29:00.123456Z Duration=0.0042 DB=shop"));
-    assert!(line.ends_with("WatchID=6763e2c10000000000000001\n"));
+    assert!(line.starts_with("StartTime='2026-11-24T15:29:00.123456Z' Duration=0.0042 DB='shop'"));
+    assert!(line.ends_with("WatchID='6763e2c10000000000000001'\n"));
 }
 
 #[test]

@@ -118,23 +118,30 @@ impl FieldValue<'_> {
         }
     }
 
-    /// Text rendering: a string that is empty or holds spaces, quotes, `=` or control
-    /// characters is written as a JSON string, so a line always splits back into pairs.
+    /// Text rendering, as pymongowatch's `{watch}` renders values: strings in single quotes
+    /// (backslash escapes, like Python's `repr`), objects and arrays as compact JSON, numbers
+    /// and booleans bare. A line always splits back into its pairs.
     pub fn text(&self) -> String {
         let s = match self {
             FieldValue::Str(s) => *s,
             FieldValue::Owned(s) => s.as_str(),
             other => return other.plain(),
         };
-        let plain_ok = !s.is_empty()
-            && !s
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '=');
-        if plain_ok {
-            s.to_owned()
-        } else {
-            serde_json::to_string(s).unwrap_or_default()
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('\'');
+        for c in s.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\'' => out.push_str("\\'"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push(c),
+            }
         }
+        out.push('\'');
+        out
     }
 
     /// CSV rendering (RFC 4180): null is empty; a value with a comma, quote or line break is
