@@ -16,7 +16,10 @@ use std::{
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let workspace = manifest.parent().expect("crate inside the workspace").to_path_buf();
+    let workspace = manifest
+        .parent()
+        .expect("crate inside the workspace")
+        .to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets it"));
     let object = out_dir.join("mongowatch-ebpf.o");
 

@@ -42,7 +42,10 @@ pub fn plausible_header(h: &[u8; 16]) -> bool {
     if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&length) {
         return false;
     }
-    matches!(op_code, 1 | 2001 | 2002 | 2004 | 2005 | 2006 | 2007 | 2012 | 2013)
+    matches!(
+        op_code,
+        1 | 2001 | 2002 | 2004 | 2005 | 2006 | 2007 | 2012 | 2013
+    )
 }
 
 /// What a ring buffer record is.

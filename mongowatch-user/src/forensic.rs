@@ -92,7 +92,11 @@ pub fn write_message(
                 .compressor
                 .and_then(|_| OpCode::from_i32(t.msg.header.op_code))
                 .map(|c| c.name()),
-            if t.msg.is_reply() { None } else { command_name(t) },
+            if t.msg.is_reply() {
+                None
+            } else {
+                command_name(t)
+            },
             None,
         ),
         Err(e) => (None, None, None, Some(e.to_string())),
@@ -156,8 +160,16 @@ mod tests {
             tls: false,
         };
         let mut out = Vec::new();
-        write_message(&mut out, &conn, Dir::Egress, &bytes, 1_700_000_000_123_456_789, Ok(&t), true)
-            .unwrap();
+        write_message(
+            &mut out,
+            &conn,
+            Dir::Egress,
+            &bytes,
+            1_700_000_000_123_456_789,
+            Ok(&t),
+            true,
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["Time"], "2023-11-14T22:13:20.123456Z");
         assert_eq!(v["Direction"], "request");

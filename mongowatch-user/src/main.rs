@@ -149,8 +149,7 @@ impl Daemon {
     async fn run(mut self, ring: RingBuf<MapData>) -> Result<(TrackerStats, KernelCounters)> {
         // The AsyncFd owns the ring buffer, and with it the fd it polls, for the whole loop.
         #[allow(deprecated)]
-        let mut ring = AsyncFd::new(ring)
-            .context("polling the ring buffer")?;
+        let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -260,7 +259,10 @@ impl Daemon {
         }
         let failed = now.read_failures - self.last_counters.read_failures;
         if failed > 0 {
-            warn!(reads = failed, "copies from user memory failed (reported as gaps)");
+            warn!(
+                reads = failed,
+                "copies from user memory failed (reported as gaps)"
+            );
         }
         self.last_counters = *now;
     }

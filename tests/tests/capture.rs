@@ -157,7 +157,9 @@ fn read_lines(mw: &Mongowatch) -> Result<Vec<Value>> {
 fn byte_exact(driver: Driver) -> Result<()> {
     let server = Server::start(ServerKind::SecantusPy)?;
     let proxy = RecordingProxy::start(server.addr())?;
-    let mut workload = WorkloadSpec::new(driver, proxy.uri(), OPS).gated().spawn()?;
+    let mut workload = WorkloadSpec::new(driver, proxy.uri(), OPS)
+        .gated()
+        .spawn()?;
     let mut mw = Mongowatch::watch_pid(
         workload.pid(),
         &["--messages", "--message-bytes", "--stats"],
@@ -235,7 +237,10 @@ fn unwatched_process_yields_nothing() -> Result<()> {
     watched.release()?;
     let w = watched.wait(WORKLOAD_TIMEOUT)?;
     let o = other.wait(WORKLOAD_TIMEOUT)?;
-    ensure!(w.status.success() && o.status.success(), "a workload failed");
+    ensure!(
+        w.status.success() && o.status.success(),
+        "a workload failed"
+    );
     mw.wait_exit(Duration::from_secs(60))?;
     proxy.wait_all_closed(Duration::from_secs(10))?;
     let lines = read_lines(&mw)?;
@@ -284,7 +289,10 @@ fn attach_to_open_connections() -> Result<()> {
         .sum::<usize>()
         < 20
     {
-        ensure!(std::time::Instant::now() < deadline, "the workload never talked");
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the workload never talked"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut mw = Mongowatch::watch_pid(app.pid(), &["--messages", "--message-bytes"])?;

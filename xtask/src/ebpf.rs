@@ -95,8 +95,7 @@ fn nightly_has_rust_src() -> bool {
 pub fn detect(workspace: &Path) -> Result<Toolchain, BuildError> {
     let linker = find_linker(workspace).ok_or_else(|| {
         BuildError::NoToolchain(
-            "bpf-linker not found in the project cache or on PATH (run `cargo xtask setup`)"
-                .into(),
+            "bpf-linker not found in the project cache or on PATH (run `cargo xtask setup`)".into(),
         )
     })?;
     if env::var_os("MONGOWATCH_EBPF_ROUTE").as_deref() != Some("debian".as_ref())

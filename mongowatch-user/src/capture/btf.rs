@@ -62,7 +62,7 @@ pub fn field_offset(btf: &Btf, name: &str, path: &[&str]) -> Result<u32> {
         total_bits += bits;
         current = ty;
     }
-    if total_bits % 8 != 0 {
+    if !total_bits.is_multiple_of(8) {
         bail!("{name}.{} is a bitfield", path.join("."));
     }
     Ok(total_bits / 8)
@@ -128,7 +128,10 @@ mod tests {
         assert_eq!(off.skc_dport, 12);
         assert_eq!(off.skc_num, 14);
         assert_eq!(off.skc_family, 16);
-        assert!(off.unix_addr > off.skc_v6_rcv_saddr, "unix_sock extends sock");
+        assert!(
+            off.unix_addr > off.skc_v6_rcv_saddr,
+            "unix_sock extends sock"
+        );
         assert_ne!(off.task_pid, off.task_tgid);
         assert_eq!(off.valid, 1);
     }

@@ -157,7 +157,9 @@ pub fn ends(info: &ConnInfo) -> Ends {
             let ip = |a: [u8; 16]| {
                 let ip = Ipv6Addr::from(a);
                 // Show v4-mapped addresses the way people type them.
-                ip.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(ip))
+                ip.to_ipv4_mapped()
+                    .map(IpAddr::V4)
+                    .unwrap_or(IpAddr::V6(ip))
             };
             Ends::Inet {
                 local: SocketAddr::new(ip(info.local_addr), info.local_port),

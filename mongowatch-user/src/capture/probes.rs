@@ -15,7 +15,8 @@ use mongowatch_common::{
 use super::btf::{kernel_offsets, VMLINUX_BTF};
 
 /// The object built from `mongowatch-ebpf` (empty when built without the eBPF toolchain).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mongowatch-ebpf.o"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mongowatch-ebpf.o"));
 
 /// The programs and the tracepoints they attach to. All are BTF tracepoints: they cost a
 /// direct call, not a trip through the perf buffer of a classic tracepoint.
@@ -123,15 +124,17 @@ impl Probes {
                 .attach()
                 .with_context(|| format!("attaching {name} to tracepoint {tracepoint}"))?;
         }
-        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
-            ebpf.map_mut(MAP_PORTS).context("map PORTS missing")?,
-        )?;
+        let mut ports: HashMap<_, u16, u8> =
+            HashMap::try_from(ebpf.map_mut(MAP_PORTS).context("map PORTS missing")?)?;
         for port in server_ports {
             ports.insert(port, 1, 0)?;
         }
-        let watched = HashMap::try_from(ebpf.take_map(MAP_WATCHED).context("map WATCHED missing")?)?;
-        let counters =
-            PerCpuArray::try_from(ebpf.take_map(MAP_COUNTERS).context("map COUNTERS missing")?)?;
+        let watched =
+            HashMap::try_from(ebpf.take_map(MAP_WATCHED).context("map WATCHED missing")?)?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(MAP_COUNTERS)
+                .context("map COUNTERS missing")?,
+        )?;
         let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)?;
         Ok((
             Self {

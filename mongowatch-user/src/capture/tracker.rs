@@ -146,16 +146,14 @@ impl Tracker {
     pub fn handle(&mut self, event: Event<'_>, out: &mut impl FnMut(Output<'_>)) {
         self.stats.events += 1;
         match event {
-            Event::ConnOpen {
-                header,
-                ends,
-                comm,
-            } => {
+            Event::ConnOpen { header, ends, comm } => {
                 if let Some(old) = self.conns.remove(&header.conn_id) {
                     // Cannot happen with cookies, which are never reused; be safe anyway.
                     self.finish(old, self.clock.epoch_ns(header.ts_ns), out);
                 }
-                self.procs.entry(header.tgid).or_insert_with(|| comm.clone());
+                self.procs
+                    .entry(header.tgid)
+                    .or_insert_with(|| comm.clone());
                 let conn = self.new_conn(header.conn_id, header.tgid, comm, ends);
                 self.conns.insert(header.conn_id, conn);
             }
@@ -169,7 +167,11 @@ impl Tracker {
                 self.ensure_conn(header.conn_id, header.tgid, header.fd);
                 let Self { conns, stats, .. } = self;
                 let Some(Conn {
-                    stream, info, role, ends, ..
+                    stream,
+                    info,
+                    role,
+                    ends,
+                    ..
                 }) = conns.get_mut(&header.conn_id)
                 else {
                     return;
@@ -187,7 +189,11 @@ impl Tracker {
                 self.ensure_conn(header.conn_id, header.tgid, header.fd);
                 let Self { conns, stats, .. } = self;
                 let Some(Conn {
-                    stream, info, role, ends, ..
+                    stream,
+                    info,
+                    role,
+                    ends,
+                    ..
                 }) = conns.get_mut(&header.conn_id)
                 else {
                     return;
@@ -245,7 +251,11 @@ impl Tracker {
         let mut expired = Vec::new();
         for (id, conn) in self.conns.iter_mut() {
             let Conn {
-                stream, info, role, ends, ..
+                stream,
+                info,
+                role,
+                ends,
+                ..
             } = conn;
             let stats = &mut self.stats;
             if stream.expire(now_ns, &mut |ev| forward(ev, info, role, ends, stats, out)) {
@@ -275,7 +285,11 @@ impl Tracker {
 
     fn finish(&mut self, mut conn: Conn, ts_ns: u64, out: &mut impl FnMut(Output<'_>)) {
         let Conn {
-            stream, info, role, ends, ..
+            stream,
+            info,
+            role,
+            ends,
+            ..
         } = &mut conn;
         let stats = &mut self.stats;
         stream.close(ts_ns, &mut |ev| forward(ev, info, role, ends, stats, out));
@@ -477,9 +491,14 @@ mod tests {
         let mut messages = Vec::new();
         let mut inputs = Vec::new();
         let mut sink = |o: Output<'_>| match o {
-            Output::Message { conn, dir, frame, .. } => {
-                messages.push((conn.client.clone(), conn.server.clone(), dir, frame.bytes.len()))
-            }
+            Output::Message {
+                conn, dir, frame, ..
+            } => messages.push((
+                conn.client.clone(),
+                conn.server.clone(),
+                dir,
+                frame.bytes.len(),
+            )),
             Output::Input(i) => inputs.push(i),
         };
         let ends = Ends::Inet {

@@ -1,0 +1,203 @@
+//! `cargo xtask bench capture`: what the capture costs, as ratios measured in one run (root).
+//!
+//! 1. The pymongo acceptance workload's throughput with `mongowatch --pid` attached, divided
+//!    by its throughput without (goal >= 0.97), and the events mongowatch lost (goal 0).
+//! 2. What processes that are NOT watched pay while mongowatch runs (watching an idle
+//!    process): a syscall loop that touches no socket (`dd`, goal 1.00) and socket ping-pongs
+//!    over TCP loopback and a unix socket pair (goal >= 0.95).
+//!
+//! Runs alternate (without, with, without, with, ...) and the medians are compared, so a
+//! noisy machine shifts both sides alike. Prints a table and one JSON line.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::net::UnixStream,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use mongowatch_tests::{is_root, ChildGuard, Driver, Mongowatch, Server, ServerKind, WorkloadSpec};
+use serde_json::{json, Value};
+
+const ROUNDS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// An idle process for mongowatch to watch while the unwatched measurements run.
+fn idle_watch() -> Result<(ChildGuard, Mongowatch)> {
+    let idle = ChildGuard::spawn(
+        "idle",
+        Command::new("sleep").arg("3600").stdin(Stdio::null()),
+    )?;
+    let mut mw = Mongowatch::watch_pid(idle.pid(), &[])?;
+    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+    Ok((idle, mw))
+}
+
+/// Seconds `dd` takes to move 2M 64-byte blocks from /dev/zero to /dev/null.
+fn dd_secs() -> Result<f64> {
+    let start = Instant::now();
+    let status = Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=64", "count=2000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    ensure!(status.success(), "dd failed");
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Round trips per second of a one-byte ping-pong between two threads.
+fn ping_pong<S: Read + Write + Send + 'static>(a: S, mut b: S, trips: u32) -> Result<f64> {
+    let echo = thread::spawn(move || -> std::io::Result<()> {
+        let mut a = a;
+        let mut buf = [0u8; 1];
+        for _ in 0..trips {
+            a.read_exact(&mut buf)?;
+            a.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let start = Instant::now();
+    let mut buf = [7u8; 1];
+    for _ in 0..trips {
+        b.write_all(&buf)?;
+        b.read_exact(&mut buf)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    echo.join().expect("echo thread")?;
+    Ok(f64::from(trips) / secs)
+}
+
+fn tcp_ping_pong(trips: u32) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let client = TcpStream::connect(listener.local_addr()?)?;
+    let (server, _) = listener.accept()?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    ping_pong(server, client, trips)
+}
+
+fn unix_ping_pong(trips: u32) -> Result<f64> {
+    let (a, b) = UnixStream::pair()?;
+    ping_pong(a, b, trips)
+}
+
+/// (ops/s, events lost or None without mongowatch) of one run of the pymongo workload.
+fn pymongo_run(server: &Server, ops: u32, watched: bool) -> Result<(f64, Option<u64>)> {
+    let mut workload = WorkloadSpec::new(Driver::Pymongo, server.uri(), ops)
+        .gated()
+        .without_oracle()
+        .spawn()?;
+    let mut mw = None;
+    if watched {
+        let mut m = Mongowatch::watch_pid(workload.pid(), &["--stats", "-o", "/dev/null"])?;
+        m.wait_for_stderr("watching", Duration::from_secs(60))?;
+        mw = Some(m);
+    }
+    workload.release()?;
+    let outcome = workload.wait(Duration::from_secs(900))?;
+    ensure!(outcome.status.success(), "the workload failed");
+    let ops_per_sec = outcome.summary.ops_per_sec.context("no throughput")?;
+    let lost = match mw.as_mut() {
+        None => None,
+        Some(m) => {
+            m.wait_exit(Duration::from_secs(60))?;
+            let stats: Value = m
+                .stderr()
+                .lines()
+                .rev()
+                .find_map(|l| serde_json::from_str(l).ok())
+                .context("no --stats line from mongowatch")?;
+            Some(
+                stats["kernel"]["ring_full_events"]
+                    .as_u64()
+                    .unwrap_or(u64::MAX),
+            )
+        }
+    };
+    Ok((ops_per_sec, lost))
+}
+
+fn main() -> Result<()> {
+    ensure!(
+        is_root(),
+        "the capture benchmark loads eBPF programs: run it as root"
+    );
+    let ops: u32 = std::env::var("BENCH_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let trips = 100_000;
+
+    // 1. pymongo throughput.
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let (mut without, mut with, mut lost) = (Vec::new(), Vec::new(), 0u64);
+    for round in 0..ROUNDS {
+        let (a, _) = pymongo_run(&server, ops, false)?;
+        let (b, l) = pymongo_run(&server, ops, true)?;
+        lost += l.unwrap_or(0);
+        eprintln!("round {round}: pymongo {a:.1} ops/s without, {b:.1} with mongowatch");
+        without.push(a);
+        with.push(b);
+    }
+    let py = (median(without), median(with));
+    drop(server);
+
+    // 2. Unwatched processes, with mongowatch watching something else.
+    let (mut dd0, mut dd1, mut tcp0, mut tcp1, mut ux0, mut ux1) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for round in 0..ROUNDS {
+        dd0.push(dd_secs()?);
+        tcp0.push(tcp_ping_pong(trips)?);
+        ux0.push(unix_ping_pong(trips)?);
+        let (_idle, mut mw) = idle_watch()?;
+        dd1.push(dd_secs()?);
+        tcp1.push(tcp_ping_pong(trips)?);
+        ux1.push(unix_ping_pong(trips)?);
+        mw.stop()?;
+        eprintln!(
+            "round {round}: dd {:.3}s/{:.3}s, tcp {:.0}/{:.0} rt/s, unix {:.0}/{:.0} rt/s",
+            dd0[round], dd1[round], tcp0[round], tcp1[round], ux0[round], ux1[round]
+        );
+    }
+    let dd = (median(dd0), median(dd1));
+    let tcp = (median(tcp0), median(tcp1));
+    let ux = (median(ux0), median(ux1));
+
+    println!("capture cost (medians of {ROUNDS} alternating rounds)");
+    println!(
+        "  pymongo workload ({ops} ops): {:.1} ops/s without, {:.1} with -> ratio {:.3} (goal >= 0.97), events lost {lost} (goal 0)",
+        py.0, py.1, py.1 / py.0
+    );
+    println!(
+        "  unwatched dd (2M x 64 B):     {:.3} s without, {:.3} s with -> ratio {:.3} (goal 1.00)",
+        dd.0,
+        dd.1,
+        dd.0 / dd.1
+    );
+    println!(
+        "  unwatched TCP ping-pong:      {:.0} rt/s without, {:.0} with -> ratio {:.3} (goal >= 0.95)",
+        tcp.0, tcp.1, tcp.1 / tcp.0
+    );
+    println!(
+        "  unwatched unix ping-pong:     {:.0} rt/s without, {:.0} with -> ratio {:.3} (goal >= 0.95)",
+        ux.0, ux.1, ux.1 / ux.0
+    );
+    println!(
+        "{}",
+        json!({
+            "pymongo_ops_per_sec": {"without": py.0, "with": py.1, "ratio": py.1 / py.0},
+            "events_lost": lost,
+            "dd_secs": {"without": dd.0, "with": dd.1, "ratio": dd.0 / dd.1},
+            "tcp_ping_pong_rt_per_sec": {"without": tcp.0, "with": tcp.1, "ratio": tcp.1 / tcp.0},
+            "unix_ping_pong_rt_per_sec": {"without": ux.0, "with": ux.1, "ratio": ux.1 / ux.0},
+        })
+    );
+    Ok(())
+}
