@@ -1,5 +1,7 @@
 //! The audit options: clap flags, the TOML file, the command line winning, validation.
 
+mod ops_support;
+
 use std::path::Path;
 
 use clap::Parser;
@@ -214,4 +216,40 @@ fn help_text_comes_from_doc_comments() {
     assert!(help.contains("Mask Filter values"));
     // A bare boolean flag does not swallow the next argument.
     assert!(Cli::try_parse_from(["m", "--mask", "--delay", "1"]).is_ok());
+}
+
+#[test]
+fn auditor_from_the_command_line_writes_its_file() {
+    use bson::rawdoc;
+    use ops_support::*;
+    let dir = std::env::temp_dir().join(format!("mongowatch-ops-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.join("audit.csv");
+    let cfg = parse(&[
+        "--format",
+        "csv",
+        "--fields",
+        "DB,Collection,Operation,MatchedCount,State",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .resolve()
+    .unwrap();
+    let mut a = mongowatch::ops::Auditor::new(&cfg).unwrap();
+    let c = conn(1, 1);
+    a.handle(round_trip(
+        &c,
+        msg(rawdoc! { "count": "news", "$db": "site" }),
+        T0,
+        reply(rawdoc! { "n": 7, "ok": 1.0 }),
+        MS,
+    ))
+    .unwrap();
+    a.shutdown(T0 + SEC).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "DB,Collection,Operation,MatchedCount,State\nsite,news,count,7,final\n"
+    );
+    assert_eq!(a.stats().records_written, 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
