@@ -108,11 +108,8 @@ fn run(cli: Cli) -> Result<()> {
             with_bytes: cli.message_bytes,
         }
     } else {
-        let args = match &cli.audit.config {
-            Some(path) => cli.audit.clone().or(AuditArgs::from_file(path)?),
-            None => cli.audit.clone(),
-        };
-        let config = args.resolve()?;
+        // Reads --config too; the command line wins over the file.
+        let config = cli.audit.clone().resolve()?;
         Mode::Audit(Box::new(Auditor::new(&config)?))
     };
     let (mut probes, ring) = Probes::load(&cli.ports)?;
@@ -187,7 +184,7 @@ impl Daemon {
             write_failed,
             ..
         } = &mut self;
-        tracker.close_all(now, &mut |o| deliver(o, mode, out, write_failed));
+        tracker.shutdown(now, &mut |o| deliver(o, mode, out, write_failed));
         if let Mode::Audit(auditor) = &mut self.mode {
             if let Err(e) = auditor.shutdown(now) {
                 warn!("writing the last records: {e}");

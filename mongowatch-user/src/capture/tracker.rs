@@ -273,14 +273,23 @@ impl Tracker {
         out(Output::Input(Input::Tick { now_ns }));
     }
 
-    /// Shutdown: every connection is closed so no request is left unreported.
-    pub fn close_all(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        for id in ids {
-            if let Some(conn) = self.conns.remove(&id) {
-                self.finish(conn, now_ns, out);
-            }
+    /// mongowatch is stopping (SIGINT/SIGTERM) while the connections live on: requests still
+    /// waiting for their reply are handed on as unanswered, so none is left unreported, but the
+    /// connections are not reported closed (they are not: the ops layer writes what is still
+    /// open as `timeout`).
+    pub fn shutdown(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        let Self { conns, stats, .. } = self;
+        for conn in conns.values_mut() {
+            let Conn {
+                stream,
+                info,
+                role,
+                ends,
+                ..
+            } = conn;
+            stream.close(now_ns, &mut |ev| forward(ev, info, role, ends, stats, out));
         }
+        conns.clear();
     }
 
     fn finish(&mut self, mut conn: Conn, ts_ns: u64, out: &mut impl FnMut(Output<'_>)) {

@@ -1,0 +1,397 @@
+//! The capture path's edges, as root with the real eBPF programs: unix domain sockets, IPv6,
+//! bytes moved without a user buffer (sendfile: an explicit gap, never garbage), and the clear
+//! errors of the command line.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::net::{UnixListener, UnixStream},
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{ensure, Context, Result};
+use mongowatch_tests::{paths, skip_unless, ChildGuard, Mongowatch, Need, Server, ServerKind};
+use serde_json::Value;
+
+/// Copies bytes both ways between `a` and `b` until either side closes.
+fn pump<A, B>(a: A, b: B)
+where
+    A: io::Read + io::Write + TryCloneStream + Send + 'static,
+    B: io::Read + io::Write + TryCloneStream + Send + 'static,
+{
+    let (mut a2, mut b2) = (a.try_clone_stream(), b.try_clone_stream());
+    let (mut a, mut b) = (a, b);
+    thread::spawn(move || {
+        let _ = io::copy(&mut a, &mut b2);
+        b2.shutdown_stream();
+    });
+    thread::spawn(move || {
+        let _ = io::copy(&mut b, &mut a2);
+        a2.shutdown_stream();
+    });
+}
+
+trait TryCloneStream: Sized {
+    fn try_clone_stream(&self) -> Self;
+    fn shutdown_stream(&self);
+}
+
+impl TryCloneStream for TcpStream {
+    fn try_clone_stream(&self) -> Self {
+        self.try_clone().expect("clone tcp stream")
+    }
+    fn shutdown_stream(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl TryCloneStream for UnixStream {
+    fn try_clone_stream(&self) -> Self {
+        self.try_clone().expect("clone unix stream")
+    }
+    fn shutdown_stream(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A relay in this (unwatched) test process: accepts on a unix socket, forwards to the server.
+fn unix_relay(path: &Path, upstream: SocketAddr) -> Result<()> {
+    let listener = UnixListener::bind(path)?;
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if let Ok(up) = TcpStream::connect(upstream) {
+                pump(conn, up);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The same on an IPv6 loopback port.
+fn v6_relay(upstream: SocketAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("[::1]:0").context("IPv6 loopback")?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if let Ok(up) = TcpStream::connect(upstream) {
+                pump(conn, up);
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// Runs a small Python program (with pymongo available) under `mongowatch --messages`;
+/// returns mongowatch's lines and its `--stats` line.
+fn watch_python(code: &str, args: &[&str]) -> Result<(Vec<Value>, Value)> {
+    let dir = tempfile::tempdir()?;
+    let start = dir.path().join("start");
+    let mut cmd = Command::new(paths::venv_python());
+    cmd.arg("-c")
+        .arg(format!(
+            "import os, sys, time\nwhile not os.path.exists({start:?}): time.sleep(0.01)\n{code}",
+            start = start.display().to_string()
+        ))
+        .args(args)
+        .stdin(Stdio::null());
+    let mut app = ChildGuard::spawn("python app", &mut cmd)?;
+    let mut mw = Mongowatch::watch_pid(app.pid(), &["--messages", "--stats"])?;
+    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+    std::fs::write(&start, b"")?;
+    let status = app
+        .wait_timeout(Duration::from_secs(120))?
+        .context("the app did not finish")?;
+    ensure!(status.success(), "the app failed");
+    mw.wait_exit(Duration::from_secs(60))?;
+    let lines: Vec<Value> = mw
+        .stdout()
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let stats = mw
+        .stderr()
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .context("no --stats line")?;
+    Ok((lines, stats))
+}
+
+const PYMONGO_APP: &str = r#"
+from pymongo import MongoClient
+c = MongoClient(sys.argv[1], appname="edges")
+for i in range(20):
+    c.edges.t.insert_one({"i": i})
+assert c.edges.t.count_documents({}) >= 20
+c.close()
+"#;
+
+/// The application's requests (inserts and the count's aggregate) to `server`, and how many of
+/// them got their reply (matched by responseTo). Monitoring `hello`s are left out: the last one
+/// of a monitor is legitimately unanswered when the client closes.
+fn requests_and_replies(lines: &[Value], server: &str) -> (usize, usize) {
+    let to_server: Vec<&Value> = lines.iter().filter(|l| l["Server"] == server).collect();
+    let requests: Vec<i64> = to_server
+        .iter()
+        .filter(|l| l["Direction"] == "request")
+        .filter(|l| matches!(l["Command"].as_str(), Some("insert" | "aggregate")))
+        .filter_map(|l| l["RequestID"].as_i64())
+        .collect();
+    let answered = requests
+        .iter()
+        .filter(|id| {
+            to_server
+                .iter()
+                .any(|l| l["Direction"] == "reply" && l["ResponseTo"].as_i64() == Some(**id))
+        })
+        .count();
+    (requests.len(), answered)
+}
+
+#[test]
+fn unix_socket_connections_are_captured() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("mongodb-test.sock");
+    unix_relay(&sock, server.addr())?;
+    let path = sock.display().to_string();
+    // directConnection: otherwise pymongo moves to the TCP address the server advertises.
+    let uri = format!(
+        "mongodb://{}/?directConnection=true",
+        path.replace('/', "%2F")
+    );
+    let (lines, stats) = watch_python(PYMONGO_APP, &[&uri])?;
+    let (requests, replies) = requests_and_replies(&lines, &path);
+    // 20 inserts and a count.
+    ensure!(requests == 21, "{requests} requests to {path}");
+    ensure!(
+        replies == requests,
+        "{replies} replies for {requests} requests"
+    );
+    ensure!(stats["capture"]["decode_errors"] == 0, "{stats}");
+    Ok(())
+}
+
+#[test]
+fn ipv6_connections_are_captured() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let relay = v6_relay(server.addr())?;
+    let uri = format!("mongodb://{relay}/?directConnection=true");
+    let (lines, stats) = watch_python(PYMONGO_APP, &[&uri])?;
+    let (requests, replies) = requests_and_replies(&lines, &relay.to_string());
+    ensure!(requests == 21, "{requests} requests to {relay}");
+    ensure!(
+        replies == requests,
+        "{replies} replies for {requests} requests"
+    );
+    ensure!(
+        lines.iter().all(|l| l["Client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("[::1]:"))),
+        "client ends should be [::1]"
+    );
+    ensure!(stats["capture"]["decode_errors"] == 0, "{stats}");
+    Ok(())
+}
+
+/// A request sent with sendfile(2) has no user buffer to copy: it must come out as an
+/// explicit gap of exactly its length, and the stream must go on cleanly after it.
+#[test]
+fn sendfile_bytes_are_an_explicit_gap() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let app = r#"
+import socket, struct, tempfile, bson
+def op_msg(rid, doc):
+    body = struct.pack("<I", 0) + b"\x00" + bson.encode(doc)
+    return struct.pack("<iiii", 16 + len(body), rid, 0, 2013) + body
+def read_msg(s):
+    head = b""
+    while len(head) < 16: head += s.recv(16 - len(head))
+    n = struct.unpack("<i", head[:4])[0]
+    body = b""
+    while len(body) < n - 16: body += s.recv(n - 16 - len(body))
+    return head + body
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port))
+s.sendall(op_msg(1, {"ping": 1, "$db": "admin"})); read_msg(s)
+msg = op_msg(2, {"ping": 1, "$db": "admin"})
+with tempfile.TemporaryFile() as f:
+    f.write(msg); f.flush()
+    assert os.sendfile(s.fileno(), f.fileno(), 0, len(msg)) == len(msg)
+read_msg(s)
+s.sendall(op_msg(3, {"ping": 1, "$db": "admin"})); read_msg(s)
+s.close()
+print(len(msg))
+"#;
+    let addr = server.addr();
+    let (lines, stats) = watch_python(app, &[&addr.ip().to_string(), &addr.port().to_string()])?;
+    let requests: Vec<i64> = lines
+        .iter()
+        .filter(|l| l["Direction"] == "request")
+        .filter_map(|l| l["RequestID"].as_i64())
+        .collect();
+    let replies = lines.iter().filter(|l| l["Direction"] == "reply").count();
+    ensure!(
+        requests == vec![1, 3],
+        "the sendfile'd request (id 2) must be missing, the others present: {requests:?}"
+    );
+    ensure!(replies == 3, "every reply was read with recv: {replies}");
+    ensure!(stats["capture"]["gaps"] == 1, "one gap: {stats}");
+    ensure!(
+        stats["kernel"]["gap_bytes"].as_u64() == stats["capture"]["gap_bytes"].as_u64()
+            && stats["capture"]["gap_bytes"].as_u64().unwrap_or(0) > 16,
+        "the gap is the whole message: {stats}"
+    );
+    ensure!(stats["capture"]["decode_errors"] == 0, "{stats}");
+    Ok(())
+}
+
+fn mongowatch(args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(paths::mongowatch_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+#[test]
+fn a_pid_that_does_not_exist_is_a_clear_error() -> Result<()> {
+    skip_unless!(Ok(()); Need::MongowatchBin);
+    let out = mongowatch(&["--pid", "999999999"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "exit {:?}", out.status);
+    ensure!(
+        err.contains("no running process has pid 999999999"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_flags_are_usage_errors() -> Result<()> {
+    skip_unless!(Ok(()); Need::MongowatchBin);
+    let out = mongowatch(&["--pid", "abc"])?;
+    ensure!(out.status.code() == Some(2), "exit {:?}", out.status);
+    let out = mongowatch(&[])?;
+    ensure!(
+        out.status.code() == Some(2),
+        "no --pid: exit {:?}",
+        out.status
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("--pid"),
+        "the usage names --pid"
+    );
+    let out = mongowatch(&["--pid", "1", "--filter", "Duration >"])?;
+    ensure!(
+        out.status.code() == Some(1),
+        "bad filter: exit {:?}",
+        out.status
+    );
+    Ok(())
+}
+
+#[test]
+fn without_root_it_says_so() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin);
+    // Drop to nobody (and no capabilities) for this one run.
+    let bin = paths::mongowatch_bin();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&bin)
+        .args(["--pid", &std::process::id().to_string(), "-o", "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .context("setpriv (util-linux)")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "exit {:?}: {err}", out.status);
+    ensure!(
+        err.contains("needs root") && err.contains("CAP_BPF"),
+        "the error names what is missing: {err}"
+    );
+    Ok(())
+}
+
+/// SIGINT while the application holds a cursor open: mongowatch writes the pending operation
+/// (as `timeout`: still open when we stopped), exits 0 and leaves nothing behind.
+#[test]
+fn sigint_flushes_pending_records() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let dir = tempfile::tempdir()?;
+    let (start, ready) = (dir.path().join("start"), dir.path().join("ready"));
+    let code = format!(
+        r#"
+import os, sys, time
+from pymongo import MongoClient
+while not os.path.exists({start:?}): time.sleep(0.01)
+c = MongoClient(sys.argv[1], appname="sigint")
+t = c.sigint.t
+t.drop()
+t.insert_many([{{"i": i}} for i in range(30)])
+cur = t.find({{"i": {{"$gte": 0}}}}, batch_size=5)
+next(cur)
+open({ready:?}, "w").close()
+time.sleep(60)
+"#,
+        start = start.display().to_string(),
+        ready = ready.display().to_string()
+    );
+    let mut app = ChildGuard::spawn(
+        "python app",
+        Command::new(paths::venv_python())
+            .arg("-c")
+            .arg(code)
+            .arg(server.uri())
+            .stdin(Stdio::null()),
+    )?;
+    let mut mw = Mongowatch::watch_pid(app.pid(), &["--timeout", "120"])?;
+    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+    std::fs::write(&start, b"")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the app never got its cursor"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Let the reply reach mongowatch before the signal.
+    thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(mw.pid() as i32, libc::SIGINT) };
+    let status = mw.wait_exit(Duration::from_secs(20))?;
+    ensure!(status.success(), "exit status {status:?}: {}", mw.stderr());
+    let records = mw.records()?;
+    let find = records
+        .iter()
+        .find(|r| r["Operation"] == "find")
+        .with_context(|| format!("no find record in {records:?}"))?;
+    ensure!(
+        find["State"] == "timeout",
+        "an open cursor at shutdown: {find}"
+    );
+    ensure!(find["MatchedCount"] == 5, "one batch of 5 was read: {find}");
+    ensure!(find["Iteration"] == 1, "{find}");
+    ensure!(find["CursorId"].as_i64().unwrap_or(0) != 0, "{find}");
+    let insert = records
+        .iter()
+        .find(|r| r["Operation"] == "insert")
+        .context("no insert record")?;
+    ensure!(
+        insert["State"] == "final" && insert["InsertedCount"] == 30,
+        "{insert}"
+    );
+    app.stop()?;
+    Ok(())
+}
