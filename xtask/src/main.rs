@@ -4,7 +4,12 @@
 //!   project cache (`$MONGOWATCH_CACHE`, else `<repo>/.cache`); idempotent, non-interactive.
 //! - `test`: unit tests, then the end-to-end tests against a freshly built `mongowatch` (root).
 //! - `demo`: mongowatch watching a small pymongo application against SecantusDB (root).
+//! - `bench`: the capture-cost ratios and the audit load benchmark (root).
 //! - `build-ebpf`: builds the kernel programs and prints the object's path.
+//!
+//! `test`, `demo` and `bench` run `setup` first (quick once everything is there), so a fresh
+//! machine needs nothing else; `--no-setup` leaves it out.
+mod bench;
 mod demo;
 mod ebpf;
 mod run_tests;
@@ -34,9 +39,43 @@ enum Cmd {
         skip: Vec<setup::Part>,
     },
     /// Run the unit tests, then the end-to-end tests (root).
-    Test(run_tests::TestArgs),
+    Test {
+        #[command(flatten)]
+        args: run_tests::TestArgs,
+        #[command(flatten)]
+        setup: SetupFirst,
+    },
     /// Watch a small pymongo application with mongowatch; audit records go to stdout (root).
-    Demo(demo::DemoArgs),
+    Demo {
+        #[command(flatten)]
+        args: demo::DemoArgs,
+        #[command(flatten)]
+        setup: SetupFirst,
+    },
+    /// Benchmarks with real servers and drivers: what the capture costs (ratios measured in one
+    /// run) and the audit load benchmark (root).
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+        #[command(flatten)]
+        setup: SetupFirst,
+    },
+}
+
+#[derive(clap::Args)]
+struct SetupFirst {
+    /// Do not run `setup` first.
+    #[arg(long)]
+    no_setup: bool,
+}
+
+impl SetupFirst {
+    fn run(&self, ws: &std::path::Path) -> Result<()> {
+        if self.no_setup {
+            return Ok(());
+        }
+        setup::run_setup(ws, &[])
+    }
 }
 
 fn workspace() -> PathBuf {
@@ -54,8 +93,21 @@ fn main() -> Result<()> {
             Err(e) => bail!("{e}"),
         },
         Cmd::Setup { skip } => setup::run_setup(&ws, &skip)?,
-        Cmd::Test(args) => run_tests::run_tests(&ws, &args)?,
-        Cmd::Demo(args) => demo::run_demo(&ws, &args)?,
+        Cmd::Test { args, setup } => {
+            // Without root, setup (apt) cannot run either; the unit tests still can.
+            if util::is_root() {
+                setup.run(&ws)?;
+            }
+            run_tests::run_tests(&ws, &args)?
+        }
+        Cmd::Demo { args, setup } => {
+            setup.run(&ws)?;
+            demo::run_demo(&ws, &args)?
+        }
+        Cmd::Bench { args, setup } => {
+            setup.run(&ws)?;
+            bench::run_bench(&ws, &args)?
+        }
     }
     Ok(())
 }
