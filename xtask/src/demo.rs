@@ -1,14 +1,16 @@
 //! `cargo xtask demo`: mongowatch watching a small pymongo application.
 //!
 //! Starts SecantusDB on a free loopback port, starts `tests/workloads/demo_workload.py`
-//! (gated: it connects only once mongowatch has had time to attach), runs
+//! (gated: it connects only once mongowatch logs that it watches it, plus `--attach-secs`), runs
 //! `mongowatch --pid <app>` with its audit records (JSON lines) on this stdout, and once the
 //! application exits waits for mongowatch to exit by itself, then stops the server by its PID.
 //! Narration goes to stderr, so `cargo xtask demo > audit.jsonl` keeps only the records.
 
 use std::{
+    io::{BufRead, BufReader},
     path::Path,
     process::{Command, Stdio},
+    sync::mpsc,
     thread,
     time::Duration,
 };
@@ -18,12 +20,18 @@ use mongowatch_tests::{paths, ChildGuard, Server, ServerKind};
 
 use crate::util::{self, run};
 
+/// What mongowatch logs (stderr) once it watches the given processes.
+const READY_MARKER: &str = "watching";
+/// How long loading the eBPF programs may take before the demo goes on regardless.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// The server: secantusd-py (default) or secantusd-rs.
     #[arg(long, value_enum, default_value = "py")]
     pub server: DemoServer,
-    /// Seconds between starting mongowatch and letting the application connect.
+    /// Seconds between mongowatch reporting that it watches the application and letting the
+    /// application connect.
     #[arg(long, default_value_t = 1.0)]
     pub attach_secs: f64,
     /// Seconds mongowatch gets to exit by itself after the application has exited.
@@ -43,7 +51,8 @@ pub enum DemoServer {
     Rs,
 }
 
-pub fn run_demo(workspace: &Path, args: &DemoArgs) -> Result<()> {
+/// The demo loads eBPF programs: say so before anything else (setup included) runs.
+pub fn require_root() -> Result<()> {
     if !util::is_root() {
         bail!(
             "mongowatch loads eBPF programs and needs root: run `sudo -E cargo xtask demo` \
@@ -52,6 +61,11 @@ pub fn run_demo(workspace: &Path, args: &DemoArgs) -> Result<()> {
             unsafe { libc::getuid() }
         );
     }
+    Ok(())
+}
+
+pub fn run_demo(workspace: &Path, args: &DemoArgs) -> Result<()> {
+    require_root()?;
     let kind = match args.server {
         DemoServer::Py => ServerKind::SecantusPy,
         DemoServer::Rs => ServerKind::SecantusRs,
@@ -114,14 +128,40 @@ pub fn run_demo(workspace: &Path, args: &DemoArgs) -> Result<()> {
         .arg("--pid")
         .arg(app_pid.to_string())
         .args(&args.mongowatch_args)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     eprintln!("demo: $ {}", util::show(&watch_cmd));
     let mut watcher = ChildGuard::spawn("mongowatch", &mut watch_cmd)?;
-
-    thread::sleep(Duration::from_secs_f64(args.attach_secs.max(0.0)));
-    if let Some(status) = watcher.try_wait()? {
-        bail!("mongowatch exited with {status} before the application started");
+    // mongowatch logs READY_MARKER on stderr once its programs are loaded and the pid is
+    // watched: pass its stderr through and open the gate then.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let stderr = watcher
+        .child_mut()
+        .stderr
+        .take()
+        .context("mongowatch's stderr")?;
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            if line.contains(READY_MARKER) {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    match ready_rx.recv_timeout(READY_TIMEOUT) {
+        Ok(()) => {}
+        Err(_) => {
+            if let Some(status) = watcher.try_wait()? {
+                bail!("mongowatch exited with {status} before the application started");
+            }
+            eprintln!(
+                "demo: mongowatch did not log {READY_MARKER:?} within {READY_TIMEOUT:?}; \
+                 starting the application anyway"
+            );
+        }
     }
+    thread::sleep(Duration::from_secs_f64(args.attach_secs.max(0.0)));
     std::fs::File::create(&gate).context("opening the application's start gate")?;
     eprintln!("demo: application released; mongowatch's audit records follow on stdout");
 

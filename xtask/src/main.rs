@@ -101,6 +101,7 @@ fn main() -> Result<()> {
             run_tests::run_tests(&ws, &args)?
         }
         Cmd::Demo { args, setup } => {
+            demo::require_root()?;
             setup.run(&ws)?;
             demo::run_demo(&ws, &args)?
         }
