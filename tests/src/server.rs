@@ -159,13 +159,13 @@ impl Server {
             }
             match server.ping() {
                 Ok(()) => return Ok(server),
-                Err(e) if Instant::now() >= deadline => return Err(e).with_context(|| {
-                    format!(
-                        "{} did not answer ping on {addr} within {READY_TIMEOUT:?}; its log:\n{}",
-                        kind.name(),
-                        server.log_tail()
-                    )
-                }),
+                Err(e) if Instant::now() >= deadline => {
+                    let log = server.log_tail();
+                    let name = kind.name();
+                    return Err(e).with_context(|| {
+                        format!("{name} did not answer ping on {addr} in {READY_TIMEOUT:?}; log:\n{log}")
+                    });
+                }
                 Err(_) => thread::sleep(Duration::from_millis(50)),
             }
         }
