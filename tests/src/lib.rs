@@ -46,6 +46,7 @@
 //! ```
 
 pub mod mongowatch;
+pub mod oracle_ops;
 pub mod paths;
 pub mod process;
 pub mod proxy;

@@ -1,0 +1,477 @@
+//! Issue 4's acceptance, end to end and as root: mongowatch's audit records checked against the
+//! drivers' own command monitoring.
+//!
+//! Each test runs a workload of `tests/workloads/audit_*` (pymongo with a `CommandListener`,
+//! the Node driver and mongosh with `monitorCommands`), which writes every command and reply
+//! as relaxed Extended JSON: the oracle. [`mongowatch_tests::oracle_ops`] groups the oracle's
+//! events into operations by the contract's rules (a cursor-producing command + its getMores +
+//! the killCursors that closes it = one; anything else = one), derives the fields each record
+//! must carry, and matches the records one to one (cursor operations by CursorId, the others
+//! in order per Operation; see that module) — every operation exactly once, nothing extra,
+//! with equal DB, Collection, Operation, Filter, counts, Iteration, State, CursorId and Error.
+//!
+//! Beyond that:
+//! - a cursor left open longer than `--timeout 2` must give a `timeout` record, then, once the
+//!   workload reads it further and closes it, a last record with the same WatchID, a higher
+//!   Iteration and State `final`;
+//! - a second process (the "victim"), watched with a second `--pid`, opens a cursor and is
+//!   SIGKILLed: its cursor's record must say `closed`;
+//! - with secantusd-rs and `compressors=zlib|zstd|snappy`, every record names the compressor;
+//! - no handshake or heartbeat is a record.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use mongowatch_tests::{
+    oracle_ops::{self, match_records, Matched, ProcessOracle, NOT_RECORDED},
+    paths, skip_unless, ChildGuard, Driver, Mongowatch, Need, Server, ServerKind,
+};
+use serde_json::{json, Value};
+
+/// mongowatch's idle timeout in these tests, and how long the held cursor stays idle.
+const TIMEOUT_S: u64 = 2;
+const HOLD_S: f64 = 5.0;
+const DB: &str = "mongowatch_audit";
+
+/// A workload process of this suite and its files.
+struct AuditProcess {
+    guard: ChildGuard,
+    oracle: PathBuf,
+    ready: PathBuf,
+    stderr: PathBuf,
+}
+
+impl AuditProcess {
+    fn spawn(
+        driver: Driver,
+        uri: &str,
+        role: &str,
+        dir: &Path,
+        start_file: &Path,
+    ) -> Result<AuditProcess> {
+        let script = match driver {
+            Driver::Pymongo => paths::workloads_dir().join("audit_pymongo.py"),
+            Driver::Node => paths::workloads_dir().join("audit_node.js"),
+        };
+        let oracle = dir.join(format!("{role}.oracle.jsonl"));
+        let ready = dir.join(format!("{role}.ready"));
+        let stderr = dir.join(format!("{role}.stderr"));
+        let hold = if role == "victim" { 120.0 } else { HOLD_S };
+        let mut cmd = driver.command(&script);
+        cmd.current_dir(dir)
+            .arg("--uri")
+            .arg(uri)
+            .arg("--out")
+            .arg(&oracle)
+            .arg("--db")
+            .arg(DB)
+            .arg("--role")
+            .arg(role)
+            .arg("--hold")
+            .arg(hold.to_string())
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--start-file")
+            .arg(start_file)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join(format!("{role}.stdout")))?)
+            .stderr(fs::File::create(&stderr)?);
+        let guard = ChildGuard::spawn(format!("{} {role} workload", driver.name()), &mut cmd)?;
+        Ok(AuditProcess {
+            guard,
+            oracle,
+            ready,
+            stderr,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn ops(&self) -> Result<Vec<oracle_ops::ExpectedOp>> {
+        oracle_ops::group_operations(&oracle_ops::read_events(&self.oracle)?)
+    }
+}
+
+fn wait_file(path: &Path, who: &mut AuditProcess, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if let Some(status) = who.guard.try_wait()? {
+            bail!(
+                "{} exited with {status} before {}; stderr:\n{}",
+                who.guard.name(),
+                path.display(),
+                who.stderr()
+            );
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn records(mw: &Mongowatch) -> Result<Vec<Value>> {
+    mw.stdout()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:.300}")))
+        .collect()
+}
+
+fn stats(mw: &Mongowatch) -> Result<Value> {
+    mw.stderr()
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v.is_object())
+        })
+        .context("no --stats line on mongowatch's stderr")
+}
+
+/// The held cursor: find {grp: {$in: [0, 1]}} with batchSize 5, read 5, idle HOLD_S, read 5
+/// more (one getMore), closed. Its WatchID must have a `timeout` record (Iteration 1, 5 docs)
+/// before the final one (Iteration 2, 10 docs).
+fn check_held_cursor(matched: &[Matched]) -> Result<()> {
+    let held = matched
+        .iter()
+        .find(|m| {
+            m.op.operation == "find"
+                && oracle_ops::json_eq(&m.op.filter, &json!({"grp": {"$in": [0, 1]}}))
+        })
+        .context("the held cursor's find is not among the matched operations")?;
+    let recs = &held.chain.records;
+    ensure!(
+        recs.len() >= 2,
+        "the cursor held open {HOLD_S}s (> --timeout {TIMEOUT_S}) has no timeout record \
+         before its last: {recs:?}"
+    );
+    let first = &recs[0];
+    ensure!(
+        first["State"] == "timeout" && first["Iteration"] == 1 && first["MatchedCount"] == 5,
+        "the held cursor's first record should be a timeout after one batch of 5: {first}"
+    );
+    let last = held.chain.last();
+    ensure!(
+        last["State"] == "final" && last["Iteration"] == 2 && last["MatchedCount"] == 10,
+        "the held cursor's last record should be final after 2 batches of 5: {last}"
+    );
+    ensure!(
+        held.op.commands == ["find", "getMore", "killCursors"],
+        "the held cursor's commands: {:?}",
+        held.op.commands
+    );
+    Ok(())
+}
+
+/// The workload covers what the acceptance lists (so the test cannot pass on a thin oracle).
+fn check_coverage(matched: &[Matched], records: &[Value]) -> Result<()> {
+    let ops: Vec<&str> = matched.iter().map(|m| m.op.operation.as_str()).collect();
+    for want in [
+        "insert",
+        "update",
+        "delete",
+        "find",
+        "aggregate",
+        "distinct",
+        "findAndModify",
+        "createIndexes",
+        "drop",
+        "mongowatchNoSuchCommand",
+    ] {
+        ensure!(ops.contains(&want), "no {want} operation was checked");
+    }
+    let has = |f: &dyn Fn(&Matched) -> bool| matched.iter().any(f);
+    ensure!(
+        has(
+            &|m| m.op.commands.last().map(String::as_str) == Some("killCursors")
+                && m.op.commands.len() >= 3
+        ),
+        "no cursor closed half-read (find, getMore, killCursors)"
+    );
+    ensure!(
+        has(&|m| m.op.commands.iter().filter(|c| *c == "getMore").count() >= 2),
+        "no cursor read to its end through several getMores"
+    );
+    ensure!(
+        has(&|m| m.op.error.as_ref().and_then(|e| e.code) == Some(11000)),
+        "no duplicate-key error"
+    );
+    ensure!(
+        has(&|m| m.op.error.as_ref().and_then(|e| e.code) == Some(59)),
+        "no unknown-command error"
+    );
+    ensure!(
+        has(&|m| m.op.upserted == Some(1) && m.op.operation == "update"),
+        "no upsert"
+    );
+    for r in records {
+        let op = r["Operation"].as_str().unwrap_or("");
+        ensure!(
+            !NOT_RECORDED.contains(&op),
+            "a handshake/heartbeat became a record: {r}"
+        );
+    }
+    Ok(())
+}
+
+/// The driver suite: a main workload and a victim SIGKILLed mid-cursor, both watched.
+fn driver_suite(driver: Driver, kind: ServerKind, compressor: Option<&str>) -> Result<()> {
+    let server = Server::start(kind)?;
+    let uri = match compressor {
+        Some(c) => format!("{}&compressors={c}", server.uri()),
+        None => server.uri(),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("mongowatch-audit-")
+        .tempdir()?;
+    let start = dir.path().join("start");
+    let mut main = AuditProcess::spawn(driver, &uri, "main", dir.path(), &start)?;
+    let mut victim = AuditProcess::spawn(driver, &uri, "victim", dir.path(), &start)?;
+    let mut mw = Mongowatch::watch_pid(
+        main.pid(),
+        &[
+            "--pid",
+            &victim.pid().to_string(),
+            "--timeout",
+            &TIMEOUT_S.to_string(),
+            "--stats",
+        ],
+    )?;
+    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+    fs::write(&start, b"")?;
+    // The victim: killed as soon as its cursor is open (well inside the idle timeout).
+    let ready = victim.ready.clone();
+    wait_file(&ready, &mut victim, Duration::from_secs(120))?;
+    victim.guard.signal(libc::SIGKILL)?;
+    let vstatus = victim
+        .guard
+        .wait_exit(Duration::from_secs(30))
+        .context("the victim did not die")?;
+    ensure!(!vstatus.success(), "the victim exited by itself: {vstatus}");
+    let status = main
+        .guard
+        .wait_exit(Duration::from_secs(240))
+        .with_context(|| main.stderr())?;
+    ensure!(
+        status.success(),
+        "the main workload failed: {}",
+        main.stderr()
+    );
+    let mstatus = mw.wait_exit(Duration::from_secs(60))?;
+    ensure!(mstatus.success(), "mongowatch failed: {}", mw.stderr());
+    let recs = records(&mw)?;
+    let st = stats(&mw)?;
+    let processes = [
+        ProcessOracle {
+            pid: main.pid(),
+            ops: main.ops()?,
+            killed: false,
+        },
+        ProcessOracle {
+            pid: victim.pid(),
+            ops: victim.ops()?,
+            killed: true,
+        },
+    ];
+    // Without a compressor every record must say null; with one, its name.
+    let matched = match_records(&processes, &recs, Some(compressor))
+        .with_context(|| format!("mongowatch stats: {st}"))?;
+    check_held_cursor(&matched)?;
+    check_coverage(&matched, &recs)?;
+    // The victim's open cursor: closed, one batch of 8.
+    let vpid = victim.pid() as u64;
+    let vfind = matched
+        .iter()
+        .find(|m| m.chain.last()["Pid"] == vpid && m.op.operation == "find")
+        .context("the victim's find was not matched")?;
+    let last = vfind.chain.last();
+    ensure!(
+        last["State"] == "closed" && last["Iteration"] == 1 && last["MatchedCount"] == 8,
+        "the killed client's cursor: {last}"
+    );
+    ensure!(st["kernel"]["ring_full_events"] == 0, "events lost: {st}");
+    eprintln!(
+        "{} on {}{}: {}; {} records; stats {st}",
+        driver.name(),
+        kind.name(),
+        compressor.map(|c| format!(" with {c}")).unwrap_or_default(),
+        oracle_ops::describe_matches(&matched),
+        recs.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn pymongo_records_match_the_command_listener() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    driver_suite(Driver::Pymongo, ServerKind::SecantusPy, None)
+}
+
+#[test]
+fn node_records_match_monitor_commands() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::NodeDriver);
+    driver_suite(Driver::Node, ServerKind::SecantusPy, None)
+}
+
+/// pymongo needs python-snappy for snappy (zstd comes from backports.zstd, zlib is built in).
+fn pymongo_has(module: &str) -> bool {
+    Command::new(paths::venv_python())
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn compressed(compressor: &str, module: Option<&str>) -> Result<()> {
+    if let Some(m) = module {
+        if !pymongo_has(m) {
+            let why = format!(
+                "pymongo cannot use {compressor}: the venv has no `{m}` module \
+                 (add it to tests/requirements.txt)"
+            );
+            if mongowatch_tests::e2e_required() {
+                bail!(why);
+            }
+            eprintln!("SKIP: {why}");
+            return Ok(());
+        }
+    }
+    driver_suite(Driver::Pymongo, ServerKind::SecantusRs, Some(compressor))
+}
+
+#[test]
+fn pymongo_zlib_records() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusRs, Need::Pymongo);
+    compressed("zlib", None)
+}
+
+#[test]
+fn pymongo_zstd_records() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusRs, Need::Pymongo);
+    compressed("zstd", Some("backports.zstd"))
+}
+
+#[test]
+fn pymongo_snappy_records() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusRs, Need::Pymongo);
+    compressed("snappy", Some("snappy"))
+}
+
+/// The Node driver with zlib (the one compressor it has without optional packages).
+#[test]
+fn node_zlib_records() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusRs, Need::NodeDriver);
+    driver_suite(Driver::Node, ServerKind::SecantusRs, Some("zlib"))
+}
+
+/// mongosh running a script file: its records match the shell's own command monitoring.
+/// mongosh probes the server on admin before the script runs (and before the script can
+/// subscribe to the events), so mongowatch is asked for the workload's database only.
+#[test]
+fn mongosh_script_records_match_monitor_commands() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Mongosh);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let dir = tempfile::Builder::new()
+        .prefix("mongowatch-audit-mongosh-")
+        .tempdir()?;
+    let start = dir.path().join("start");
+    let oracle = dir.path().join("mongosh.oracle.jsonl");
+    // A small shell wrapper holds mongosh back until mongowatch watches its PID: `exec` keeps
+    // that PID for mongosh (and node under it).
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(
+            "i=0; while [ ! -e \"$START\" ] && [ $i -lt 12000 ]; do sleep 0.01; i=$((i+1)); done; \
+             exec \"$MONGOSH\" \"$URI\" --quiet --file \"$SCRIPT\"",
+        )
+        .env("START", &start)
+        .env("MONGOSH", paths::mongosh())
+        .env("URI", format!("{}&monitorCommands=true", server.uri()))
+        .env("SCRIPT", paths::workloads_dir().join("audit_mongosh.js"))
+        .env("AUDIT_OUT", &oracle)
+        .env("AUDIT_DB", DB)
+        .env("NODE_PATH", paths::node_modules())
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(dir.path().join("stdout"))?)
+        .stderr(fs::File::create(dir.path().join("stderr"))?);
+    let mut shell = ChildGuard::spawn("mongosh", &mut cmd)?;
+    let pid = shell.pid();
+    let mut mw = Mongowatch::watch_pid(pid, &["--db", DB, "--stats"])?;
+    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+    fs::write(&start, b"")?;
+    let status = shell.wait_exit(Duration::from_secs(180))?;
+    let out = fs::read_to_string(dir.path().join("stdout")).unwrap_or_default();
+    ensure!(
+        status.success(),
+        "mongosh failed: {out}\n{}",
+        fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+    );
+    let summary: Value = out
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .context("mongosh printed no summary")?;
+    ensure!(
+        summary["pid"] == pid,
+        "mongosh ran under pid {} not {pid}",
+        summary["pid"]
+    );
+    mw.wait_exit(Duration::from_secs(60))?;
+    let recs = records(&mw)?;
+    let ops = oracle_ops::group_operations(&oracle_ops::read_events(&oracle)?)?;
+    let processes = [ProcessOracle {
+        pid,
+        ops,
+        killed: false,
+    }];
+    let matched = match_records(&processes, &recs, Some(None))?;
+    for want in [
+        "insert",
+        "find",
+        "aggregate",
+        "distinct",
+        "update",
+        "delete",
+        "findAndModify",
+    ] {
+        ensure!(
+            matched.iter().any(|m| m.op.operation == want),
+            "no {want} from mongosh was checked"
+        );
+    }
+    ensure!(
+        matched
+            .iter()
+            .any(|m| m.op.operation == "find" && m.chain.last()["Iteration"] == 3),
+        "mongosh's find with batchSize 7 over 20 documents should take 3 round trips"
+    );
+    for r in &recs {
+        ensure!(
+            r["Driver"].as_str().is_some_and(|d| d.contains("mongosh")),
+            "a mongosh record without the shell's driver name: {r}"
+        );
+    }
+    eprintln!(
+        "mongosh: {}; {} records",
+        oracle_ops::describe_matches(&matched),
+        recs.len()
+    );
+    Ok(())
+}
