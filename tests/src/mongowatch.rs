@@ -34,9 +34,7 @@ impl Mongowatch {
                 bin.display()
             );
         }
-        let dir = tempfile::Builder::new()
-            .prefix("mongowatch-run-")
-            .tempdir()?;
+        let dir = paths::temp_dir("mongowatch-run-")?;
         let mut cmd = Command::new(&bin);
         cmd.args(args)
             .current_dir(dir.path())

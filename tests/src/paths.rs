@@ -125,3 +125,23 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
 }
+
+/// Set `MONGOWATCH_KEEP_TEMP=1` to keep the harness's temporary directories (server logs,
+/// workload oracles, mongowatch's output) after a test, for a look at a failure.
+pub const KEEP_TEMP_VAR: &str = "MONGOWATCH_KEEP_TEMP";
+
+/// A temporary directory named `<prefix>XXXXXX`, removed when dropped unless
+/// `MONGOWATCH_KEEP_TEMP` is set (then its path is printed).
+pub fn temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context;
+    let keep = env::var(KEEP_TEMP_VAR).is_ok_and(|v| !v.is_empty() && v != "0");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(keep)
+        .tempdir()
+        .with_context(|| format!("creating a temp dir {prefix}*"))?;
+    if keep {
+        eprintln!("harness: keeping {}", dir.path().display());
+    }
+    Ok(dir)
+}

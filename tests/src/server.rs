@@ -104,9 +104,7 @@ impl Server {
         tls: bool,
         extra_args: &[&str],
     ) -> Result<Server> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("mongowatch-{}-", kind.name()))
-            .tempdir()
+        let dir = paths::temp_dir(&format!("mongowatch-{}-", kind.name()))
             .context("creating the server's temp dir")?;
         let port = free_port()?;
         let storage = dir.path().join("data");

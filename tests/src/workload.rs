@@ -244,9 +244,7 @@ impl Workload {
                 spec.driver.name()
             );
         }
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("mongowatch-{}-workload-", spec.driver.name()))
-            .tempdir()
+        let dir = paths::temp_dir(&format!("mongowatch-{}-workload-", spec.driver.name()))
             .context("creating the workload's temp dir")?;
         let mut cmd = spec.driver.command(&spec.driver.script());
         cmd.current_dir(dir.path())
