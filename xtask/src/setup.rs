@@ -29,7 +29,9 @@ use crate::{
 };
 
 /// Debian packages: the eBPF toolchain route of docs/toolchain.md, the C build tools of
-/// secantus-mdb, and iproute2 for tests across network namespaces.
+/// secantus-mdb, iproute2 for tests across network namespaces, openssl for the TLS tests'
+/// certificates and python3-venv for the venv (the last three come with this machine kind's
+/// image; listed so another Debian gets them too).
 pub const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -38,6 +40,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "cmake",
     "ninja-build",
     "iproute2",
+    "openssl",
+    "python3-venv",
 ];
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
