@@ -8,7 +8,9 @@
 //! - events lost (the kernel ring's `ring_full_events`, and capture gaps) must be 0;
 //! - reported: ops/s, the daemon's CPU (utime+stime from /proc/<pid>/stat over the run, as a
 //!   percentage of one core) and its peak RSS (VmHWM from /proc/<pid>/status, polled until it
-//!   exits; the high-water mark only grows, so the last reading is the peak).
+//!   exits; the high-water mark only grows, so the last reading is the peak). VmHWM includes
+//!   the kernel ring buffer's mapping (file-backed pages, most of an idle daemon's RSS), so
+//!   the peak of RssAnon (the daemon's own heap, polled every 100 ms) is reported beside it.
 //!
 //! Parameters (arguments win over the environment):
 //!   --clients N    | BENCH_CLIENTS   client threads (default 4)
@@ -86,12 +88,12 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// VmHWM of `pid` in KiB.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
+/// A `kB` field of /proc/<pid>/status (VmHWM, RssAnon, ...).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -149,11 +151,12 @@ fn main() -> Result<()> {
 
     // Poll the daemon until it exits (it does once the workload has): CPU and VmHWM.
     let limit = Duration::from_secs_f64(p.seconds + 300.0);
-    let (mut ticks, mut hwm, mut t_last) = (ticks0, 0u64, t0.elapsed());
+    let (mut ticks, mut hwm, mut anon, mut t_last) = (ticks0, 0u64, 0u64, t0.elapsed());
     while mw.is_running() {
-        if let (Some(t), Some(h)) = (cpu_ticks(mw_pid), vm_hwm_kib(mw_pid)) {
+        if let (Some(t), Some(h)) = (cpu_ticks(mw_pid), status_kib(mw_pid, "VmHWM")) {
             ticks = t;
             hwm = hwm.max(h);
+            anon = anon.max(status_kib(mw_pid, "RssAnon").unwrap_or(0));
             t_last = t0.elapsed();
         }
         if t0.elapsed() > limit {
@@ -228,6 +231,7 @@ fn main() -> Result<()> {
             "daemon_cpu_s": cpu_s,
             "daemon_cpu_pct": cpu_pct,
             "daemon_peak_rss_kib": hwm,
+            "daemon_peak_rss_anon_kib": anon,
             "ok": ok,
         })
     );
