@@ -73,17 +73,19 @@ pub fn run_tests(workspace: &Path, args: &TestArgs) -> Result<()> {
     })?;
 
     let cache = ebpf::cache_dir(workspace);
-    let what = if root {
-        "end-to-end tests"
-    } else {
+    // --no-root means the no-root subset even when run as root.
+    let harness_only = !root || args.no_root;
+    let what = if harness_only {
         "harness self-tests"
+    } else {
+        "end-to-end tests"
     };
     report.step(what, || {
         let mut cmd = cargo();
         cmd.args(["test", "-p", "mongowatch-tests"]);
-        if !root {
+        if harness_only {
             eprintln!(
-                "xtask test: not root, so only tests/tests/harness.rs runs; the capture and \
+                "xtask test: --no-root, so only tests/tests/harness.rs runs; the capture and \
                  audit tests need root and are SKIPPED."
             );
             cmd.args(["--test", "harness"]);
