@@ -14,6 +14,7 @@ const SNAPPY_MAX_RATIO: usize = 32;
 const ZLIB_MAX_RATIO: usize = 1100;
 
 thread_local! {
+    static ZLIB: RefCell<flate2::Decompress> = RefCell::new(flate2::Decompress::new(true));
     static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -65,21 +66,29 @@ pub fn decompress(
             Ok(out)
         }
         Compressor::Zlib => {
-            let cap = declared.min(
-                input
+            if declared
+                > input
                     .len()
                     .saturating_mul(ZLIB_MAX_RATIO)
-                    .saturating_add(64),
-            );
-            let mut out = Vec::with_capacity(cap);
-            flate2::read::ZlibDecoder::new(input)
-                .take(declared as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| corrupt(e.to_string()))?;
-            if out.len() != declared {
-                return Err(mismatch(out.len()));
+                    .saturating_add(64)
+            {
+                return Err(corrupt("size beyond what the input can inflate to".into()));
             }
-            Ok(out)
+            // One byte of room past the declared size: filling it proves a mismatch, and
+            // inflation cannot go further.
+            let mut out = Vec::with_capacity(declared + 1);
+            let status = ZLIB.with(|cell| {
+                let mut d = cell.borrow_mut();
+                d.reset(true);
+                d.decompress_vec(input, &mut out, flate2::FlushDecompress::Finish)
+            });
+            match status {
+                Ok(_) if out.len() > declared => Err(mismatch(out.len())),
+                Ok(flate2::Status::StreamEnd) if out.len() == declared => Ok(out),
+                Ok(flate2::Status::StreamEnd) => Err(mismatch(out.len())),
+                Ok(_) => Err(corrupt("truncated zlib stream".into())),
+                Err(e) => Err(corrupt(e.to_string())),
+            }
         }
         Compressor::Zstd => zstd_inflate(input, declared),
     }

@@ -12,7 +12,7 @@ pub(crate) fn hex(s: &str) -> Bytes {
         .map(|l| l.split("//").next().unwrap_or(""))
         .flat_map(|l| l.chars().filter(|c| c.is_ascii_hexdigit()))
         .collect();
-    assert!(digits.len() % 2 == 0, "odd hex digit count");
+    assert!(digits.len().is_multiple_of(2), "odd hex digit count");
     (0..digits.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
