@@ -220,6 +220,10 @@ fn check_coverage(matched: &[Matched], records: &[Value]) -> Result<()> {
         has(&|m| m.op.upserted == Some(1) && m.op.operation == "update"),
         "no upsert"
     );
+    ensure!(
+        has(&|m| m.op.operation == "insert" && m.op.command["writeConcern"]["w"] == 0),
+        "no unacknowledged (w:0) write"
+    );
     for r in records {
         let op = r["Operation"].as_str().unwrap_or("");
         ensure!(
@@ -294,6 +298,18 @@ fn driver_suite(driver: Driver, kind: ServerKind, compressor: Option<&str>) -> R
         .with_context(|| format!("mongowatch stats: {st}"))?;
     check_held_cursor(&matched)?;
     check_coverage(&matched, &recs)?;
+    // Identity: the handshake's appname, the server's address.
+    let app_name = match driver {
+        Driver::Pymongo => "mongowatch-audit-pymongo",
+        Driver::Node => "mongowatch-audit-node",
+    };
+    let server_addr = server.addr().to_string();
+    for r in &recs {
+        ensure!(
+            r["AppName"] == app_name && r["Server"] == server_addr.as_str(),
+            "a record without AppName {app_name} and Server {server_addr}: {r}"
+        );
+    }
     // The victim's open cursor: closed, one batch of 8.
     let vpid = victim.pid() as u64;
     let vfind = matched

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // The Node `mongodb` driver workload of the audit acceptance tests (tests/tests/audit.rs), with
 // its oracle. The same operations as audit_pymongo.py, through the Node API: find with
-// filter/sort/limit/batchSize, aggregate with $group, countDocuments, distinct, insertOne,
-// insertMany, updateOne/updateMany with upsert, replaceOne, deleteOne/deleteMany,
-// findOneAndUpdate/findOneAndDelete, bulkWrite, a duplicate-key error, an unknown command, a
-// cursor closed half-read (killCursors) and a cursor left open for --hold seconds then read on.
+// filter/sort/limit/batchSize, aggregate with $group, countDocuments, distinct, insertOne (also
+// unacknowledged, w:0), insertMany, updateOne/updateMany with upsert, replaceOne,
+// deleteOne/deleteMany, findOneAndUpdate/findOneAndDelete, bulkWrite, a duplicate-key error, an
+// unknown command, a cursor closed half-read (killCursors) and a cursor left open for --hold
+// seconds then read on.
 //
 // --role victim opens a cursor, reads from it, writes --ready-file and sleeps: the test
 // SIGKILLs it mid-cursor.
@@ -133,6 +134,9 @@ async function mainRole(client, args, counts) {
   if (!dup) throw new Error('the duplicate key was accepted');
   op('insert_one_duplicate');
   await coll.insertOne({ k: 1000, grp: 0, s: 'one' }); op('insert_one');
+  // Unacknowledged (w:0, moreToCome): no reply; the record is final at once.
+  await coll.insertOne({ k: 1001, grp: 20 }, { writeConcern: { w: 0 } });
+  op('insert_one_unacknowledged');
 
   const found = await coll.find({ grp: 3 }, { sort: { k: -1 }, limit: 25, batchSize: 10 }).toArray();
   if (found.length !== 25) throw new Error(`find returned ${found.length}`);

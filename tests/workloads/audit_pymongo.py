@@ -3,7 +3,7 @@
 
 One pass over every kind of operation the audit record contract describes: find with
 filter/sort/limit/batch_size (getMores), aggregate with $group, count_documents, distinct,
-insert_one, insert_many, update_one/update_many with upsert, replace_one, delete_one/delete_many,
+insert_one (also unacknowledged, w:0), insert_many, update_one/update_many with upsert, replace_one, delete_one/delete_many,
 find_one_and_update / find_one_and_delete, bulk_write, a duplicate-key error, an unknown
 command, a cursor closed half-read (killCursors) and a cursor left open for --hold seconds
 (longer than mongowatch's --timeout) and read further afterwards.
@@ -27,6 +27,7 @@ from bson import json_util
 from pymongo import (DeleteOne, InsertOne, MongoClient, ReplaceOne, ReturnDocument, UpdateMany,
                      UpdateOne, monitoring)
 from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.write_concern import WriteConcern
 
 
 def _ids(value):
@@ -116,6 +117,9 @@ def main_role(client, args, counts):
         pass
     op("insert_one_duplicate")
     coll.insert_one({"k": 1000, "grp": 0, "s": "one"}); op("insert_one")
+    # Unacknowledged (w:0, moreToCome): no reply; the record is final at once.
+    coll.with_options(write_concern=WriteConcern(w=0)).insert_one({"k": 1001, "grp": 20})
+    op("insert_one_unacknowledged")
 
     # find with filter, sort, limit and batch_size: a find and two getMores.
     docs = list(coll.find({"grp": 3}, sort=[("k", -1)], limit=25, batch_size=10)); op("find")
