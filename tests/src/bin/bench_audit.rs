@@ -214,6 +214,10 @@ fn main() -> Result<()> {
         "daemon peak RSS (VmHWM) MiB",
         format!("{:.1}", hwm as f64 / 1024.0),
     );
+    row(
+        "daemon peak RssAnon MiB (polled)",
+        format!("{:.1}", anon as f64 / 1024.0),
+    );
     let ok = records == ops && ring_full == 0 && gaps == 0;
     println!(
         "{}",
