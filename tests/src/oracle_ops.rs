@@ -851,9 +851,11 @@ mod tests {
         Ok(())
     }
 
+    type Mutation = Box<dyn Fn(&mut Vec<Value>)>;
+
     #[test]
     fn every_kind_of_difference_fails() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<Value>)>)> = vec![
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "MatchedCount",
                 Box::new(|r| r[2]["MatchedCount"] = json!(3)),
