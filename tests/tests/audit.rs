@@ -192,6 +192,8 @@ fn check_coverage(matched: &[Matched], records: &[Value]) -> Result<()> {
         "findAndModify",
         "createIndexes",
         "drop",
+        "count",
+        "listIndexes",
         "mongowatchNoSuchCommand",
     ] {
         ensure!(ops.contains(&want), "no {want} operation was checked");
@@ -207,6 +209,10 @@ fn check_coverage(matched: &[Matched], records: &[Value]) -> Result<()> {
     ensure!(
         has(&|m| m.op.commands.iter().filter(|c| *c == "getMore").count() >= 2),
         "no cursor read to its end through several getMores"
+    );
+    ensure!(
+        has(&|m| m.op.operation == "aggregate" && m.op.iteration >= 3),
+        "no aggregate cursor read through getMores"
     );
     ensure!(
         has(&|m| m.op.error.as_ref().and_then(|e| e.code) == Some(11000)),

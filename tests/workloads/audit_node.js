@@ -159,6 +159,18 @@ async function mainRole(client, args, counts) {
   op('count_documents');
   if ((await coll.distinct('grp', { k: { $lt: 50 } })).length !== 10) throw new Error('distinct');
   op('distinct');
+  // An aggregate cursor read through getMores, the legacy count (with and without a query)
+  // and listIndexes (another cursor-producing command).
+  const groups = await coll.aggregate(
+    [{ $match: { grp: { $lt: 10 } } }, { $group: { _id: '$grp', n: { $sum: 1 } } }],
+    { batchSize: 3 },
+  ).toArray();
+  if (groups.length !== 10) throw new Error('aggregate with getMores');
+  op('aggregate_getmore');
+  await coll.estimatedDocumentCount(); op('count');
+  await db.command({ count: coll.collectionName, query: { grp: 1 } }); op('count_query');
+  if ((await coll.listIndexes().toArray()).length !== 2) throw new Error('listIndexes');
+  op('list_indexes');
 
   await coll.updateOne({ k: 1 }, { $set: { u: 1 } }); op('update_one');
   await coll.updateOne({ k: 100000 }, { $set: { grp: 11 } }, { upsert: true }); op('update_one_upsert');

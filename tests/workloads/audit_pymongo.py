@@ -136,6 +136,14 @@ def main_role(client, args, counts):
                          {"$sort": {"_id": 1}}])); op("aggregate")
     assert coll.count_documents({"grp": 2}) == 30; op("count_documents")
     assert len(coll.distinct("grp", {"k": {"$lt": 50}})) == 10; op("distinct")
+    # An aggregate cursor read through getMores, the legacy count (with and without a query)
+    # and listIndexes (another cursor-producing command).
+    groups = list(coll.aggregate([{"$match": {"grp": {"$lt": 10}}},
+                                  {"$group": {"_id": "$grp", "n": {"$sum": 1}}}], batchSize=3))
+    assert len(groups) == 10, groups; op("aggregate_getmore")
+    coll.estimated_document_count(); op("count")
+    db.command("count", coll.name, query={"grp": 1}); op("count_query")
+    assert len(list(coll.list_indexes())) == 2; op("list_indexes")
 
     coll.update_one({"k": 1}, {"$set": {"u": 1}}); op("update_one")
     coll.update_one({"k": 100000}, {"$set": {"grp": 11}}, upsert=True); op("update_one_upsert")
