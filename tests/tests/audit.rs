@@ -16,8 +16,13 @@
 //!   Iteration and State `final`;
 //! - a second process (the "victim"), watched with a second `--pid`, opens a cursor and is
 //!   SIGKILLed: its cursor's record must say `closed`;
-//! - with secantusd-rs and `compressors=zlib|zstd|snappy`, every record names the compressor;
+//! - with secantusd-rs and `compressors=zlib|zstd|snappy`, every record names the compressor
+//!   (pymongo's snappy needs the `python-snappy` package in the venv; zstd `backports.zstd`);
+//! - every record carries the workload's AppName and the server's address;
 //! - no handshake or heartbeat is a record.
+//!
+//! mongosh probes the server (on admin) before a script can subscribe to its events, so its
+//! test asks mongowatch for the workload's database only (`--db`) and filters the oracle alike.
 
 use std::{
     fs,
