@@ -141,7 +141,8 @@ pub fn build(workspace: &Path, target_dir: &Path) -> Result<PathBuf, BuildError>
     match &toolchain {
         Toolchain::Nightly { linker } => {
             cmd = Command::new("rustup");
-            cmd.args(["run", "nightly", "cargo", "build", "-Z", "build-std=core"]);
+            cmd.args(["run", "nightly", "cargo", "build", "-Z", "build-std=core"])
+                .arg("--ignore-rust-version");
             for var in SCRUBBED_ENV {
                 cmd.env_remove(var);
             }

@@ -99,6 +99,7 @@ pub fn run_setup(workspace: &Path, skip: &[Part]) -> Result<()> {
     }
     if todo(Part::BpfLinker) {
         report.step("bpf-linker", || bpf_linker(&p))?;
+        report.step("rust-src", nightly_rust_src)?;
     }
     if todo(Part::Venv) {
         report.step("venv", || python_venv(&p))?;
@@ -200,11 +201,48 @@ fn missing_packages(names: &[&str]) -> Option<Vec<String>> {
     )
 }
 
+/// The eBPF build prefers rustup's nightly with `rust-src` (`-Z build-std=core`, the usual aya
+/// route) where one exists; try to add the component to an installed nightly. Where rustup
+/// cannot download it (machines without its distribution server), the build uses Debian's
+/// rustc with its precompiled BPF `core`, which the apt step installed.
+fn nightly_rust_src() -> Result<String> {
+    let has = || {
+        util::output(Command::new("rustup").args([
+            "component",
+            "list",
+            "--toolchain",
+            "nightly",
+            "--installed",
+        ]))
+        .is_some_and(|out| out.lines().any(|l| l.starts_with("rust-src")))
+    };
+    let nightly = util::output(Command::new("rustup").args(["toolchain", "list"]))
+        .is_some_and(|out| out.lines().any(|l| l.starts_with("nightly")));
+    if !nightly {
+        return Ok("no rustup nightly: the eBPF build uses Debian's rustc".into());
+    }
+    if has() {
+        return Ok("nightly has rust-src: the eBPF build uses it".into());
+    }
+    let added = Command::new("rustup")
+        .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    Ok(if added && has() {
+        "added rust-src to nightly: the eBPF build uses it".into()
+    } else {
+        "rust-src cannot be had here: the eBPF build uses Debian's rustc".into()
+    })
+}
+
 fn apt_packages() -> Result<String> {
     let Some(missing) = missing_packages(APT_PACKAGES) else {
         eprintln!(
             "WARNING: dpkg-query not found: not a Debian system. Install the equivalents of {} \
-             yourself (docs/toolchain.md).",
+             yourself (README.md, Developing).",
             APT_PACKAGES.join(" ")
         );
         return Ok("not Debian: skipped".into());
