@@ -7,8 +7,11 @@
 
 /// Ring buffer of capture events (`EventHeader` + payload).
 pub const MAP_EVENTS: &str = "EVENTS";
-/// Watched processes: tgid -> `WatchedProc`.
+/// Watched processes: a bitmap of tgids, one bit each (`WATCHED_WORDS` u64 words).
 pub const MAP_WATCHED: &str = "WATCHED";
+/// Words of the watched bitmap: 2^16 x 64 bits covers every tgid below 2^22, the kernel's
+/// PID_MAX_LIMIT on 64-bit machines.
+pub const WATCHED_WORDS: u32 = 1 << 16;
 /// Connections seen from watched processes: `struct sock` address -> `ConnState`.
 pub const MAP_CONNS: &str = "CONNS";
 /// Per-CPU counters (`Counters`), read by userspace for loss accounting.
@@ -178,15 +181,6 @@ pub struct ConnState {
     pub _pad: [u8; 2],
 }
 
-/// Per watched process (map value).
-#[repr(C)]
-#[derive(Copy, Clone, Debug, Default)]
-pub struct WatchedProc {
-    /// 1 when the process was named on the command line, 2 when it was followed as a child.
-    pub origin: u32,
-    pub _pad: u32,
-}
-
 /// Per-CPU counters. Userspace sums the CPUs.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default)]
@@ -275,7 +269,6 @@ mod user {
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for ConnInfo {}
     unsafe impl aya::Pod for ConnState {}
-    unsafe impl aya::Pod for WatchedProc {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Config {}

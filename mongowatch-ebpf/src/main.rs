@@ -26,11 +26,11 @@ use aya_ebpf::{
         },
     },
     macros::{btf_tracepoint, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use mongowatch_common::{
-    plausible_header, Config, ConnInfo, ConnState, Counters, EventHeader, EventKind, WatchedProc,
+    plausible_header, Config, ConnInfo, ConnState, Counters, EventHeader, EventKind, WATCHED_WORDS,
     AF_INET, AF_INET6, AF_UNIX, CHUNK_SIZE, CLASSIFY_STRIKES, CLASS_MONGO, CLASS_OTHER,
     CLASS_UNKNOWN, DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, MAX_IOVECS, RING_SIZE,
 };
@@ -42,8 +42,11 @@ static CONFIG: Config = Config::zeroed();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_SIZE, 0);
 
+/// One bit per watched tgid. Every socket call of every process on the machine asks it, so it
+/// is an array: the verifier inlines an array lookup into plain pointer arithmetic, where a
+/// hash map would hash the key and walk a bucket.
 #[map]
-static WATCHED: HashMap<u32, WatchedProc> = HashMap::with_max_entries(4096, 0);
+static WATCHED: Array<u64> = Array::with_max_entries(WATCHED_WORDS, 0);
 
 #[map]
 static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(16384, 0);
@@ -144,6 +147,13 @@ pub struct CopyState {
 }
 
 #[inline(always)]
+fn is_watched(tgid: u32) -> bool {
+    WATCHED
+        .get(tgid >> 6)
+        .is_some_and(|word| word & (1u64 << (tgid & 63)) != 0)
+}
+
+#[inline(always)]
 fn config() -> Config {
     // SAFETY: a plain read of a global the loader rewrote; volatile so the compiler does not
     // fold the zero initialiser.
@@ -179,8 +189,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: map lookup by value.
-    if unsafe { WATCHED.get(&tgid) }.is_none() {
+    if !is_watched(tgid) {
         return;
     }
     let sk: *const u8 = ctx.arg(0);
@@ -651,8 +660,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *parent, struct task_struct *child)
     // -- include/trace/events/sched.h. Runs in the parent.
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: map lookup by value.
-    if unsafe { WATCHED.get(&parent_tgid) }.is_none() {
+    if !is_watched(parent_tgid) {
         return 0;
     }
     let cfg = config();
@@ -670,7 +678,14 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         // A new thread of a watched process: already covered by its tgid.
         return 0;
     }
-    let _ = WATCHED.insert(&(tgid as u32), &WatchedProc { origin: 2, _pad: 0 }, 0);
+    // Not atomic (no atomic read-modify-write for this target in Rust's core): two watched
+    // processes forking at the same instant, with children in the same 64-pid word, could lose
+    // one bit. Userspace sets the bit again on the fork event, which repairs that.
+    let child = tgid as u32;
+    if let Some(word) = WATCHED.get_ptr_mut(child >> 6) {
+        // SAFETY: pointer into an array map value.
+        unsafe { *word |= 1u64 << (child & 63) };
+    }
     let h = EventHeader {
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -690,11 +705,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     // exiting task; only the thread group leader's exit is reported.
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if pid_tgid as u32 != tgid {
-        return 0;
-    }
-    // SAFETY: map lookup by value.
-    if unsafe { WATCHED.get(&tgid) }.is_none() {
+    if pid_tgid as u32 != tgid || !is_watched(tgid) {
         return 0;
     }
     let h = EventHeader {

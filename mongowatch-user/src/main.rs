@@ -116,7 +116,7 @@ fn run(cli: Cli) -> Result<()> {
     let mut tracker = Tracker::new(Clock::now(), ConnConfig::default(), cli.ports.clone());
     let mut watched = HashSet::new();
     for pid in &cli.pids {
-        probes.watch(*pid, 1)?;
+        probes.watch(*pid)?;
         tracker.add_process(*pid);
         watched.insert(*pid);
     }
@@ -221,6 +221,7 @@ impl Daemon {
                 Err(e) => warn!("malformed ring buffer record dropped: {e}"),
             }
         }
+        self.sync_watched();
     }
 
     fn tick(&mut self) {
@@ -233,15 +234,25 @@ impl Daemon {
             ..
         } = self;
         tracker.tick(now, &mut |o| deliver(o, mode, out, write_failed));
-        // Processes that are gone leave the kernel's watched set.
+        self.sync_watched();
+        let counters = self.probes.counters();
+        self.report_loss(&counters);
+        self.flush();
+    }
+
+    /// The kernel's watched set follows the tracker's: children the kernel reported are set
+    /// again (repairing a bit a simultaneous fork may have lost), processes that are gone leave.
+    fn sync_watched(&mut self) {
         let alive: HashSet<u32> = self.tracker.processes().collect();
         for pid in self.watched.difference(&alive) {
             self.probes.unwatch(*pid);
         }
+        for pid in alive.difference(&self.watched) {
+            if let Err(e) = self.probes.watch(*pid) {
+                warn!("{e:#}");
+            }
+        }
         self.watched = alive;
-        let counters = self.probes.counters();
-        self.report_loss(&counters);
-        self.flush();
     }
 
     /// Loss is never silent: every new ring-full drop is logged with its size.

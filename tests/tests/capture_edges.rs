@@ -395,3 +395,40 @@ time.sleep(60)
     app.stop()?;
     Ok(())
 }
+
+/// A watched process's children are watched too: a parent that forks and execs a pymongo
+/// client, only the parent named with --pid.
+#[test]
+fn children_are_followed() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let dir = tempfile::tempdir()?;
+    let child_pid_file = dir.path().join("child.pid");
+    let app = format!(
+        r#"
+child = """
+import os, sys
+from pymongo import MongoClient
+open({child_pid_file:?}, "w").write(str(os.getpid()))
+c = MongoClient(sys.argv[1], appname="child")
+for i in range(10):
+    c.fork.t.insert_one({{"i": i}})
+c.close()
+"""
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-c", child, sys.argv[1]])
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#,
+        child_pid_file = child_pid_file.display().to_string()
+    );
+    let (lines, _) = watch_python(&app, &[&server.uri()])?;
+    let child: u64 = std::fs::read_to_string(&child_pid_file)?.trim().parse()?;
+    let inserts = lines
+        .iter()
+        .filter(|l| l["Pid"] == child && l["Command"] == "insert")
+        .count();
+    ensure!(inserts == 10, "the child's 10 inserts, got {inserts}");
+    Ok(())
+}

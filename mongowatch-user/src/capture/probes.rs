@@ -4,13 +4,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
     Btf, Ebpf, EbpfLoader,
 };
-use mongowatch_common::{
-    Config, Counters, WatchedProc, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAP_WATCHED,
-};
+use mongowatch_common::{Config, Counters, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAP_WATCHED};
 
 use super::btf::{kernel_offsets, VMLINUX_BTF};
 
@@ -43,7 +41,8 @@ pub struct KernelCounters {
 pub struct Probes {
     // Held for its links: dropping the Ebpf detaches every program.
     _ebpf: Ebpf,
-    watched: HashMap<MapData, u32, WatchedProc>,
+    /// The kernel's bitmap of watched tgids.
+    watched: Array<MapData, u64>,
     counters: PerCpuArray<MapData, Counters>,
 }
 
@@ -129,8 +128,7 @@ impl Probes {
         for port in server_ports {
             ports.insert(port, 1, 0)?;
         }
-        let watched =
-            HashMap::try_from(ebpf.take_map(MAP_WATCHED).context("map WATCHED missing")?)?;
+        let watched = Array::try_from(ebpf.take_map(MAP_WATCHED).context("map WATCHED missing")?)?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map(MAP_COUNTERS)
                 .context("map COUNTERS missing")?,
@@ -146,15 +144,26 @@ impl Probes {
         ))
     }
 
-    /// Starts copying the bytes of process `pid` (and, from now on, of its children).
-    pub fn watch(&mut self, pid: u32, origin: u32) -> Result<()> {
-        self.watched
-            .insert(pid, WatchedProc { origin, _pad: 0 }, 0)
+    /// Starts copying the bytes of process `pid` (and, from now on, of its children). Also
+    /// called for each child the kernel reports, which repairs a bit a simultaneous fork in the
+    /// same word may have lost.
+    pub fn watch(&mut self, pid: u32) -> Result<()> {
+        self.set_bit(pid, true)
             .with_context(|| format!("adding pid {pid} to the watched set"))
     }
 
     pub fn unwatch(&mut self, pid: u32) {
-        let _ = self.watched.remove(&pid);
+        if let Err(e) = self.set_bit(pid, false) {
+            tracing::warn!("removing pid {pid} from the watched set: {e}");
+        }
+    }
+
+    fn set_bit(&mut self, pid: u32, on: bool) -> Result<()> {
+        let (index, bit) = (pid >> 6, 1u64 << (pid & 63));
+        let word = self.watched.get(&index, 0)?;
+        let word = if on { word | bit } else { word & !bit };
+        self.watched.set(index, word, 0)?;
+        Ok(())
     }
 
     pub fn counters(&self) -> KernelCounters {

@@ -6,8 +6,9 @@
 //!    process): a syscall loop that touches no socket (`dd`, goal 1.00) and socket ping-pongs
 //!    over TCP loopback and a unix socket pair (goal >= 0.95).
 //!
-//! Runs alternate (without, with, without, with, ...) and the medians are compared, so a
-//! noisy machine shifts both sides alike. Prints a table and one JSON line.
+//! Runs alternate (without and with, in ABBA order) and the medians are compared, so a noisy
+//! machine shifts both sides alike. Prints a table and one JSON line. `BENCH_OPS` sets the
+//! workload's size (default 2000); `BENCH_ONLY=unwatched` runs part 2 alone.
 
 use std::{
     io::{Read, Write},
@@ -22,11 +23,16 @@ use anyhow::{ensure, Context, Result};
 use mongowatch_tests::{is_root, ChildGuard, Driver, Mongowatch, Server, ServerKind, WorkloadSpec};
 use serde_json::{json, Value};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 4;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// An idle process for mongowatch to watch while the unwatched measurements run.
@@ -88,8 +94,11 @@ fn unix_ping_pong(trips: u32) -> Result<f64> {
     ping_pong(a, b, trips)
 }
 
-/// (ops/s, events lost or None without mongowatch) of one run of the pymongo workload.
-fn pymongo_run(server: &Server, ops: u32, watched: bool) -> Result<(f64, Option<u64>)> {
+/// (ops/s, events lost or None without mongowatch) of one run of the pymongo workload, on a
+/// server of its own: a server reused across runs slows down as its data grows, which would
+/// favour whichever side runs first.
+fn pymongo_run(ops: u32, watched: bool) -> Result<(f64, Option<u64>)> {
+    let server = Server::start(ServerKind::SecantusPy)?;
     let mut workload = WorkloadSpec::new(Driver::Pymongo, server.uri(), ops)
         .gated()
         .without_oracle()
@@ -135,19 +144,40 @@ fn main() -> Result<()> {
         .unwrap_or(2000);
     let trips = 100_000;
 
-    // 1. pymongo throughput.
-    let server = Server::start(ServerKind::SecantusPy)?;
+    let only_unwatched = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "unwatched");
+
+    // 1. pymongo throughput. ABBA order (without, with, with, without, ...) so a drift of the
+    // machine over the run weighs on both sides alike.
     let (mut without, mut with, mut lost) = (Vec::new(), Vec::new(), 0u64);
-    for round in 0..ROUNDS {
-        let (a, _) = pymongo_run(&server, ops, false)?;
-        let (b, l) = pymongo_run(&server, ops, true)?;
-        lost += l.unwrap_or(0);
-        eprintln!("round {round}: pymongo {a:.1} ops/s without, {b:.1} with mongowatch");
-        without.push(a);
-        with.push(b);
+    for round in 0..if only_unwatched { 0 } else { ROUNDS } {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for watched in order {
+            let (rate, l) = pymongo_run(ops, watched)?;
+            lost += l.unwrap_or(0);
+            eprintln!(
+                "round {round}: pymongo {rate:.1} ops/s {}",
+                if watched {
+                    "with mongowatch"
+                } else {
+                    "without"
+                }
+            );
+            if watched {
+                with.push(rate)
+            } else {
+                without.push(rate)
+            }
+        }
     }
-    let py = (median(without), median(with));
-    drop(server);
+    let py = if only_unwatched {
+        (f64::NAN, f64::NAN)
+    } else {
+        (median(without), median(with))
+    };
 
     // 2. Unwatched processes, with mongowatch watching something else.
     let (mut dd0, mut dd1, mut tcp0, mut tcp1, mut ux0, mut ux1) =
