@@ -16,6 +16,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
@@ -474,6 +475,10 @@ fn emit_gap(copy: &mut CopyState) {
 
 /// Writes `len` bytes of the scratch buffer to the ring; a full ring is counted (userspace also
 /// sees the hole in the stream offsets).
+///
+/// Wakeups are batched: a record only wakes the daemon once `WAKEUP_BYTES` are waiting, and the
+/// daemon drains the ring on a short timer otherwise. Waking it for every record would, on a
+/// busy machine, preempt the application (or its server) a few thousand times a second.
 #[inline(always)]
 fn output(data: *const u8, len: u32, payload: u32) {
     let len = len as usize;
@@ -482,7 +487,7 @@ fn output(data: *const u8, len: u32, payload: u32) {
     }
     // SAFETY: `data` points at a Scratch of at least `len` bytes.
     let bytes = unsafe { core::slice::from_raw_parts(data, len) };
-    match EVENTS.output::<[u8]>(bytes, 0) {
+    match EVENTS.output::<[u8]>(bytes, wakeup_flag()) {
         Ok(()) => {
             if let Some(c) = counters() {
                 c.data_events += 1;
@@ -494,6 +499,18 @@ fn output(data: *const u8, len: u32, payload: u32) {
                 c.ring_full_bytes += payload as u64;
             }
         }
+    }
+}
+
+/// Bytes waiting in the ring that make a record wake the daemon.
+const WAKEUP_BYTES: u64 = 256 << 10;
+
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }
 

@@ -150,16 +150,25 @@ impl Daemon {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // The kernel wakes us only once 256 KiB are waiting (or for rare lifecycle events);
+        // otherwise the ring is drained on a timer: every 10 ms while events flow, and only on
+        // the 200 ms tick once they stop, so an idle daemon does not keep waking the machine.
+        let mut active = false;
         loop {
+            let poll = tokio::time::sleep(Duration::from_millis(10));
             tokio::select! {
+                _ = poll, if active => {
+                    active = self.drain(ring.get_mut()) > 0;
+                    self.flush();
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("waiting for the ring buffer")?;
-                    self.drain(guard.get_inner_mut());
+                    active |= self.drain(guard.get_inner_mut()) > 0;
                     guard.clear_ready();
                     self.flush();
                 }
                 _ = tick.tick() => {
-                    self.drain(ring.get_mut());
+                    active |= self.drain(ring.get_mut()) > 0;
                     self.tick();
                     if !self.tracker.has_processes() {
                         info!("every watched process has exited");
@@ -205,7 +214,9 @@ impl Daemon {
         Ok((stats, kernel))
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    /// Handles every record in the ring; returns how many there were.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        let mut records = 0;
         let Self {
             tracker,
             mode,
@@ -214,6 +225,7 @@ impl Daemon {
             ..
         } = self;
         while let Some(item) = ring.next() {
+            records += 1;
             match events::parse(&item) {
                 Ok(event) => {
                     tracker.handle(event, &mut |o| deliver(o, mode, out, write_failed));
@@ -222,6 +234,7 @@ impl Daemon {
             }
         }
         self.sync_watched();
+        records
     }
 
     fn tick(&mut self) {
