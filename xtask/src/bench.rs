@@ -32,7 +32,14 @@ pub fn run_bench(workspace: &Path, args: &BenchArgs) -> Result<()> {
         cmd
     };
     // Release builds: the daemon as users run it.
-    run(cargo().args(["build", "--release", "-p", "mongowatch-user", "--bin", "mongowatch"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "mongowatch-user",
+        "--bin",
+        "mongowatch",
+    ]))?;
     let bin = util::target_dir(workspace)?.join("release/mongowatch");
     let mut bins = Vec::new();
     if matches!(args.which, Which::Capture | Which::All) {
