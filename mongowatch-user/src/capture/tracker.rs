@@ -5,6 +5,8 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 
+use mongowatch_common::EventHeader;
+
 use super::{
     events::{Direction, Ends, Event},
     procfs,
@@ -164,20 +166,8 @@ impl Tracker {
             } => {
                 self.stats.data_bytes += payload.len() as u64;
                 let ts = self.clock.epoch_ns(header.ts_ns);
-                self.ensure_conn(header.conn_id, header.tgid, header.fd);
-                let Self { conns, stats, .. } = self;
-                let Some(Conn {
-                    stream,
-                    info,
-                    role,
-                    ends,
-                    ..
-                }) = conns.get_mut(&header.conn_id)
-                else {
-                    return;
-                };
-                stream.push(dir(direction), header.offset, payload, ts, &mut |ev| {
-                    forward(ev, info, role, ends, stats, out)
+                self.with_conn(&header, out, |stream, fwd| {
+                    stream.push(dir(direction), header.offset, payload, ts, &mut &mut *fwd)
                 });
             }
             Event::Gap {
@@ -186,20 +176,8 @@ impl Tracker {
                 len,
             } => {
                 let ts = self.clock.epoch_ns(header.ts_ns);
-                self.ensure_conn(header.conn_id, header.tgid, header.fd);
-                let Self { conns, stats, .. } = self;
-                let Some(Conn {
-                    stream,
-                    info,
-                    role,
-                    ends,
-                    ..
-                }) = conns.get_mut(&header.conn_id)
-                else {
-                    return;
-                };
-                stream.gap(dir(direction), header.offset, len, ts, &mut |ev| {
-                    forward(ev, info, role, ends, stats, out)
+                self.with_conn(&header, out, |stream, fwd| {
+                    stream.gap(dir(direction), header.offset, len, ts, &mut &mut *fwd)
                 });
             }
             Event::ConnClose { header } => {
@@ -316,6 +294,27 @@ impl Tracker {
             info: Arc::new(conn_info(id, pid, comm, &ends, role)),
             ends,
             role,
+        }
+    }
+
+    /// Runs `act` on the stream of the event's connection (created if its open event was lost),
+    /// with the function that hands the stream's events on.
+    fn with_conn(
+        &mut self,
+        header: &EventHeader,
+        out: &mut impl FnMut(Output<'_>),
+        act: impl FnOnce(&mut Connection, &mut dyn FnMut(ConnEvent<'_>)),
+    ) {
+        self.ensure_conn(header.conn_id, header.tgid, header.fd);
+        let Self { conns, stats, .. } = self;
+        if let Some(Conn {
+            stream,
+            info,
+            role,
+            ends,
+        }) = conns.get_mut(&header.conn_id)
+        {
+            act(stream, &mut |ev| forward(ev, info, role, ends, stats, out));
         }
     }
 

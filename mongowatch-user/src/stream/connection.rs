@@ -165,17 +165,7 @@ impl Connection {
         ts_ns: u64,
         out: &mut F,
     ) {
-        self.last_ts = self.last_ts.max(ts_ns);
-        let Self {
-            egress,
-            ingress,
-            core,
-            ..
-        } = self;
-        let stream = match dir {
-            Dir::Egress => egress,
-            Dir::Ingress => ingress,
-        };
+        let (stream, core) = self.direction(dir, ts_ns);
         stream.push(offset, data, ts_ns, &mut |ev| core.on_stream(dir, ev, out));
     }
 
@@ -189,18 +179,18 @@ impl Connection {
         ts_ns: u64,
         out: &mut F,
     ) {
-        self.last_ts = self.last_ts.max(ts_ns);
-        let Self {
-            egress,
-            ingress,
-            core,
-            ..
-        } = self;
-        let stream = match dir {
-            Dir::Egress => egress,
-            Dir::Ingress => ingress,
-        };
+        let (stream, core) = self.direction(dir, ts_ns);
         stream.gap(offset, len, &mut |ev| core.on_stream(dir, ev, out));
+    }
+
+    /// Notes the time and splits the borrow: one direction's stream, and the shared decoder.
+    fn direction(&mut self, dir: Dir, ts_ns: u64) -> (&mut DirectionStream, &mut Core) {
+        self.last_ts = self.last_ts.max(ts_ns);
+        let stream = match dir {
+            Dir::Egress => &mut self.egress,
+            Dir::Ingress => &mut self.ingress,
+        };
+        (stream, &mut self.core)
     }
 
     /// The connection ended: half-received messages are dropped (as incomplete) and every
