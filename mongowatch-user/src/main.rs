@@ -20,7 +20,7 @@ use mongowatch::{
     },
     config::AuditArgs,
     forensic,
-    ops::{Auditor, Input},
+    ops::Auditor,
     stream::ConnConfig,
 };
 use tokio::{
@@ -87,14 +87,21 @@ enum Mode {
     Messages { with_bytes: bool },
 }
 
+/// Where the tracker's output is written, and whether that still works.
+struct Outlet {
+    mode: Mode,
+    out: BufWriter<io::Stdout>,
+    write_failed: bool,
+}
+
 struct Daemon {
     probes: Probes,
     tracker: Tracker,
-    mode: Mode,
-    out: BufWriter<io::Stdout>,
+    outlet: Outlet,
+    /// The processes in the kernel's watched bitmap, and the tracker version they mirror.
     watched: HashSet<u32>,
+    watched_version: u64,
     last_counters: KernelCounters,
-    write_failed: bool,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -123,12 +130,15 @@ fn run(cli: Cli) -> Result<()> {
     info!(pids = ?cli.pids, "watching");
     let daemon = Daemon {
         probes,
+        watched_version: tracker.processes_version(),
         tracker,
-        mode,
-        out: BufWriter::with_capacity(1 << 16, io::stdout()),
+        outlet: Outlet {
+            mode,
+            out: BufWriter::with_capacity(1 << 16, io::stdout()),
+            write_failed: false,
+        },
         watched,
         last_counters: KernelCounters::default(),
-        write_failed: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -178,7 +188,7 @@ impl Daemon {
                 _ = sigint.recv() => { info!("interrupted (SIGINT)"); break; }
                 _ = sigterm.recv() => { info!("terminated (SIGTERM)"); break; }
             }
-            if self.write_failed {
+            if self.outlet.write_failed {
                 warn!("the output cannot be written any more; stopping");
                 break;
             }
@@ -186,15 +196,8 @@ impl Daemon {
         // Whatever the kernel wrote before we stopped is still processed.
         self.drain(ring.get_mut());
         let now = self.tracker.clock().now_epoch_ns();
-        let Self {
-            tracker,
-            mode,
-            out,
-            write_failed,
-            ..
-        } = &mut self;
-        tracker.shutdown(now, &mut |o| deliver(o, mode, out, write_failed));
-        if let Mode::Audit(auditor) = &mut self.mode {
+        self.tracker.shutdown(now, &mut |o| self.outlet.deliver(o));
+        if let Mode::Audit(auditor) = &mut self.outlet.mode {
             if let Err(e) = auditor.shutdown(now) {
                 warn!("writing the last records: {e}");
             }
@@ -217,19 +220,10 @@ impl Daemon {
     /// Handles every record in the ring; returns how many there were.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
         let mut records = 0;
-        let Self {
-            tracker,
-            mode,
-            out,
-            write_failed,
-            ..
-        } = self;
         while let Some(item) = ring.next() {
             records += 1;
             match events::parse(&item) {
-                Ok(event) => {
-                    tracker.handle(event, &mut |o| deliver(o, mode, out, write_failed));
-                }
+                Ok(event) => self.tracker.handle(event, &mut |o| self.outlet.deliver(o)),
                 Err(e) => warn!("malformed ring buffer record dropped: {e}"),
             }
         }
@@ -239,14 +233,7 @@ impl Daemon {
 
     fn tick(&mut self) {
         let now = self.tracker.clock().now_epoch_ns();
-        let Self {
-            tracker,
-            mode,
-            out,
-            write_failed,
-            ..
-        } = self;
-        tracker.tick(now, &mut |o| deliver(o, mode, out, write_failed));
+        self.tracker.tick(now, &mut |o| self.outlet.deliver(o));
         self.sync_watched();
         let counters = self.probes.counters();
         self.report_loss(&counters);
@@ -256,6 +243,10 @@ impl Daemon {
     /// The kernel's watched set follows the tracker's: children the kernel reported are set
     /// again (repairing a bit a simultaneous fork may have lost), processes that are gone leave.
     fn sync_watched(&mut self) {
+        if self.tracker.processes_version() == self.watched_version {
+            return;
+        }
+        self.watched_version = self.tracker.processes_version();
         let alive: HashSet<u32> = self.tracker.processes().collect();
         for pid in self.watched.difference(&alive) {
             self.probes.unwatch(*pid);
@@ -289,48 +280,45 @@ impl Daemon {
     }
 
     fn flush(&mut self) {
-        if self.out.flush().is_err() {
-            self.write_failed = true;
+        if self.outlet.out.flush().is_err() {
+            self.outlet.write_failed = true;
         }
     }
 }
 
-fn deliver(
-    output: Output<'_>,
-    mode: &mut Mode,
-    out: &mut BufWriter<io::Stdout>,
-    write_failed: &mut bool,
-) {
-    match (output, mode) {
-        (
-            Output::Message {
-                conn,
-                dir,
-                frame,
-                message,
-            },
-            Mode::Messages { with_bytes },
-        ) => {
-            if forensic::write_message(
-                out,
-                conn,
-                dir,
-                &frame.bytes,
-                frame.first_ts_ns,
-                message,
-                *with_bytes,
-            )
-            .is_err()
-            {
-                *write_failed = true;
+impl Outlet {
+    fn deliver(&mut self, output: Output<'_>) {
+        match (output, &mut self.mode) {
+            (
+                Output::Message {
+                    conn,
+                    dir,
+                    frame,
+                    message,
+                },
+                Mode::Messages { with_bytes },
+            ) => {
+                if forensic::write_message(
+                    &mut self.out,
+                    conn,
+                    dir,
+                    &frame.bytes,
+                    frame.first_ts_ns,
+                    message,
+                    *with_bytes,
+                )
+                .is_err()
+                {
+                    self.write_failed = true;
+                }
             }
-        }
-        (Output::Input(input), Mode::Audit(auditor)) => {
-            if let Err(e) = auditor.handle(input) {
-                warn!("writing audit records: {e}");
+            (Output::Input(input), Mode::Audit(auditor)) => {
+                if let Err(e) = auditor.handle(input) {
+                    warn!("writing audit records: {e}");
+                }
             }
+            (Output::Input(_), Mode::Messages { .. })
+            | (Output::Message { .. }, Mode::Audit(_)) => {}
         }
-        (Output::Input(Input::Tick { .. }), _) | (Output::Input(_), Mode::Messages { .. }) => {}
-        (Output::Message { .. }, Mode::Audit(_)) => {}
     }
 }

@@ -108,6 +108,8 @@ pub struct Tracker {
     conns: HashMap<u64, Conn>,
     /// Watched processes still alive.
     procs: HashMap<u32, String>,
+    /// Bumped whenever `procs` gains or loses a process.
+    procs_version: u64,
     stats: TrackerStats,
 }
 
@@ -119,6 +121,7 @@ impl Tracker {
             server_ports,
             conns: HashMap::new(),
             procs: HashMap::new(),
+            procs_version: 0,
             stats: TrackerStats::default(),
         }
     }
@@ -134,11 +137,23 @@ impl Tracker {
     /// Starts tracking a process named on the command line.
     pub fn add_process(&mut self, pid: u32) {
         let comm = procfs::comm(pid).unwrap_or_default();
-        self.procs.insert(pid, comm);
+        self.insert_process(pid, comm);
+    }
+
+    fn insert_process(&mut self, pid: u32, comm: String) {
+        if self.procs.insert(pid, comm).is_none() {
+            self.procs_version += 1;
+        }
     }
 
     pub fn processes(&self) -> impl Iterator<Item = u32> + '_ {
         self.procs.keys().copied()
+    }
+
+    /// Changes whenever a process is added or removed, so an owner that mirrors the set
+    /// elsewhere (the kernel's watched bitmap) only has to look when it moved.
+    pub fn processes_version(&self) -> u64 {
+        self.procs_version
     }
 
     pub fn has_processes(&self) -> bool {
@@ -153,9 +168,10 @@ impl Tracker {
                     // Cannot happen with cookies, which are never reused; be safe anyway.
                     self.finish(old, self.clock.epoch_ns(header.ts_ns), out);
                 }
-                self.procs
-                    .entry(header.tgid)
-                    .or_insert_with(|| comm.clone());
+                // Known already, unless the fork event that made it was lost.
+                if !self.procs.contains_key(&header.tgid) {
+                    self.insert_process(header.tgid, comm.clone());
+                }
                 let conn = self.new_conn(header.conn_id, header.tgid, comm, ends);
                 self.conns.insert(header.conn_id, conn);
             }
@@ -187,7 +203,7 @@ impl Tracker {
             }
             Event::ProcFork { child, .. } => {
                 let comm = procfs::comm(child).unwrap_or_default();
-                self.procs.insert(child, comm);
+                self.insert_process(child, comm);
             }
             Event::ProcExit { header, pid } => {
                 self.process_exited(pid, self.clock.epoch_ns(header.ts_ns), out);
@@ -200,6 +216,7 @@ impl Tracker {
         if self.procs.remove(&pid).is_none() {
             return;
         }
+        self.procs_version += 1;
         let ids: Vec<u64> = self
             .conns
             .iter()
@@ -623,6 +640,7 @@ mod tests {
             },
             &mut sink,
         );
+        let before = t.processes_version();
         t.handle(
             Event::ProcExit {
                 header: header(EventKind::ProcExit, 0, 0, 50),
@@ -631,6 +649,7 @@ mod tests {
             &mut sink,
         );
         assert!(!t.has_processes());
+        assert_ne!(t.processes_version(), before, "the watched set moved");
         assert!(inputs.iter().any(|i| matches!(
             i,
             Input::Exchange {
