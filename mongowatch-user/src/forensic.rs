@@ -135,16 +135,12 @@ mod tests {
     #[test]
     fn a_request_line() {
         let doc = bson::rawdoc! { "find": "orders", "$db": "shop" };
-        let body = doc.as_bytes();
-        let len = 21 + body.len();
-        let mut v = Vec::new();
-        v.extend_from_slice(&(len as i32).to_le_bytes());
-        v.extend_from_slice(&7i32.to_le_bytes());
-        v.extend_from_slice(&0i32.to_le_bytes());
-        v.extend_from_slice(&2013i32.to_le_bytes());
-        v.extend_from_slice(&[0, 0, 0, 0, 0]);
-        v.extend_from_slice(body);
-        let bytes = Bytes::from(v);
+        let bytes = Bytes::from(crate::wire::encode(&crate::wire::Message::op_msg(
+            7,
+            0,
+            doc.into(),
+        )));
+        let len = bytes.len();
         let msg = decode(&bytes).unwrap();
         let t = Timed {
             ts_ns: 1,

@@ -494,19 +494,12 @@ mod tests {
         }
     }
 
-    /// An OP_MSG `{ping: 1, $db: "admin"}` request or its `{ok: 1}` reply.
     fn op_msg(request_id: i32, response_to: i32, doc: bson::RawDocumentBuf) -> Vec<u8> {
-        let body = doc.as_bytes();
-        let len = 16 + 4 + 1 + body.len();
-        let mut v = Vec::with_capacity(len);
-        v.extend_from_slice(&(len as i32).to_le_bytes());
-        v.extend_from_slice(&request_id.to_le_bytes());
-        v.extend_from_slice(&response_to.to_le_bytes());
-        v.extend_from_slice(&2013i32.to_le_bytes());
-        v.extend_from_slice(&0u32.to_le_bytes());
-        v.push(0);
-        v.extend_from_slice(body);
-        v
+        crate::wire::encode(&crate::wire::Message::op_msg(
+            request_id,
+            response_to,
+            doc.into(),
+        ))
     }
 
     #[test]

@@ -6,26 +6,16 @@ use bson::rawdoc;
 
 use super::*;
 use crate::wire::{
-    encode, Body, DropReason, Exchange, Header, Message, OpCode, OpMsg, OpReply, PairConfig,
+    encode, Body, DropReason, Exchange, Header, Message, OpCode, OpReply, PairConfig,
 };
 
 fn op_msg(id: i32, response_to: i32, flags: u32, pad: usize) -> Vec<u8> {
-    encode(&Message {
-        header: Header {
-            length: 0,
-            request_id: id,
-            response_to,
-            op_code: OpCode::Msg as i32,
-        },
-        wire_len: 0,
-        compressor: None,
-        body: Body::Msg(OpMsg {
-            flags,
-            body: rawdoc! { "find": "c", "filter": { "pad": "x".repeat(pad) }, "$db": "db" }.into(),
-            sequences: vec![],
-            checksum: None,
-        }),
-    })
+    let body = rawdoc! { "find": "c", "filter": { "pad": "x".repeat(pad) }, "$db": "db" };
+    let mut msg = Message::op_msg(id, response_to, body.into());
+    if let Body::Msg(m) = &mut msg.body {
+        m.flags = flags;
+    }
+    encode(&msg)
 }
 
 fn op_reply(id: i32, response_to: i32) -> Vec<u8> {

@@ -266,6 +266,27 @@ pub struct Message {
 }
 
 impl Message {
+    /// An uncompressed OP_MSG with no flags, no sequences and no checksum (tests, benches and
+    /// fixtures build on it; `encode` turns it into wire bytes).
+    pub fn op_msg(request_id: i32, response_to: i32, body: Doc) -> Self {
+        Self {
+            header: Header {
+                length: 0,
+                request_id,
+                response_to,
+                op_code: OpCode::Msg as i32,
+            },
+            wire_len: 0,
+            compressor: None,
+            body: Body::Msg(OpMsg {
+                flags: 0,
+                body,
+                sequences: Vec::new(),
+                checksum: None,
+            }),
+        }
+    }
+
     /// A request has responseTo == 0; a reply answers a requestID. OP_REPLY is always a reply.
     pub fn is_reply(&self) -> bool {
         self.header.response_to != 0 || matches!(self.body, Body::Reply(_))
