@@ -156,7 +156,19 @@ mod tests {
     #[test]
     fn finds_a_process_by_its_command_line() {
         let mut child = Command::new("sleep").arg("7.31415").spawn().unwrap();
-        let found = processes_matching(&["sleep", "7.31415"]);
+        // spawn() returns once the child is in execve, which is before the
+        // kernel has laid out its new argv: an immediate read of its cmdline
+        // can be empty. Look again until it shows, for up to 10 s.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            let found = processes_matching(&["sleep", "7.31415"]);
+            if found.iter().any(|(pid, _)| *pid == child.id())
+                || std::time::Instant::now() > deadline
+            {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(found.iter().any(|(pid, _)| *pid == child.id()), "{found:?}");
