@@ -28,7 +28,7 @@
 //! State, CursorId and Error (code, codeName, errmsg, writeErrors) must be equal.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     fmt::Write as _,
     fs,
     path::Path,
@@ -110,6 +110,9 @@ pub struct ExpectedOp {
     pub error: Option<ExpectedError>,
     /// The first command document (for messages and for picking operations in tests).
     pub command: Value,
+    /// The connection each command went out on, as the oracle names it (pymongo: the
+    /// server's connection id), in the order of `commands`; null where it does not say.
+    pub connections: Vec<Value>,
 }
 
 impl ExpectedOp {
@@ -240,26 +243,35 @@ fn expected_error(reply: &Value) -> Option<ExpectedError> {
 
 /// Groups an oracle's command events into operations (see the module doc).
 pub fn group_operations(events: &[Value]) -> Result<Vec<ExpectedOp>> {
-    // Replies by request id (unique within one driver process).
-    let mut replies: HashMap<i64, &Value> = HashMap::new();
-    for e in events {
+    // Each reply event answers the earliest unanswered started event with its request id.
+    // Request ids are unique within one driver process except for exhaust streams: pymongo
+    // reports every further reply of one as a getMore started and succeeded with request id 0.
+    let mut pending: HashMap<i64, VecDeque<usize>> = HashMap::new();
+    let mut replies: HashMap<usize, &Value> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let id = e["request_id"]
+            .as_i64()
+            .with_context(|| format!("an oracle event without request_id: {e}"))?;
         match e["event"].as_str() {
+            Some("started") => pending.entry(id).or_default().push_back(i),
             Some("succeeded") | Some("failed") => {
-                let id = e["request_id"]
-                    .as_i64()
-                    .context("request_id of a reply event")?;
-                replies.insert(id, e);
+                let started = pending
+                    .get_mut(&id)
+                    .and_then(VecDeque::pop_front)
+                    .with_context(|| format!("a reply event that nothing started: {e}"))?;
+                replies.insert(started, e);
             }
-            Some("started") => {}
             other => bail!("unknown oracle event {other:?}: {e}"),
         }
     }
     let mut ops: Vec<ExpectedOp> = Vec::new();
     // Open cursors: id -> index in `ops`.
     let mut open: HashMap<i64, usize> = HashMap::new();
-    for e in events.iter().filter(|e| e["event"] == "started") {
-        let id = e["request_id"].as_i64().context("request_id")?;
-        let reply_ev = replies.get(&id).copied();
+    for (i, e) in events.iter().enumerate() {
+        if e["event"] != "started" {
+            continue;
+        }
+        let reply_ev = replies.get(&i).copied();
         let c = CommandEv {
             started: e,
             reply_ev,
@@ -277,6 +289,7 @@ pub fn group_operations(events: &[Value]) -> Result<Vec<ExpectedOp>> {
             if let Some(&i) = targets.first().and_then(|t| open.get(t)) {
                 let op = &mut ops[i];
                 op.commands.push(name.clone());
+                op.connections.push(e["server_connection"].clone());
                 match c.reply() {
                     None => {
                         op.end = OracleEnd::Unanswered;
@@ -307,6 +320,7 @@ pub fn group_operations(events: &[Value]) -> Result<Vec<ExpectedOp>> {
             for t in &targets {
                 if let Some(i) = open.remove(t) {
                     ops[i].commands.push(name.clone());
+                    ops[i].connections.push(e["server_connection"].clone());
                     ops[i].end = OracleEnd::Final;
                     any = true;
                 }
@@ -345,6 +359,7 @@ pub fn group_operations(events: &[Value]) -> Result<Vec<ExpectedOp>> {
             cursor_id: None,
             error: None,
             command: cmd.clone(),
+            connections: vec![e["server_connection"].clone()],
         };
         match c.reply() {
             None => op.end = OracleEnd::Unanswered,
@@ -841,6 +856,32 @@ mod tests {
             (Some(2), Some(1), Some(1))
         );
         assert_eq!(ops[2].error.as_ref().and_then(|e| e.code), Some(59));
+        Ok(())
+    }
+
+    /// pymongo reports each further reply of an exhaust stream as a getMore started and
+    /// succeeded with request id 0: each is one more batch of the same cursor, paired in order.
+    #[test]
+    fn exhaust_replies_pair_in_order() -> Result<()> {
+        let id = "77";
+        let events = vec![
+            started(1, "find", json!({"find": "c", "batchSize": 2}), None),
+            replied(1, "find", json!({"ok": 1}), Some((id, 2))),
+            started(2, "getMore", json!({"getMore": 77}), Some(vec![id])),
+            replied(2, "getMore", json!({"ok": 1}), Some((id, 2))),
+            started(0, "getMore", json!({"getMore": 77}), Some(vec![id])),
+            replied(0, "getMore", json!({"ok": 1}), Some((id, 2))),
+            started(0, "getMore", json!({"getMore": 77}), Some(vec![id])),
+            replied(0, "getMore", json!({"ok": 1}), Some(("0", 1))),
+        ];
+        let ops = group_operations(&events)?;
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert_eq!(ops[0].commands, ["find", "getMore", "getMore", "getMore"]);
+        assert_eq!((ops[0].iteration, ops[0].matched), (4, Some(7)));
+        assert_eq!(ops[0].end, OracleEnd::Final);
+        // A reply that nothing started is an inconsistent oracle, not a guess.
+        let orphan = vec![replied(5, "find", json!({"ok": 1}), None)];
+        assert!(group_operations(&orphan).is_err());
         Ok(())
     }
 

@@ -14,6 +14,9 @@
 //! - a cursor left open longer than `--timeout 2` must give a `timeout` record, then, once the
 //!   workload reads it further and closes it, a last record with the same WatchID, a higher
 //!   Iteration and State `final`;
+//! - pymongo: a cursor whose getMore goes out on another pooled connection than its find is
+//!   still one record, and an exhaust cursor (one getMore, a stream of replies) is one record
+//!   with an Iteration per reply;
 //! - a second process (the "victim"), watched with a second `--pid`, opens a cursor and is
 //!   SIGKILLed: its cursor's record must say `closed`;
 //! - with secantusd-rs and `compressors=zlib|zstd|snappy`, every record names the compressor
@@ -184,6 +187,47 @@ fn check_held_cursor(matched: &[Matched]) -> Result<()> {
     Ok(())
 }
 
+/// pymongo's cursor continued on another pooled connection, and its exhaust cursor (see
+/// `audit_pymongo.py`). Matching has already checked each is one record chain with the
+/// oracle's Iteration, counts and State; here the oracle must show that the scenario happened.
+fn check_moved_and_exhaust_cursors(matched: &[Matched]) -> Result<()> {
+    let find = |filter: Value| {
+        matched
+            .iter()
+            .find(|m| m.op.operation == "find" && oracle_ops::json_eq(&m.op.filter, &filter))
+            .with_context(|| format!("no find {filter} among the matched operations"))
+    };
+    let moved = find(json!({"grp": {"$in": [6, 7]}}))?;
+    let conns = &moved.op.connections;
+    ensure!(
+        moved.op.commands == ["find", "getMore", "killCursors"]
+            && conns.len() == 3
+            && !conns[0].is_null()
+            && conns[0] != conns[1],
+        "the moved cursor's getMore did not go out on another connection than its find: \
+         commands {:?} on connections {conns:?}",
+        moved.op.commands
+    );
+    ensure!(
+        moved.chain.records.len() == 1 && moved.chain.last()["Iteration"] == 2,
+        "the moved cursor should be one record of 2 batches: {:?}",
+        moved.chain.records
+    );
+    let exhaust = find(json!({"grp": 8}))?;
+    let get_mores = exhaust
+        .op
+        .commands
+        .iter()
+        .filter(|c| *c == "getMore")
+        .count();
+    ensure!(
+        get_mores >= 3 && exhaust.chain.last()["Iteration"] == 1 + get_mores as i64,
+        "the exhaust cursor should be one record of 1 + {get_mores} batches: {:?}",
+        exhaust.chain.records
+    );
+    Ok(())
+}
+
 /// The workload covers what the acceptance lists (so the test cannot pass on a thin oracle).
 fn check_coverage(matched: &[Matched], records: &[Value]) -> Result<()> {
     let ops: Vec<&str> = matched.iter().map(|m| m.op.operation.as_str()).collect();
@@ -309,6 +353,9 @@ fn driver_suite(driver: Driver, kind: ServerKind, compressor: Option<&str>) -> R
         .with_context(|| format!("mongowatch stats: {st}"))?;
     check_held_cursor(&matched)?;
     check_coverage(&matched, &recs)?;
+    if driver == Driver::Pymongo {
+        check_moved_and_exhaust_cursors(&matched)?;
+    }
     // Identity: the handshake's appname, the server's address.
     let app_name = match driver {
         Driver::Pymongo => "mongowatch-audit-pymongo",

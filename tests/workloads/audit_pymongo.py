@@ -2,9 +2,10 @@
 """The pymongo workload of the audit acceptance tests (tests/tests/audit.rs), with its oracle.
 
 One pass over every kind of operation the audit record contract describes: find with
-filter/sort/limit/batch_size (getMores), aggregate with $group, count_documents, distinct,
-insert_one (also unacknowledged, w:0), insert_many, update_one/update_many with upsert, replace_one, delete_one/delete_many,
-find_one_and_update / find_one_and_delete, bulk_write, a duplicate-key error, an unknown
+filter/sort/limit/batch_size (getMores), a cursor continued on another pooled connection, an
+exhaust cursor, aggregate with $group, count_documents, distinct, insert_one (also
+unacknowledged, w:0), insert_many, update_one/update_many with upsert, replace_one,
+delete_one/delete_many, find_one_and_update / find_one_and_delete, bulk_write, a duplicate-key error, an unknown
 command, a cursor closed half-read (killCursors) and a cursor left open for --hold seconds
 (longer than mongowatch's --timeout) and read further afterwards.
 
@@ -24,7 +25,7 @@ import sys
 import time
 
 from bson import json_util
-from pymongo import (DeleteOne, InsertOne, MongoClient, ReplaceOne, ReturnDocument, UpdateMany,
+from pymongo import (CursorType, DeleteOne, InsertOne, MongoClient, ReplaceOne, ReturnDocument, UpdateMany,
                      UpdateOne, monitoring)
 from pymongo.errors import DuplicateKeyError, OperationFailure
 from pymongo.write_concern import WriteConcern
@@ -60,6 +61,9 @@ class Oracle(monitoring.CommandListener):
             "command_name": event.command_name,
             "database": event.database_name,
             "connection": "%s:%s" % conn if isinstance(conn, tuple) else str(conn),
+            # The server's id of the connection (hello's connectionId): which pooled
+            # connection carried the command.
+            "server_connection": event.server_connection_id,
         }
 
     def started(self, event):
@@ -130,6 +134,21 @@ def main_role(client, args, counts):
         next(cur)
     cur.close(); op("find_killed")
     assert coll.find_one({"k": 5}, {"_id": 0})["k"] == 5; op("find_one")
+
+    # A cursor whose getMore goes out on another pooled connection than its find. The pool
+    # hands out its most recently used connection, so the exhaust cursor below takes (and
+    # pins, until it is read to its end) the connection the first cursor's find used; the
+    # first cursor's next getMore must then take another one. The exhaust cursor itself is
+    # one getMore answered by a stream of replies (moreToCome).
+    moved = coll.find({"grp": {"$in": [6, 7]}}, batch_size=4)
+    for _ in range(4):
+        next(moved)
+    pinned = coll.find({"grp": 8}, batch_size=3, cursor_type=CursorType.EXHAUST)
+    next(pinned)
+    for _ in range(4):
+        next(moved)  # one getMore, on another connection
+    assert len(list(pinned)) == 29; op("find_exhaust")
+    moved.close(); op("find_moved")
 
     list(coll.aggregate([{"$match": {"grp": {"$lt": 5}}},
                          {"$group": {"_id": "$grp", "n": {"$sum": 1}}},
