@@ -42,6 +42,42 @@ struct Line<'a> {
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes: Option<String>,
+    /// Why `Bytes` was left out of a message that carries credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacted: Option<&'static str>,
+}
+
+/// Commands whose requests carry credentials: SASL conversations (salted proofs; PLAIN's is the
+/// password itself), and createUser/updateUser with a cleartext `pwd`.
+const CREDENTIAL_COMMANDS: &[&str] = &[
+    "saslStart",
+    "saslContinue",
+    "authenticate",
+    "copydbsaslstart",
+    "copydbSaslStart",
+    "createUser",
+    "updateUser",
+];
+
+/// Whether a message carries credentials or a step of an authentication conversation: a
+/// request of [`CREDENTIAL_COMMANDS`], a handshake with `speculativeAuthenticate`, or a reply
+/// with a SASL `payload` or a `speculativeAuthenticate` answer. Its bytes are never written.
+fn carries_credentials(t: &Timed) -> bool {
+    let doc = match &t.msg.body {
+        Body::Msg(m) => &m.body,
+        Body::Query(q) => &q.query,
+        Body::Reply(r) => match r.documents.first() {
+            Some(d) => d,
+            None => return false,
+        },
+        _ => return false,
+    };
+    let reply = t.msg.is_reply();
+    doc.raw().iter().flatten().enumerate().any(|(i, (key, _))| {
+        key == "speculativeAuthenticate"
+            || (reply && key == "payload")
+            || (!reply && i == 0 && CREDENTIAL_COMMANDS.contains(&key.as_str()))
+    })
 }
 
 pub fn rfc3339_micros(epoch_ns: u64) -> String {
@@ -85,6 +121,7 @@ pub fn write_message(
             .unwrap_or(0)
     };
     let (request_id, response_to, wire_op) = (word(4), word(8), word(12));
+    let redact = with_bytes && message.is_ok_and(carries_credentials);
     let (compressor, original, command, error) = match message {
         Ok(t) => (
             t.msg.compressor.map(|c| c.name()),
@@ -121,7 +158,9 @@ pub fn write_message(
         original_op_code: original,
         command,
         error,
-        bytes: with_bytes.then(|| base64::engine::general_purpose::STANDARD.encode(bytes)),
+        bytes: (with_bytes && !redact)
+            .then(|| base64::engine::general_purpose::STANDARD.encode(bytes)),
+        redacted: redact.then_some("credentials"),
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
@@ -129,18 +168,18 @@ pub fn write_message(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
     use crate::wire::decode;
 
-    #[test]
-    fn a_request_line() {
-        let doc = bson::rawdoc! { "find": "orders", "$db": "shop" };
+    /// The line --messages --message-bytes writes for an OP_MSG with this body.
+    fn line_of(request_id: i32, response_to: i32, doc: bson::RawDocumentBuf) -> (Bytes, Value) {
         let bytes = Bytes::from(crate::wire::encode(&crate::wire::Message::op_msg(
-            7,
-            0,
+            request_id,
+            response_to,
             doc.into(),
         )));
-        let len = bytes.len();
         let msg = decode(&bytes).unwrap();
         let t = Timed {
             ts_ns: 1,
@@ -166,7 +205,13 @@ mod tests {
             true,
         )
         .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        (bytes, serde_json::from_slice(&out).unwrap())
+    }
+
+    #[test]
+    fn a_request_line() {
+        let (bytes, v) = line_of(7, 0, bson::rawdoc! { "find": "orders", "$db": "shop" });
+        let len = bytes.len();
         assert_eq!(v["Time"], "2023-11-14T22:13:20.123456Z");
         assert_eq!(v["Direction"], "request");
         assert_eq!(v["OpCode"], "OP_MSG");
@@ -179,5 +224,69 @@ mod tests {
             .decode(v["Bytes"].as_str().unwrap())
             .unwrap();
         assert_eq!(raw, bytes.to_vec());
+    }
+
+    /// Authentication steps and user management keep their line but never their bytes.
+    #[test]
+    fn credentials_are_never_written() {
+        let payload = bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: b"n,,n=dba,r=secret-nonce".to_vec(),
+        };
+        let carrying = [
+            (
+                1,
+                0,
+                bson::rawdoc! { "saslStart": 1, "mechanism": "SCRAM-SHA-256",
+                "payload": payload.clone(), "$db": "admin" },
+            ),
+            (
+                2,
+                1,
+                bson::rawdoc! { "conversationId": 1, "done": false,
+                "payload": payload.clone(), "ok": 1.0 },
+            ),
+            (
+                3,
+                0,
+                bson::rawdoc! { "saslContinue": 1, "conversationId": 1,
+                "payload": payload.clone(), "$db": "admin" },
+            ),
+            (
+                4,
+                0,
+                bson::rawdoc! { "hello": 1, "speculativeAuthenticate":
+                { "saslStart": 1, "payload": payload }, "$db": "admin" },
+            ),
+            (
+                5,
+                0,
+                bson::rawdoc! { "createUser": "dba", "pwd": "s3cret", "roles": [],
+                "$db": "admin" },
+            ),
+            (
+                6,
+                0,
+                bson::rawdoc! { "updateUser": "dba", "pwd": "s3cret2", "$db": "admin" },
+            ),
+        ];
+        for (id, to, doc) in carrying {
+            let (bytes, v) = line_of(id, to, doc);
+            assert_eq!(v["Redacted"], "credentials", "{v}");
+            assert!(v.get("Bytes").is_none(), "{v}");
+            assert_eq!(v["Length"], bytes.len());
+            let text = v.to_string();
+            assert!(
+                !text.contains("secret") && !text.contains("s3cret"),
+                "{text}"
+            );
+        }
+        // A user's own field named `payload` in a request is just data.
+        let (_, v) = line_of(
+            9,
+            0,
+            bson::rawdoc! { "insert": "c", "payload": 1, "$db": "d" },
+        );
+        assert!(v["Bytes"].is_string() && v.get("Redacted").is_none(), "{v}");
     }
 }

@@ -50,7 +50,8 @@ struct Cli {
     #[arg(long)]
     messages: bool,
 
-    /// With --messages: add each message's wire bytes, base64, as "Bytes".
+    /// With --messages: add each message's wire bytes, base64, as "Bytes". Messages that carry
+    /// credentials (authentication steps, createUser/updateUser) get "Redacted" instead.
     #[arg(long, requires = "messages")]
     message_bytes: bool,
 
