@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::{paths, process::ChildGuard, wire};
 
@@ -107,58 +107,64 @@ impl Server {
         let dir = paths::temp_dir(&format!("mongowatch-{}-", kind.name()))
             .context("creating the server's temp dir")?;
         let port = free_port()?;
-        let storage = dir.path().join("data");
-        let log_path = dir.path().join("server.log");
-        let log = File::create(&log_path).context("creating the server log")?;
-        let mut cmd = Command::new(binary);
-        cmd.current_dir(dir.path())
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--storage-path",
-            ])
-            .arg(&storage);
-        if kind == ServerKind::SecantusRs {
-            cmd.args(["--cache-size", "256M", "--log-file-max", "16MB"]);
-        }
-        let tls_cert = if tls {
-            let (cert, key) = self_signed_cert(dir.path())?;
-            cmd.arg("--tls-cert-file")
-                .arg(&cert)
-                .arg("--tls-key-file")
-                .arg(&key);
-            Some(cert)
+        let tls_files = if tls {
+            Some(self_signed_cert(dir.path())?)
         } else {
             None
         };
-        cmd.args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let process = ChildGuard::spawn(kind.name(), &mut cmd)?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let process = launch(
+            kind,
+            binary,
+            dir.path(),
+            port,
+            tls_files.as_ref(),
+            extra_args,
+        )?;
         let mut server = Server {
             kind,
-            addr,
-            tls_cert,
+            addr: ([127, 0, 0, 1], port).into(),
+            tls_cert: tls_files.map(|(cert, _)| cert),
             process,
             dir,
         };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Stops the server and starts it again on the same port and storage with other extra
+    /// arguments (e.g. users made without `--auth`, then a restart with it). A TLS server
+    /// cannot be restarted this way.
+    pub fn restart_with_args(&mut self, extra_args: &[&str]) -> Result<()> {
+        ensure!(self.tls_cert.is_none(), "restarting a TLS server");
+        self.process.stop()?;
+        // The log is appended to, not truncated: it tells both runs.
+        self.process = launch(
+            self.kind,
+            &self.kind.binary(),
+            self.dir.path(),
+            self.port(),
+            None,
+            extra_args,
+        )?;
+        self.wait_ready()
+    }
+
+    /// Waits until the server answers `ping` (or exits, or READY_TIMEOUT passes).
+    fn wait_ready(&mut self) -> Result<()> {
+        let (kind, addr) = (self.kind, self.addr);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = server.process.try_wait()? {
+            if let Some(status) = self.process.try_wait()? {
                 bail!(
                     "{} exited with {status} before answering ping on {addr}; its log:\n{}",
                     kind.name(),
-                    server.log_tail()
+                    self.log_tail()
                 );
             }
-            match server.ping() {
-                Ok(()) => return Ok(server),
+            match self.ping() {
+                Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
-                    let log = server.log_tail();
+                    let log = self.log_tail();
                     let name = kind.name();
                     return Err(e).with_context(|| {
                         format!("{name} did not answer ping on {addr} in {READY_TIMEOUT:?}; log:\n{log}")
@@ -251,6 +257,42 @@ impl Server {
     pub fn stop(mut self) -> Result<()> {
         self.process.stop().map(|_| ())
     }
+}
+
+/// Spawns `binary` on 127.0.0.1:`port` with its storage and log (`server.log`, appended) in
+/// `dir`, TLS-only with `tls` = (certificate, key).
+fn launch(
+    kind: ServerKind,
+    binary: &Path,
+    dir: &Path,
+    port: u16,
+    tls: Option<&(PathBuf, PathBuf)>,
+    extra_args: &[&str],
+) -> Result<ChildGuard> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .context("opening the server log")?;
+    let mut cmd = Command::new(binary);
+    cmd.current_dir(dir)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--storage-path")
+        .arg(dir.join("data"));
+    if kind == ServerKind::SecantusRs {
+        cmd.args(["--cache-size", "256M", "--log-file-max", "16MB"]);
+    }
+    if let Some((cert, key)) = tls {
+        cmd.arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key);
+    }
+    cmd.args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    ChildGuard::spawn(kind.name(), &mut cmd)
 }
 
 /// Writes a self-signed certificate and key for 127.0.0.1/localhost into `dir`.

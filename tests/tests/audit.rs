@@ -36,6 +36,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
+use base64::Engine as _;
 use mongowatch_tests::{
     oracle_ops::{self, match_records, Matched, ProcessOracle, NOT_RECORDED},
     paths, skip_unless, ChildGuard, Driver, Mongowatch, Need, Server, ServerKind,
@@ -297,12 +298,25 @@ fn driver_suite(driver: Driver, kind: ServerKind, compressor: Option<&str>) -> R
         Some(c) => format!("{}&compressors={c}", server.uri()),
         None => server.uri(),
     };
+    driver_suite_on(driver, &server, &uri, compressor, None)
+}
+
+/// The driver suite against `server` reached by `uri`; every record must name `compressor`
+/// (null for none) and `user` (null for none) as its Compression and User.
+fn driver_suite_on(
+    driver: Driver,
+    server: &Server,
+    uri: &str,
+    compressor: Option<&str>,
+    user: Option<&str>,
+) -> Result<()> {
+    let kind = server.kind();
     let dir = tempfile::Builder::new()
         .prefix("mongowatch-audit-")
         .tempdir()?;
     let start = dir.path().join("start");
-    let mut main = AuditProcess::spawn(driver, &uri, "main", dir.path(), &start)?;
-    let mut victim = AuditProcess::spawn(driver, &uri, "victim", dir.path(), &start)?;
+    let mut main = AuditProcess::spawn(driver, uri, "main", dir.path(), &start)?;
+    let mut victim = AuditProcess::spawn(driver, uri, "victim", dir.path(), &start)?;
     let mut mw = Mongowatch::watch_pid(
         main.pid(),
         &[
@@ -357,16 +371,17 @@ fn driver_suite(driver: Driver, kind: ServerKind, compressor: Option<&str>) -> R
     if driver == Driver::Pymongo {
         check_moved_and_exhaust_cursors(&matched)?;
     }
-    // Identity: the handshake's appname, the server's address.
+    // Identity: the handshake's appname, the server's address, the authenticated user.
     let app_name = match driver {
         Driver::Pymongo => "mongowatch-audit-pymongo",
         Driver::Node => "mongowatch-audit-node",
     };
     let server_addr = server.addr().to_string();
+    let user = json!(user);
     for r in &recs {
         ensure!(
-            r["AppName"] == app_name && r["Server"] == server_addr.as_str(),
-            "a record without AppName {app_name} and Server {server_addr}: {r}"
+            r["AppName"] == app_name && r["Server"] == server_addr.as_str() && r["User"] == user,
+            "a record without AppName {app_name}, Server {server_addr} and User {user}: {r}"
         );
     }
     // The victim's open cursor: closed, one batch of 8.
@@ -402,6 +417,153 @@ fn pymongo_records_match_the_command_listener() -> Result<()> {
 fn node_records_match_monitor_commands() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::NodeDriver);
     driver_suite(Driver::Node, ServerKind::SecantusPy, None)
+}
+
+/// The user the authentication tests make, and its password.
+const AUTH_USER: &str = "mw-dba";
+const AUTH_PASSWORD: &str = "Pw-7f3e91c2-never-logged";
+
+/// A secantusd-py that requires SCRAM-SHA-256 (`--auth`), with [`AUTH_USER`]: the user is made
+/// before `--auth` (the server has no localhost exception), then the server is restarted with
+/// it. Returns the server and a URI that logs in as that user.
+fn server_with_auth() -> Result<(Server, String)> {
+    let mut server = Server::start(ServerKind::SecantusPy)?;
+    let code = "import sys, pymongo\n\
+        c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=20000)\n\
+        c.admin.command('createUser', sys.argv[2], pwd=sys.argv[3], roles=['root'])\n";
+    let out = Command::new(paths::venv_python())
+        .args(["-c", code])
+        .arg(server.uri())
+        .args([AUTH_USER, AUTH_PASSWORD])
+        .stdin(Stdio::null())
+        .output()
+        .context("running pymongo to create the user")?;
+    ensure!(
+        out.status.success(),
+        "createUser failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.restart_with_args(&["--auth"])?;
+    let uri = format!(
+        "mongodb://{AUTH_USER}:{AUTH_PASSWORD}@{}/?directConnection=true&authSource=admin",
+        server.addr()
+    );
+    Ok((server, uri))
+}
+
+/// Through SCRAM-SHA-256 logins, every record names the user, and no password or SASL
+/// conversation reaches the records or mongowatch's diagnostics.
+fn authenticated_suite(driver: Driver) -> Result<()> {
+    let (server, uri) = server_with_auth()?;
+    // Without credentials the server refuses: the login is real.
+    let refused = Command::new(paths::venv_python())
+        .args([
+            "-c",
+            "import sys, pymongo\n\
+             pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000).t.t.find_one()\n",
+        ])
+        .arg(server.uri())
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        !refused.status.success(),
+        "the --auth server answered a find without a login"
+    );
+    driver_suite_on(driver, &server, &uri, None, Some(AUTH_USER))
+}
+
+#[test]
+fn pymongo_records_name_the_authenticated_user() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    authenticated_suite(Driver::Pymongo)
+}
+
+#[test]
+fn node_records_name_the_authenticated_user() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo,
+                 Need::NodeDriver);
+    authenticated_suite(Driver::Node)
+}
+
+/// `--messages --message-bytes` over a login, a createUser and an updateUser: every message
+/// keeps its line, the ones that carry credentials have `"Redacted": "credentials"` instead of
+/// bytes, and no password or SCRAM message is anywhere in the output.
+#[test]
+fn forensic_bytes_never_carry_credentials() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    // The server lives to the end of the test.
+    let (_server, uri) = server_with_auth()?;
+    let dir = tempfile::tempdir()?;
+    let start = dir.path().join("start");
+    let (second, third) = ("Pw-second-5b0d", "Pw-third-a41c");
+    let code = format!(
+        r#"
+import os, sys, time
+from pymongo import MongoClient
+while not os.path.exists({start:?}): time.sleep(0.01)
+c = MongoClient(sys.argv[1], appname="forensic-auth")
+c.admin.command("createUser", "mw-second", pwd={second:?}, roles=["root"])
+c.admin.command("updateUser", "mw-second", pwd={third:?})
+c.forensic.t.insert_one({{"visible": "plain data"}})
+c.close()
+"#,
+        start = start.display().to_string()
+    );
+    let mut app = ChildGuard::spawn(
+        "python login app",
+        Command::new(paths::venv_python())
+            .arg("-c")
+            .arg(code)
+            .arg(&uri)
+            .stdin(Stdio::null()),
+    )?;
+    let mut mw = Mongowatch::watch_pid(app.pid(), &["--messages", "--message-bytes"])?;
+    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+    fs::write(&start, b"")?;
+    let status = app.wait_exit(Duration::from_secs(60))?;
+    ensure!(status.success(), "the login app failed: {status}");
+    ensure!(
+        mw.wait_exit(Duration::from_secs(30))?.success(),
+        "mongowatch failed: {}",
+        mw.stderr()
+    );
+    let lines = mw.records()?;
+    let everything = format!("{}{}", mw.stdout(), mw.stderr());
+    let mut wire = Vec::new();
+    for l in &lines {
+        if let Some(b) = l["Bytes"].as_str() {
+            wire.extend(base64::engine::general_purpose::STANDARD.decode(b)?);
+        }
+    }
+    let wire = String::from_utf8_lossy(&wire);
+    for secret in [AUTH_PASSWORD, second, third, "n,,n="] {
+        ensure!(
+            !everything.contains(secret) && !wire.contains(secret),
+            "{secret:?} reached mongowatch's output"
+        );
+    }
+    let command = |name: &'static str| lines.iter().filter(move |l| l["Command"] == name);
+    let redacted = |l: &&Value| l["Redacted"] == "credentials" && l.get("Bytes").is_none();
+    for name in ["saslContinue", "createUser", "updateUser"] {
+        ensure!(
+            command(name).count() >= 1 && command(name).all(|l| redacted(&l)),
+            "{name} lines should all be there, redacted: {lines:?}"
+        );
+    }
+    // The answers of the SCRAM conversation are redacted too, the user's data is not.
+    ensure!(
+        lines
+            .iter()
+            .filter(|l| l["Direction"] == "reply")
+            .any(|l| redacted(&l)),
+        "no reply was redacted: {lines:?}"
+    );
+    let insert: Vec<&Value> = command("insert").collect();
+    ensure!(
+        insert.len() == 1 && insert[0]["Bytes"].is_string() && wire.contains("plain data"),
+        "the insert should keep its bytes: {insert:?}"
+    );
+    Ok(())
 }
 
 /// pymongo needs python-snappy for snappy (zstd comes from backports.zstd, zlib is built in).
