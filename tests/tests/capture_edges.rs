@@ -87,6 +87,17 @@ fn v6_relay(upstream: SocketAddr) -> Result<SocketAddr> {
 /// Runs a small Python program (with pymongo available) under `mongowatch --messages`;
 /// returns mongowatch's lines and its `--stats` line.
 fn watch_python(code: &str, args: &[&str]) -> Result<(Vec<Value>, Value)> {
+    let (lines, stats, _) = watch_python_with(code, args, &["--messages"])?;
+    Ok((lines, stats))
+}
+
+/// Runs a small Python program under `mongowatch --stats` with `mw_args`; returns mongowatch's
+/// output lines, its `--stats` line and its stderr.
+fn watch_python_with(
+    code: &str,
+    args: &[&str],
+    mw_args: &[&str],
+) -> Result<(Vec<Value>, Value, String)> {
     let dir = tempfile::tempdir()?;
     let start = dir.path().join("start");
     let mut cmd = Command::new(paths::venv_python());
@@ -98,7 +109,7 @@ fn watch_python(code: &str, args: &[&str]) -> Result<(Vec<Value>, Value)> {
         .args(args)
         .stdin(Stdio::null());
     let mut app = ChildGuard::spawn("python app", &mut cmd)?;
-    let mut mw = Mongowatch::watch_pid(app.pid(), &["--messages", "--stats"])?;
+    let mut mw = Mongowatch::watch_pid(app.pid(), &[mw_args, &["--stats"]].concat())?;
     mw.wait_for_stderr("watching", Duration::from_secs(60))?;
     std::fs::write(&start, b"")?;
     let status = app
@@ -117,7 +128,7 @@ fn watch_python(code: &str, args: &[&str]) -> Result<(Vec<Value>, Value)> {
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .context("no --stats line")?;
-    Ok((lines, stats))
+    Ok((lines, stats, mw.stderr()))
 }
 
 const PYMONGO_APP: &str = r#"
@@ -201,6 +212,38 @@ fn ipv6_connections_are_captured() -> Result<()> {
 
 /// A request sent with sendfile(2) has no user buffer to copy: it must come out as an
 /// explicit gap of exactly its length, and the stream must go on cleanly after it.
+/// A connection encrypted with TLS cannot be read (yet). mongowatch says so once per
+/// connection and counts it, and its bytes give no record and no decode error. Both with the
+/// server's port among `--port` (the kernel copies by port) and without (the kernel classifies
+/// from the first bytes).
+#[test]
+fn tls_connections_are_reported_not_garbled() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start_tls(ServerKind::SecantusPy)?;
+    let port = server.port().to_string();
+    let uri = server.uri();
+    for mw_args in [vec!["--port", port.as_str()], vec![]] {
+        let (records, stats, stderr) = watch_python_with(PYMONGO_APP, &[&uri], &mw_args)?;
+        let capture = &stats["capture"];
+        ensure!(
+            records.is_empty(),
+            "records from a TLS connection ({mw_args:?}): {records:?}"
+        );
+        ensure!(
+            capture["tls_connections"].as_u64() >= Some(1)
+                && capture["decode_errors"] == 0
+                && capture["messages"] == 0,
+            "TLS connections should be counted, not decoded ({mw_args:?}): {stats}"
+        );
+        let warnings = stderr.matches("encrypted with TLS").count() as u64;
+        ensure!(
+            Some(warnings) == capture["tls_connections"].as_u64(),
+            "one warning per TLS connection ({mw_args:?}): {stderr}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn sendfile_bytes_are_an_explicit_gap() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);

@@ -14,7 +14,10 @@ use super::{
 use crate::{
     ops::{ConnInfo, Input},
     stream::{ConnConfig, ConnEvent, Connection, Dir, RawFrame},
-    wire::{DecodeError, Timed},
+    wire::{
+        frame::{check_strict, Plausible},
+        DecodeError, Timed,
+    },
 };
 
 /// Kernel time (CLOCK_BOOTTIME) to wall time.
@@ -84,6 +87,10 @@ pub struct TrackerStats {
     pub dropped_frames: u64,
     /// Data for a connection whose open event never arrived (ends learnt from /proc).
     pub late_connections: u64,
+    /// Connections that began with a TLS handshake: encrypted, so not audited (each is warned
+    /// about once), and the bytes seen on them.
+    pub tls_connections: u64,
+    pub tls_bytes: u64,
 }
 
 /// Which end of a connection the watched process is.
@@ -99,6 +106,8 @@ struct Conn {
     info: Arc<ConnInfo>,
     ends: Ends,
     role: Role,
+    /// The connection began with a TLS handshake: its bytes are ciphertext.
+    tls: bool,
 }
 
 pub struct Tracker {
@@ -181,6 +190,10 @@ impl Tracker {
                 payload,
             } => {
                 self.stats.data_bytes += payload.len() as u64;
+                if self.is_tls(&header, payload) {
+                    self.stats.tls_bytes += payload.len() as u64;
+                    return;
+                }
                 let ts = self.clock.epoch_ns(header.ts_ns);
                 self.with_conn(&header, out, |stream, fwd| {
                     stream.push(dir(direction), header.offset, payload, ts, &mut &mut *fwd)
@@ -191,6 +204,9 @@ impl Tracker {
                 direction,
                 len,
             } => {
+                if self.conns.get(&header.conn_id).is_some_and(|c| c.tls) {
+                    return;
+                }
                 let ts = self.clock.epoch_ns(header.ts_ns);
                 self.with_conn(&header, out, |stream, fwd| {
                     stream.gap(dir(direction), header.offset, len, ts, &mut &mut *fwd)
@@ -311,7 +327,38 @@ impl Tracker {
             info: Arc::new(conn_info(id, pid, comm, &ends, role)),
             ends,
             role,
+            tls: false,
         }
+    }
+
+    /// Whether the connection of this data is TLS: known to be, or its first bytes (either
+    /// way: the watched process may be the server) are a TLS handshake record rather than a
+    /// MongoDB message. The first time, it is counted and warned about: mongowatch cannot
+    /// read it, and saying so beats a silent absence of records.
+    fn is_tls(&mut self, header: &EventHeader, payload: &[u8]) -> bool {
+        self.ensure_conn(header.conn_id, header.tgid, header.fd);
+        let Some(conn) = self.conns.get_mut(&header.conn_id) else {
+            return false;
+        };
+        if conn.tls {
+            return true;
+        }
+        if header.offset != 0 || !looks_like_tls(payload) {
+            return false;
+        }
+        conn.tls = true;
+        self.stats.tls_connections += 1;
+        let info = &conn.info;
+        tracing::warn!(
+            conn = info.id,
+            pid = info.pid,
+            comm = %info.comm,
+            client = %info.client,
+            server = %info.server,
+            "this connection is encrypted with TLS, which mongowatch cannot read yet: \
+             its operations are not audited"
+        );
+        true
     }
 
     /// Runs `act` on the stream of the event's connection (created if its open event was lost),
@@ -329,6 +376,7 @@ impl Tracker {
             info,
             role,
             ends,
+            ..
         }) = conns.get_mut(&header.conn_id)
         {
             act(stream, &mut |ev| forward(ev, info, role, ends, stats, out));
@@ -471,6 +519,17 @@ fn conn_info(id: u64, pid: u32, comm: String, ends: &Ends, role: Role) -> ConnIn
     }
 }
 
+/// A TLS handshake record (content type 22, version 3.x, then a ClientHello or ServerHello)
+/// that is not also a plausible MongoDB message start.
+fn looks_like_tls(b: &[u8]) -> bool {
+    b.len() >= 6
+        && b[0] == 0x16
+        && b[1] == 0x03
+        && b[2] <= 0x04
+        && matches!(b[5], 1 | 2)
+        && !matches!(check_strict(b), Plausible::Yes(_))
+}
+
 fn show(addr: &SocketAddr) -> String {
     addr.to_string()
 }
@@ -568,6 +627,91 @@ mod tests {
             .collect();
         assert_eq!(exchanges.len(), 1);
         assert_eq!(t.stats().messages, 2);
+    }
+
+    /// Hands `payloads` (direction, offset, bytes) of connection 9 to a fresh tracker; returns
+    /// it and how many messages it framed.
+    fn feed(payloads: &[(Direction, u64, &[u8])]) -> (Tracker, usize) {
+        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        t.add_process(4242);
+        let mut messages = 0;
+        let mut sink = |o: Output<'_>| {
+            if let Output::Message { .. } = o {
+                messages += 1;
+            }
+        };
+        t.handle(
+            Event::ConnOpen {
+                header: header(EventKind::ConnOpen, 9, 0, 1),
+                ends: Ends::Inet {
+                    local: "127.0.0.1:50000".parse().unwrap(),
+                    remote: "127.0.0.1:27017".parse().unwrap(),
+                },
+                comm: "app".into(),
+            },
+            &mut sink,
+        );
+        for (i, (direction, offset, payload)) in payloads.iter().enumerate() {
+            t.handle(
+                Event::Data {
+                    header: header(EventKind::Data, 9, *offset, 10 + i as u64),
+                    direction: *direction,
+                    payload,
+                },
+                &mut sink,
+            );
+        }
+        (t, messages)
+    }
+
+    /// A connection that starts with a TLS handshake is counted (and warned about) once, and
+    /// none of its bytes reach the stream layer, whatever they happen to contain later.
+    #[test]
+    fn a_tls_connection_is_counted_not_decoded() {
+        // TLS 1.2 record header (handshake, version 3.1, length 512), then ClientHello (1).
+        let mut hello = vec![
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        hello.resize(517, 0xab);
+        let server_hello = [
+            0x16, 0x03, 0x03, 0x00, 0x7a, 0x02, 0x00, 0x00, 0x76, 0x03, 0x03,
+        ];
+        let later = op_msg(1, 0, bson::rawdoc! { "ping": 1, "$db": "admin" });
+        let (t, messages) = feed(&[
+            (Direction::Egress, 0, &hello),
+            (Direction::Ingress, 0, &server_hello),
+            (Direction::Egress, hello.len() as u64, &later),
+        ]);
+        assert_eq!(messages, 0);
+        let st = t.stats();
+        assert_eq!(st.tls_connections, 1);
+        assert_eq!(
+            st.tls_bytes,
+            (hello.len() + server_hello.len() + later.len()) as u64
+        );
+        assert_eq!(st.decode_errors, 0);
+    }
+
+    /// A MongoDB message whose first bytes happen to read like a TLS record header (length
+    /// 0x316 = 790, requestID 256) is still MongoDB.
+    #[test]
+    fn a_message_that_starts_like_tls_is_still_mongodb() {
+        let mut msg = op_msg(
+            256,
+            0,
+            bson::rawdoc! { "ping": 1, "pad": "", "$db": "admin" },
+        );
+        let pad = 790 - msg.len();
+        msg = op_msg(
+            256,
+            0,
+            bson::rawdoc! { "ping": 1, "pad": "x".repeat(pad), "$db": "admin" },
+        );
+        assert_eq!(msg.len(), 790);
+        assert_eq!(&msg[..3], &[0x16, 0x03, 0x00]);
+        assert_eq!(msg[5], 1);
+        let (t, messages) = feed(&[(Direction::Egress, 0, &msg)]);
+        assert_eq!((messages, t.stats().tls_connections), (1, 0));
     }
 
     #[test]
