@@ -519,14 +519,19 @@ fn conn_info(id: u64, pid: u32, comm: String, ends: &Ends, role: Role) -> ConnIn
     }
 }
 
-/// A TLS handshake record (content type 22, version 3.x, then a ClientHello or ServerHello)
-/// that is not also a plausible MongoDB message start.
+/// A TLS handshake record that is not also a plausible MongoDB message start: content type 22,
+/// record version 3.0-3.4, a ClientHello or ServerHello that fits in the record, and its own
+/// version 3.x. Some 40 bits must match by chance for the middle of a MongoDB message (where
+/// capture of an already open connection may begin) to pass.
 fn looks_like_tls(b: &[u8]) -> bool {
-    b.len() >= 6
-        && b[0] == 0x16
-        && b[1] == 0x03
-        && b[2] <= 0x04
-        && matches!(b[5], 1 | 2)
+    if b.len() < 11 || b[0] != 0x16 || b[1] != 0x03 || b[2] > 0x04 || !matches!(b[5], 1 | 2) {
+        return false;
+    }
+    let record_len = u32::from(u16::from_be_bytes([b[3], b[4]]));
+    let hello_len = u32::from_be_bytes([0, b[6], b[7], b[8]]);
+    hello_len + 4 <= record_len
+        && b[9] == 0x03
+        && b[10] <= 0x04
         && !matches!(check_strict(b), Plausible::Yes(_))
 }
 
@@ -690,6 +695,24 @@ mod tests {
             (hello.len() + server_hello.len() + later.len()) as u64
         );
         assert_eq!(st.decode_errors, 0);
+    }
+
+    #[test]
+    fn tls_detection_needs_a_whole_hello_header() {
+        let hello = [
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        assert!(looks_like_tls(&hello));
+        assert!(!looks_like_tls(&hello[..10]), "too short to tell");
+        let mut longer = hello;
+        longer[7] = 0x02; // a hello longer than its record
+        assert!(!looks_like_tls(&longer));
+        let mut version = hello;
+        version[9] = 0x01; // the hello's own version is not 3.x
+        assert!(!looks_like_tls(&version));
+        let mut alert = hello;
+        alert[0] = 0x15; // an alert record, not a handshake
+        assert!(!looks_like_tls(&alert));
     }
 
     /// A MongoDB message whose first bytes happen to read like a TLS record header (length
