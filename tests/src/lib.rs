@@ -62,8 +62,8 @@ pub use reconcile::{reconcile, WireAccount};
 pub use server::{Server, ServerKind};
 pub use wire::WireMessage;
 pub use workload::{
-    mongosh_command, read_oracle, Driver, OracleEvent, OracleEventKind, Workload, WorkloadOutcome,
-    WorkloadSpec, WorkloadSummary,
+    mongosh_command, read_oracle, Driver, GatedPython, OracleEvent, OracleEventKind, Workload,
+    WorkloadOutcome, WorkloadSpec, WorkloadSummary,
 };
 
 /// Set (to anything but empty or `0`) by `cargo xtask test`: a test whose installs are missing

@@ -355,3 +355,48 @@ pub fn mongosh_command(uri: &str, script: &str) -> Command {
         .stdin(Stdio::null());
     cmd
 }
+
+/// A small Python program (the cache's venv: pymongo is there) held back until
+/// [`GatedPython::release`], so that mongowatch can watch its PID before it connects. It waits
+/// for a file of its own temporary directory, then runs `code` with `sys.argv[1:]` = `args`
+/// (`os`, `sys` and `time` are imported).
+pub struct GatedPython {
+    pub app: ChildGuard,
+    start: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GatedPython {
+    pub fn spawn(name: &str, code: &str, args: &[&str]) -> Result<GatedPython> {
+        let dir = tempfile::Builder::new()
+            .prefix("mongowatch-app-")
+            .tempdir()?;
+        let start = dir.path().join("start");
+        let gate = format!(
+            "import os, sys, time\nwhile not os.path.exists({start:?}): time.sleep(0.01)\n",
+            start = start.display().to_string()
+        );
+        let app = ChildGuard::spawn(
+            name,
+            Command::new(paths::venv_python())
+                .arg("-c")
+                .arg(gate + code)
+                .args(args)
+                .stdin(Stdio::null()),
+        )?;
+        Ok(GatedPython {
+            app,
+            start,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.app.pid()
+    }
+
+    /// Lets the program run.
+    pub fn release(&self) -> Result<()> {
+        fs::write(&self.start, b"").context("releasing the gated program")
+    }
+}

@@ -39,7 +39,7 @@ use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use mongowatch_tests::{
     oracle_ops::{self, match_records, Matched, ProcessOracle, NOT_RECORDED},
-    paths, skip_unless, ChildGuard, Driver, Mongowatch, Need, Server, ServerKind,
+    paths, skip_unless, ChildGuard, Driver, GatedPython, Mongowatch, Need, Server, ServerKind,
 };
 use serde_json::{json, Value};
 
@@ -493,34 +493,22 @@ fn forensic_bytes_never_carry_credentials() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
     // The server lives to the end of the test.
     let (_server, uri) = server_with_auth()?;
-    let dir = tempfile::tempdir()?;
-    let start = dir.path().join("start");
     let (second, third) = ("Pw-second-5b0d", "Pw-third-a41c");
     let code = format!(
         r#"
-import os, sys, time
 from pymongo import MongoClient
-while not os.path.exists({start:?}): time.sleep(0.01)
 c = MongoClient(sys.argv[1], appname="forensic-auth")
 c.admin.command("createUser", "mw-second", pwd={second:?}, roles=["root"])
 c.admin.command("updateUser", "mw-second", pwd={third:?})
 c.forensic.t.insert_one({{"visible": "plain data"}})
 c.close()
-"#,
-        start = start.display().to_string()
+"#
     );
-    let mut app = ChildGuard::spawn(
-        "python login app",
-        Command::new(paths::venv_python())
-            .arg("-c")
-            .arg(code)
-            .arg(&uri)
-            .stdin(Stdio::null()),
-    )?;
-    let mut mw = Mongowatch::watch_pid(app.pid(), &["--messages", "--message-bytes"])?;
+    let mut login = GatedPython::spawn("python login app", &code, &[&uri])?;
+    let mut mw = Mongowatch::watch_pid(login.pid(), &["--messages", "--message-bytes"])?;
     mw.wait_for_stderr("watching", Duration::from_secs(60))?;
-    fs::write(&start, b"")?;
-    let status = app.wait_exit(Duration::from_secs(60))?;
+    login.release()?;
+    let status = login.app.wait_exit(Duration::from_secs(60))?;
     ensure!(status.success(), "the login app failed: {status}");
     ensure!(
         mw.wait_exit(Duration::from_secs(30))?.success(),

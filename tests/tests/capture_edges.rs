@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use mongowatch_tests::{paths, skip_unless, ChildGuard, Mongowatch, Need, Server, ServerKind};
+use mongowatch_tests::{paths, skip_unless, GatedPython, Mongowatch, Need, Server, ServerKind};
 use serde_json::Value;
 
 /// Copies bytes both ways between `a` and `b` until either side closes.
@@ -98,21 +98,12 @@ fn watch_python_with(
     args: &[&str],
     mw_args: &[&str],
 ) -> Result<(Vec<Value>, Value, String)> {
-    let dir = tempfile::tempdir()?;
-    let start = dir.path().join("start");
-    let mut cmd = Command::new(paths::venv_python());
-    cmd.arg("-c")
-        .arg(format!(
-            "import os, sys, time\nwhile not os.path.exists({start:?}): time.sleep(0.01)\n{code}",
-            start = start.display().to_string()
-        ))
-        .args(args)
-        .stdin(Stdio::null());
-    let mut app = ChildGuard::spawn("python app", &mut cmd)?;
-    let mut mw = Mongowatch::watch_pid(app.pid(), &[mw_args, &["--stats"]].concat())?;
+    let mut gated = GatedPython::spawn("python app", code, args)?;
+    let mut mw = Mongowatch::watch_pid(gated.pid(), &[mw_args, &["--stats"]].concat())?;
     mw.wait_for_stderr("watching", Duration::from_secs(60))?;
-    std::fs::write(&start, b"")?;
-    let status = app
+    gated.release()?;
+    let status = gated
+        .app
         .wait_timeout(Duration::from_secs(120))?
         .context("the app did not finish")?;
     ensure!(status.success(), "the app failed");
@@ -372,12 +363,10 @@ fn sigint_flushes_pending_records() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
     let server = Server::start(ServerKind::SecantusPy)?;
     let dir = tempfile::tempdir()?;
-    let (start, ready) = (dir.path().join("start"), dir.path().join("ready"));
+    let ready = dir.path().join("ready");
     let code = format!(
         r#"
-import os, sys, time
 from pymongo import MongoClient
-while not os.path.exists({start:?}): time.sleep(0.01)
 c = MongoClient(sys.argv[1], appname="sigint")
 t = c.sigint.t
 t.drop()
@@ -387,20 +376,12 @@ next(cur)
 open({ready:?}, "w").close()
 time.sleep(60)
 "#,
-        start = start.display().to_string(),
         ready = ready.display().to_string()
     );
-    let mut app = ChildGuard::spawn(
-        "python app",
-        Command::new(paths::venv_python())
-            .arg("-c")
-            .arg(code)
-            .arg(server.uri())
-            .stdin(Stdio::null()),
-    )?;
+    let mut app = GatedPython::spawn("python app", &code, &[&server.uri()])?;
     let mut mw = Mongowatch::watch_pid(app.pid(), &["--timeout", "120"])?;
     mw.wait_for_stderr("watching", Duration::from_secs(60))?;
-    std::fs::write(&start, b"")?;
+    app.release()?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !ready.exists() {
         ensure!(
@@ -435,7 +416,7 @@ time.sleep(60)
         insert["State"] == "final" && insert["InsertedCount"] == 30,
         "{insert}"
     );
-    app.stop()?;
+    app.app.stop()?;
     Ok(())
 }
 
