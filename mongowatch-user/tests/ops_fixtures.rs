@@ -1,91 +1,56 @@
 //! Sessions recorded from real drivers (tests/fixtures/README.md) replayed through the stream
 //! and wire layers into the Auditor: the records must say what the workload did.
 
+mod mwrec;
 mod ops_support;
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use mongowatch::{
     config::AuditConfig,
     ops::{ConnInfo, Input},
-    stream::{ConnConfig, ConnEvent, Connection, Dir},
+    stream::ConnEvent,
 };
+use mwrec::{read_mwrec, Streams};
 use ops_support::Harness;
 use serde_json::{json, Value};
-
-struct Chunk {
-    closed: bool,
-    client_to_server: bool,
-    conn: u16,
-    ts_ns: u64,
-    data: Vec<u8>,
-}
-
-fn read_mwrec(name: &str) -> Vec<Chunk> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let b = std::fs::read(&path).unwrap();
-    assert_eq!(&b[..7], b"MWREC1\n");
-    let mut out = vec![];
-    let mut p = 7;
-    while p + 16 <= b.len() {
-        let len = u32::from_le_bytes(b[p + 12..p + 16].try_into().unwrap()) as usize;
-        out.push(Chunk {
-            closed: b[p] == 1,
-            client_to_server: b[p + 1] == 0,
-            conn: u16::from_le_bytes([b[p + 2], b[p + 3]]),
-            ts_ns: u64::from_le_bytes(b[p + 4..p + 12].try_into().unwrap()),
-            data: b[p + 16..p + 16 + len].to_vec(),
-        });
-        p += 16 + len;
-    }
-    out
-}
 
 /// Replays a recording with the client as the watched process; returns the records.
 fn audit(name: &str, cfg: AuditConfig) -> (Vec<Value>, Harness) {
     let json = cfg.format == mongowatch::sink::Format::Json;
     let mut h = Harness::new(cfg);
-    let mut conns: BTreeMap<u16, (Connection, Arc<ConnInfo>, u64, u64)> = BTreeMap::new();
+    let mut streams = Streams::default();
+    let mut infos: BTreeMap<u16, Arc<ConnInfo>> = BTreeMap::new();
     let mut last = 0;
     for ch in read_mwrec(name) {
         last = ch.ts_ns;
-        let e = conns.entry(ch.conn).or_insert_with(|| {
-            let info = Arc::new(ConnInfo {
-                id: ch.conn as u64,
-                pid: 4242,
-                comm: "python3".into(),
-                client: format!("127.0.0.1:{}", 40000 + ch.conn),
-                server: "127.0.0.1:27017".into(),
-                tls: false,
-            });
-            (Connection::new(ConnConfig::default()), info, 0, 0)
-        });
+        let info = infos
+            .entry(ch.conn)
+            .or_insert_with(|| {
+                Arc::new(ConnInfo {
+                    id: ch.conn as u64,
+                    pid: 4242,
+                    comm: "python3".into(),
+                    client: format!("127.0.0.1:{}", 40000 + ch.conn),
+                    server: "127.0.0.1:27017".into(),
+                    tls: false,
+                })
+            })
+            .clone();
         let mut inputs = Vec::new();
-        let info = e.1.clone();
-        let mut on = |ev: ConnEvent<'_>| {
+        streams.feed(&ch, false, 0, &mut |ev| {
             if let ConnEvent::Exchange(x) = ev {
                 inputs.push(Input::Exchange {
                     conn: info.clone(),
                     exchange: x,
                 });
             }
-        };
+        });
         if ch.closed {
-            e.0.close(ch.ts_ns, &mut on);
             inputs.push(Input::ConnClosed {
-                conn: info.clone(),
+                conn: info,
                 ts_ns: ch.ts_ns,
             });
-        } else {
-            let (dir, off) = if ch.client_to_server {
-                (Dir::Egress, &mut e.2)
-            } else {
-                (Dir::Ingress, &mut e.3)
-            };
-            e.0.push(dir, *off, &ch.data, ch.ts_ns, &mut on);
-            *off += ch.data.len() as u64;
         }
         for i in inputs {
             h.feed(i);

@@ -1,47 +1,15 @@
 //! Replays sessions recorded from real drivers against a real server (see
 //! tests/fixtures/README.md) through the stream and wire layers.
 
-use std::{collections::BTreeMap, path::Path};
+mod mwrec;
+
+use std::collections::BTreeMap;
 
 use mongowatch::{
     stream::{ConnConfig, ConnEvent, Connection, Dir},
     wire::{Body, Compressor, Exchange, WireStats},
 };
-
-struct Chunk {
-    closed: bool,
-    client_to_server: bool,
-    conn: u16,
-    ts_ns: u64,
-    data: Vec<u8>,
-}
-
-fn read_mwrec(name: &str) -> Vec<Chunk> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let b = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&b[..7], b"MWREC1\n");
-    let mut out = vec![];
-    let mut p = 7;
-    while p < b.len() {
-        let kind = b[p];
-        let dir = b[p + 1];
-        let conn = u16::from_le_bytes([b[p + 2], b[p + 3]]);
-        let ts_ns = u64::from_le_bytes(b[p + 4..p + 12].try_into().unwrap());
-        let len = u32::from_le_bytes(b[p + 12..p + 16].try_into().unwrap()) as usize;
-        p += 16;
-        out.push(Chunk {
-            closed: kind == 1,
-            client_to_server: dir == 0,
-            conn,
-            ts_ns,
-            data: b[p..p + len].to_vec(),
-        });
-        p += len;
-    }
-    out
-}
+use mwrec::{read_mwrec, Streams};
 
 #[derive(Default, Debug)]
 struct Summary {
@@ -62,38 +30,17 @@ struct Summary {
 /// Replays with the client as the watched process (`server_role = false`) or the server.
 /// `rechunk`: re-cut each chunk into pieces of this size (0 = as recorded).
 fn replay(name: &str, server_role: bool, rechunk: usize) -> Summary {
-    let chunks = read_mwrec(name);
-    let mut conns: BTreeMap<u16, (Connection, u64, u64)> = BTreeMap::new();
+    let mut streams = Streams::default();
     let mut s = Summary::default();
     let mut last_ts = 0;
-    for ch in &chunks {
+    for ch in &read_mwrec(name) {
         last_ts = ch.ts_ns;
-        let entry = conns
-            .entry(ch.conn)
-            .or_insert_with(|| (Connection::new(ConnConfig::default()), 0, 0));
         let conn_id = ch.conn;
-        let mut on = |ev: ConnEvent<'_>| record(&mut s, conn_id, ev);
-        if ch.closed {
-            entry.0.close(ch.ts_ns, &mut on);
-            continue;
-        }
-        let dir = if ch.client_to_server != server_role {
-            Dir::Egress
-        } else {
-            Dir::Ingress
-        };
-        let off = if ch.client_to_server {
-            &mut entry.1
-        } else {
-            &mut entry.2
-        };
-        let step = if rechunk == 0 { ch.data.len() } else { rechunk };
-        for piece in ch.data.chunks(step) {
-            entry.0.push(dir, *off, piece, ch.ts_ns, &mut on);
-            *off += piece.len() as u64;
-        }
+        streams.feed(ch, server_role, rechunk, &mut |ev| {
+            record(&mut s, conn_id, ev)
+        });
     }
-    for (id, (c, _, _)) in conns.iter_mut() {
+    for (id, (c, _, _)) in streams.conns.iter_mut() {
         c.close(last_ts, &mut |ev| record(&mut s, *id, ev));
         s.stats.add(&c.stats());
     }
