@@ -289,7 +289,7 @@ pub fn group_operations(events: &[Value]) -> Result<Vec<ExpectedOp>> {
             if let Some(&i) = targets.first().and_then(|t| open.get(t)) {
                 let op = &mut ops[i];
                 op.commands.push(name.clone());
-                op.connections.push(e["server_connection"].clone());
+                op.connections.push(e["server_connection_id"].clone());
                 match c.reply() {
                     None => {
                         op.end = OracleEnd::Unanswered;
@@ -320,7 +320,7 @@ pub fn group_operations(events: &[Value]) -> Result<Vec<ExpectedOp>> {
             for t in &targets {
                 if let Some(i) = open.remove(t) {
                     ops[i].commands.push(name.clone());
-                    ops[i].connections.push(e["server_connection"].clone());
+                    ops[i].connections.push(e["server_connection_id"].clone());
                     ops[i].end = OracleEnd::Final;
                     any = true;
                 }
@@ -359,7 +359,7 @@ pub fn group_operations(events: &[Value]) -> Result<Vec<ExpectedOp>> {
             cursor_id: None,
             error: None,
             command: cmd.clone(),
-            connections: vec![e["server_connection"].clone()],
+            connections: vec![e["server_connection_id"].clone()],
         };
         match c.reply() {
             None => op.end = OracleEnd::Unanswered,

@@ -18,6 +18,7 @@
 'use strict';
 
 const fs = require('fs');
+const { eventFields } = require('./oracle_fields');
 const { MongoClient, BSON } = require('mongodb');
 
 const { EJSON } = BSON;
@@ -66,18 +67,6 @@ class Oracle {
     return JSON.parse(EJSON.stringify(doc, { relaxed: true }));
   }
 
-  common(ev, kind) {
-    return {
-      event: kind,
-      t_ns: Number(process.hrtime.bigint()),
-      request_id: ev.requestId,
-      command_name: ev.commandName,
-      database: ev.databaseName,
-      connection: ev.address,
-      connection_id: ev.connectionId,
-    };
-  }
-
   reply(rec, reply) {
     rec.reply = Oracle.ejson(reply);
     const c = reply && reply.cursor;
@@ -91,7 +80,7 @@ class Oracle {
   attach(client) {
     client.on('commandStarted', (ev) => {
       this.started++;
-      const rec = this.common(ev, 'started');
+      const rec = eventFields(ev, 'started');
       rec.command = Oracle.ejson(ev.command);
       if (ev.commandName === 'getMore') rec.target_cursor_ids = [idString(ev.command.getMore)];
       if (ev.commandName === 'killCursors') {
@@ -100,12 +89,12 @@ class Oracle {
       this.write(rec);
     });
     client.on('commandSucceeded', (ev) => {
-      const rec = this.common(ev, 'succeeded');
+      const rec = eventFields(ev, 'succeeded');
       this.reply(rec, ev.reply);
       this.write(rec);
     });
     client.on('commandFailed', (ev) => {
-      const rec = this.common(ev, 'failed');
+      const rec = eventFields(ev, 'failed');
       const f = ev.failure || {};
       const reply = f.errorResponse || {
         ok: 0, code: f.code, codeName: f.codeName, errmsg: f.errmsg || f.message,

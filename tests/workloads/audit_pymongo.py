@@ -25,6 +25,7 @@ import sys
 import time
 
 from bson import json_util
+from oracle_fields import event_fields
 from pymongo import (CursorType, DeleteOne, InsertOne, MongoClient, ReplaceOne, ReturnDocument, UpdateMany,
                      UpdateOne, monitoring)
 from pymongo.errors import DuplicateKeyError, OperationFailure
@@ -51,24 +52,9 @@ class Oracle(monitoring.CommandListener):
     def _ejson(doc):
         return json.loads(json_util.dumps(doc, json_options=json_util.RELAXED_JSON_OPTIONS))
 
-    def _common(self, event, kind):
-        conn = event.connection_id
-        return {
-            "event": kind,
-            "t_ns": time.monotonic_ns(),
-            "request_id": event.request_id,
-            "operation_id": event.operation_id,
-            "command_name": event.command_name,
-            "database": event.database_name,
-            "connection": "%s:%s" % conn if isinstance(conn, tuple) else str(conn),
-            # The server's id of the connection (hello's connectionId): which pooled
-            # connection carried the command.
-            "server_connection": event.server_connection_id,
-        }
-
     def started(self, event):
         self.n += 1
-        rec = self._common(event, "started")
+        rec = event_fields(event, "started")
         cmd = event.command
         rec["command"] = self._ejson(cmd)
         if event.command_name == "getMore":
@@ -86,12 +72,12 @@ class Oracle(monitoring.CommandListener):
             rec["batch_len"] = len(batch) if isinstance(batch, list) else None
 
     def succeeded(self, event):
-        rec = self._common(event, "succeeded")
+        rec = event_fields(event, "succeeded")
         self._reply(rec, event.reply)
         self._write(rec)
 
     def failed(self, event):
-        rec = self._common(event, "failed")
+        rec = event_fields(event, "failed")
         failure = event.failure if isinstance(event.failure, dict) else {"ok": 0, "errmsg": str(event.failure)}
         self._reply(rec, failure)
         self._write(rec)

@@ -16,6 +16,7 @@
 
 const crypto = require('crypto');
 const fs = require('fs');
+const { eventFields } = require('./oracle_fields');
 const { MongoClient } = require('mongodb');
 
 const BATCH = 2000;
@@ -93,20 +94,6 @@ class Oracle {
     this.failed = 0;
   }
 
-  common(ev, kind) {
-    return {
-      event: kind,
-      // process.hrtime is CLOCK_MONOTONIC on Linux: comparable with the kernel's timestamps.
-      t_ns: Number(process.hrtime.bigint()),
-      request_id: ev.requestId,
-      command_name: ev.commandName,
-      database: ev.databaseName,
-      connection: ev.address,
-      connection_id: ev.connectionId,
-      server_connection_id: ev.serverConnectionId == null ? null : Number(ev.serverConnectionId),
-    };
-  }
-
   write(rec) {
     if (this.lines) this.lines.push(JSON.stringify(rec));
   }
@@ -114,7 +101,7 @@ class Oracle {
   attach(client) {
     client.on('commandStarted', (ev) => {
       this.started++;
-      const rec = this.common(ev, 'started');
+      const rec = eventFields(ev, 'started');
       const target = ev.command && ev.command[ev.commandName];
       if (typeof target === 'string') rec.collection = target;
       if (ev.command && Array.isArray(ev.command.documents)) rec.documents = ev.command.documents.length;
@@ -122,14 +109,14 @@ class Oracle {
     });
     client.on('commandSucceeded', (ev) => {
       this.succeeded++;
-      const rec = this.common(ev, 'succeeded');
+      const rec = eventFields(ev, 'succeeded');
       rec.duration_us = Math.round(ev.duration * 1000);
       rec.ok = ev.reply ? ev.reply.ok : null;
       this.write(rec);
     });
     client.on('commandFailed', (ev) => {
       this.failed++;
-      const rec = this.common(ev, 'failed');
+      const rec = eventFields(ev, 'failed');
       rec.duration_us = Math.round(ev.duration * 1000);
       rec.code = ev.failure && ev.failure.code != null ? ev.failure.code : null;
       rec.errmsg = ev.failure ? String(ev.failure.errmsg || ev.failure.message) : null;

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+from oracle_fields import event_fields
 from pymongo import MongoClient, monitoring
 from pymongo.errors import OperationFailure
 
@@ -75,23 +76,9 @@ class Oracle(monitoring.CommandListener):
             self.out.write(json.dumps(rec, separators=(",", ":"), default=str))
             self.out.write("\n")
 
-    @staticmethod
-    def _common(event, kind):
-        conn = event.connection_id
-        return {
-            "event": kind,
-            "t_ns": time.monotonic_ns(),
-            "request_id": event.request_id,
-            "operation_id": event.operation_id,
-            "command_name": event.command_name,
-            "database": event.database_name,
-            "connection": "%s:%s" % conn if isinstance(conn, tuple) else str(conn),
-            "server_connection_id": getattr(event, "server_connection_id", None),
-        }
-
     def started(self, event):
         self.n_started += 1
-        rec = self._common(event, "started")
+        rec = event_fields(event, "started")
         target = event.command.get(event.command_name)
         if isinstance(target, str):
             rec["collection"] = target
@@ -102,14 +89,14 @@ class Oracle(monitoring.CommandListener):
 
     def succeeded(self, event):
         self.n_succeeded += 1
-        rec = self._common(event, "succeeded")
+        rec = event_fields(event, "succeeded")
         rec["duration_us"] = event.duration_micros
         rec["ok"] = event.reply.get("ok")
         self._write(rec)
 
     def failed(self, event):
         self.n_failed += 1
-        rec = self._common(event, "failed")
+        rec = event_fields(event, "failed")
         rec["duration_us"] = event.duration_micros
         failure = event.failure if isinstance(event.failure, dict) else {}
         rec["code"] = failure.get("code")
