@@ -37,28 +37,14 @@ fn op_msg(
     body: RawDocumentBuf,
     seq: Option<(&str, Vec<Doc>)>,
 ) -> Message {
-    Message {
-        header: Header {
-            length: 0,
-            request_id: id,
-            response_to,
-            op_code: OpCode::Msg as i32,
-        },
-        wire_len: 0,
-        compressor: None,
-        body: Body::Msg(OpMsg {
-            flags: 0,
-            body: body.into(),
-            sequences: seq
-                .map(|(identifier, documents)| Sequence {
-                    identifier: identifier.into(),
-                    documents,
-                })
-                .into_iter()
-                .collect(),
-            checksum: None,
-        }),
+    let mut m = Message::op_msg(id, response_to, body.into());
+    if let (Body::Msg(msg), Some((identifier, documents))) = (&mut m.body, seq) {
+        msg.sequences.push(Sequence {
+            identifier: identifier.into(),
+            documents,
+        });
     }
+    m
 }
 
 fn wire_bytes(m: &Message, c: Option<Compressor>) -> Vec<u8> {

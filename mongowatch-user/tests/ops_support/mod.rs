@@ -13,7 +13,7 @@ use mongowatch::{
     ops::{Auditor, ConnInfo, Input, WatchIds},
     sink::Output,
     wire::{
-        msg_flags, Body, Compressor, Doc, Exchange, Header, Message, OpCode, OpMsg, OpReply,
+        encode, msg_flags, Body, Compressor, Doc, Exchange, Header, Message, OpCode, OpReply,
         Sequence, Timed,
     },
 };
@@ -34,39 +34,22 @@ pub fn conn(id: u64, pid: u32) -> Arc<ConnInfo> {
     })
 }
 
-fn msg_len(body: &RawDocumentBuf, seqs: &[(&str, Vec<RawDocumentBuf>)]) -> i32 {
-    let mut n = 16 + 4 + 1 + body.as_bytes().len();
-    for (id, docs) in seqs {
-        n += 1 + 4 + id.len() + 1 + docs.iter().map(|d| d.as_bytes().len()).sum::<usize>();
-    }
-    n as i32
-}
-
-/// An OP_MSG request with kind 1 sequences.
+/// An OP_MSG request with kind 1 sequences; its length is what the wire encoder makes of it.
 pub fn msg_seq(body: RawDocumentBuf, seqs: Vec<(&str, Vec<RawDocumentBuf>)>) -> Message {
-    let length = msg_len(&body, &seqs);
-    Message {
-        header: Header {
-            length,
-            request_id: 7,
-            response_to: 0,
-            op_code: OpCode::Msg as i32,
-        },
-        wire_len: length as u32,
-        compressor: None,
-        body: Body::Msg(OpMsg {
-            flags: 0,
-            body: Doc::from(body),
-            sequences: seqs
-                .into_iter()
-                .map(|(id, docs)| Sequence {
-                    identifier: id.into(),
-                    documents: docs.into_iter().map(Doc::from).collect(),
-                })
-                .collect(),
-            checksum: None,
-        }),
+    let mut m = Message::op_msg(7, 0, Doc::from(body));
+    if let Body::Msg(b) = &mut m.body {
+        b.sequences = seqs
+            .into_iter()
+            .map(|(id, docs)| Sequence {
+                identifier: id.into(),
+                documents: docs.into_iter().map(Doc::from).collect(),
+            })
+            .collect();
     }
+    let length = encode(&m).len();
+    m.header.length = length as i32;
+    m.wire_len = length as u32;
+    m
 }
 
 /// An OP_MSG request.
