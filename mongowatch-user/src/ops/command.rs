@@ -3,7 +3,10 @@
 //! document. Legacy opcodes are turned into the command they stand for (OP_QUERY on `db.$cmd`
 //! is a command, on a collection a `find`; OP_GET_MORE a `getMore`; OP_INSERT an `insert`; ...).
 
-use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+use bson::{
+    raw::{cstr, CStr},
+    rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf,
+};
 
 use crate::wire::{reply_flags, Body, Compressor, Doc, Message, OpQuery, OpReply, Sequence};
 
@@ -86,59 +89,35 @@ impl CommandView {
                     compressor: None,
                 }
             }
-            Body::Insert(i) => {
-                let (db, coll) = split_ns(&i.full_collection_name);
-                let body = rawdoc! { "insert": coll, "$db": db };
-                CommandView {
-                    name: "insert".into(),
-                    db: db.to_owned(),
-                    body: Doc::from(body),
-                    sequences: vec![Sequence {
-                        identifier: "documents".into(),
-                        documents: i.documents.clone(),
-                    }],
-                    more_to_come: true,
-                    legacy: None,
-                    compressor: None,
-                }
-            }
+            Body::Insert(i) => legacy_write(
+                cstr!("insert"),
+                "documents",
+                &i.full_collection_name,
+                i.documents.clone(),
+            ),
             Body::Update(u) => {
-                let (db, coll) = split_ns(&u.full_collection_name);
                 let stmt = rawdoc! {
                     "q": u.selector.raw().to_owned(),
                     "u": u.update.raw().to_owned(),
                     "upsert": u.flags & 1 != 0,
                     "multi": u.flags & 2 != 0,
                 };
-                CommandView {
-                    name: "update".into(),
-                    db: db.to_owned(),
-                    body: Doc::from(rawdoc! { "update": coll, "$db": db }),
-                    sequences: vec![Sequence {
-                        identifier: "updates".into(),
-                        documents: vec![Doc::from(stmt)],
-                    }],
-                    more_to_come: true,
-                    legacy: None,
-                    compressor: None,
-                }
+                legacy_write(
+                    cstr!("update"),
+                    "updates",
+                    &u.full_collection_name,
+                    vec![Doc::from(stmt)],
+                )
             }
             Body::Delete(d) => {
-                let (db, coll) = split_ns(&d.full_collection_name);
                 let limit = if d.flags & 1 != 0 { 1 } else { 0 };
                 let stmt = rawdoc! { "q": d.selector.raw().to_owned(), "limit": limit };
-                CommandView {
-                    name: "delete".into(),
-                    db: db.to_owned(),
-                    body: Doc::from(rawdoc! { "delete": coll, "$db": db }),
-                    sequences: vec![Sequence {
-                        identifier: "deletes".into(),
-                        documents: vec![Doc::from(stmt)],
-                    }],
-                    more_to_come: true,
-                    legacy: None,
-                    compressor: None,
-                }
+                legacy_write(
+                    cstr!("delete"),
+                    "deletes",
+                    &d.full_collection_name,
+                    vec![Doc::from(stmt)],
+                )
             }
             Body::Reply(_) => return None,
         };
@@ -280,6 +259,30 @@ fn from_op_reply(r: &OpReply, legacy: LegacyReply) -> Option<Doc> {
     }
 }
 
+/// A legacy write (OP_INSERT, OP_UPDATE, OP_DELETE) as the command it stands for:
+/// `{<name>: coll, $db: db}` with its statements as the `identifier` sequence. It never gets a
+/// reply.
+fn legacy_write(
+    name: &'static CStr,
+    identifier: &str,
+    full_ns: &str,
+    documents: Vec<Doc>,
+) -> CommandView {
+    let (db, coll) = split_ns(full_ns);
+    CommandView {
+        name: name.as_str().into(),
+        db: db.to_owned(),
+        body: Doc::from(rawdoc! { (name): coll, "$db": db }),
+        sequences: vec![Sequence {
+            identifier: identifier.into(),
+            documents,
+        }],
+        more_to_come: true,
+        legacy: None,
+        compressor: None,
+    }
+}
+
 /// `db.coll.name` -> (`db`, `coll.name`). No dot: the whole string is the database.
 pub fn split_ns(ns: &str) -> (&str, &str) {
     match ns.split_once('.') {
@@ -352,5 +355,83 @@ pub fn array_len(v: Option<RawBsonRef<'_>>) -> Option<i64> {
     match v {
         Some(RawBsonRef::Array(a)) => Some(a.into_iter().take_while(|e| e.is_ok()).count() as i64),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Header, OpDelete, OpInsert, OpUpdate};
+
+    fn view(body: Body) -> CommandView {
+        let header = Header {
+            length: 0,
+            request_id: 1,
+            response_to: 0,
+            op_code: 0,
+        };
+        let msg = Message {
+            header,
+            wire_len: 0,
+            compressor: None,
+            body,
+        };
+        CommandView::from_message(&msg).unwrap()
+    }
+
+    /// The legacy writes read as the commands they stand for: the command document, the
+    /// statements as the command's sequence, and no reply to wait for.
+    #[test]
+    fn legacy_writes_read_as_their_commands() {
+        let cases = [
+            (
+                view(Body::Insert(OpInsert {
+                    flags: 0,
+                    full_collection_name: "app.users".into(),
+                    documents: vec![rawdoc! { "a": 1 }.into(), rawdoc! { "a": 2 }.into()],
+                })),
+                "insert",
+                "documents",
+                vec![rawdoc! { "a": 1 }, rawdoc! { "a": 2 }],
+            ),
+            (
+                view(Body::Update(OpUpdate {
+                    full_collection_name: "app.users".into(),
+                    flags: 3,
+                    selector: rawdoc! { "a": 1 }.into(),
+                    update: rawdoc! { "$set": { "b": 2 } }.into(),
+                })),
+                "update",
+                "updates",
+                vec![rawdoc! { "q": { "a": 1 }, "u": { "$set": { "b": 2 } },
+                "upsert": true, "multi": true }],
+            ),
+            (
+                view(Body::Delete(OpDelete {
+                    full_collection_name: "app.users".into(),
+                    flags: 1,
+                    selector: rawdoc! { "a": 1 }.into(),
+                })),
+                "delete",
+                "deletes",
+                vec![rawdoc! { "q": { "a": 1 }, "limit": 1 }],
+            ),
+        ];
+        for (v, name, identifier, statements) in cases {
+            assert_eq!((v.name.as_str(), v.db.as_str()), (name, "app"));
+            let body = v.raw();
+            assert_eq!(first_key(body).as_deref(), Some(name));
+            assert_eq!(get_str(body, name), Some("users"));
+            assert_eq!(get_str(body, "$db"), Some("app"));
+            assert!(v.more_to_come && v.legacy.is_none());
+            assert_eq!(v.sequences.len(), 1);
+            assert_eq!(v.sequences[0].identifier, identifier);
+            let docs: Vec<RawDocumentBuf> = v.sequences[0]
+                .documents
+                .iter()
+                .map(|d| d.raw().to_owned())
+                .collect();
+            assert_eq!(docs, statements);
+        }
     }
 }
