@@ -190,12 +190,8 @@ impl Tracker {
                 payload,
             } => {
                 self.stats.data_bytes += payload.len() as u64;
-                if self.is_tls(&header, payload) {
-                    self.stats.tls_bytes += payload.len() as u64;
-                    return;
-                }
                 let ts = self.clock.epoch_ns(header.ts_ns);
-                self.with_conn(&header, out, |stream, fwd| {
+                self.with_conn(&header, Some(payload), out, |stream, fwd| {
                     stream.push(dir(direction), header.offset, payload, ts, &mut &mut *fwd)
                 });
             }
@@ -204,11 +200,8 @@ impl Tracker {
                 direction,
                 len,
             } => {
-                if self.conns.get(&header.conn_id).is_some_and(|c| c.tls) {
-                    return;
-                }
                 let ts = self.clock.epoch_ns(header.ts_ns);
-                self.with_conn(&header, out, |stream, fwd| {
+                self.with_conn(&header, None, out, |stream, fwd| {
                     stream.gap(dir(direction), header.offset, len, ts, &mut &mut *fwd)
                 });
             }
@@ -331,56 +324,52 @@ impl Tracker {
         }
     }
 
-    /// Whether the connection of this data is TLS: known to be, or its first bytes (either
-    /// way: the watched process may be the server) are a TLS handshake record rather than a
-    /// MongoDB message. The first time, it is counted and warned about: mongowatch cannot
-    /// read it, and saying so beats a silent absence of records.
-    fn is_tls(&mut self, header: &EventHeader, payload: &[u8]) -> bool {
-        self.ensure_conn(header.conn_id, header.tgid, header.fd);
-        let Some(conn) = self.conns.get_mut(&header.conn_id) else {
-            return false;
-        };
-        if conn.tls {
-            return true;
-        }
-        if header.offset != 0 || !looks_like_tls(payload) {
-            return false;
-        }
-        conn.tls = true;
-        self.stats.tls_connections += 1;
-        let info = &conn.info;
-        tracing::warn!(
-            conn = info.id,
-            pid = info.pid,
-            comm = %info.comm,
-            client = %info.client,
-            server = %info.server,
-            "this connection is encrypted with TLS, which mongowatch cannot read yet: \
-             its operations are not audited"
-        );
-        true
-    }
-
     /// Runs `act` on the stream of the event's connection (created if its open event was lost),
-    /// with the function that hands the stream's events on.
+    /// with the function that hands the stream's events on; `data` is the event's payload, if
+    /// it carries one.
+    ///
+    /// A connection whose first bytes (either way: the watched process may be the server) are
+    /// a TLS handshake record rather than a MongoDB message is marked TLS, counted and warned
+    /// about once: mongowatch cannot read it, and saying so beats a silent absence of records.
+    /// Nothing of a TLS connection reaches its stream.
     fn with_conn(
         &mut self,
         header: &EventHeader,
+        data: Option<&[u8]>,
         out: &mut impl FnMut(Output<'_>),
         act: impl FnOnce(&mut Connection, &mut dyn FnMut(ConnEvent<'_>)),
     ) {
         self.ensure_conn(header.conn_id, header.tgid, header.fd);
         let Self { conns, stats, .. } = self;
-        if let Some(Conn {
+        let Some(conn) = conns.get_mut(&header.conn_id) else {
+            return;
+        };
+        if !conn.tls && header.offset == 0 && data.is_some_and(looks_like_tls) {
+            conn.tls = true;
+            stats.tls_connections += 1;
+            let info = &conn.info;
+            tracing::warn!(
+                conn = info.id,
+                pid = info.pid,
+                comm = %info.comm,
+                client = %info.client,
+                server = %info.server,
+                "this connection is encrypted with TLS, which mongowatch cannot read yet: \
+                 its operations are not audited"
+            );
+        }
+        let Conn {
             stream,
             info,
             role,
             ends,
-            ..
-        }) = conns.get_mut(&header.conn_id)
-        {
-            act(stream, &mut |ev| forward(ev, info, role, ends, stats, out));
+            tls,
+        } = conn;
+        if *tls {
+            stats.tls_bytes += data.map_or(0, |d| d.len() as u64);
+            return;
         }
+        act(stream, &mut |ev| forward(ev, info, role, ends, stats, out));
     }
 
     /// Makes sure the connection has an entry; one whose open event was lost is created from
