@@ -566,25 +566,20 @@ impl Tracker {
             }
             return self.finish(op_key, State::Final, out);
         }
-        match cursor_of(raw) {
-            Some((next_id, batch)) => {
-                if op.count_batches {
-                    let m = op.rec.matched.unwrap_or(0);
-                    op.rec.matched = Some(m.saturating_add(batch.unwrap_or(0)));
-                }
-                if next_id == 0 {
-                    self.finish(op_key, State::Final, out);
-                } else {
-                    out.push(Emit {
-                        record: op.rec.clone(),
-                        terminal: false,
-                    });
-                }
+        let next_id = cursor_of(raw).map(|(next_id, batch)| {
+            if op.count_batches {
+                let m = op.rec.matched.unwrap_or(0);
+                op.rec.matched = Some(m.saturating_add(batch.unwrap_or(0)));
             }
-            None => out.push(Emit {
+            next_id
+        });
+        if next_id == Some(0) {
+            self.finish(op_key, State::Final, out);
+        } else {
+            out.push(Emit {
                 record: op.rec.clone(),
                 terminal: false,
-            }),
+            });
         }
     }
 
