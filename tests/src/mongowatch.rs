@@ -97,6 +97,19 @@ impl Mongowatch {
             .collect()
     }
 
+    /// The `--stats` summary: the last JSON object line on stderr.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        self.stderr()
+            .lines()
+            .rev()
+            .find_map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .filter(|v| v.is_object())
+            })
+            .context("no --stats line on mongowatch's stderr")
+    }
+
     /// Waits until stderr contains `needle` (e.g. a readiness message), up to `timeout`.
     /// Fails early if mongowatch exits.
     pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> Result<()> {

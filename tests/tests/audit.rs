@@ -134,26 +134,6 @@ fn wait_file(path: &Path, who: &mut AuditProcess, timeout: Duration) -> Result<(
     Ok(())
 }
 
-fn records(mw: &Mongowatch) -> Result<Vec<Value>> {
-    mw.stdout()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:.300}")))
-        .collect()
-}
-
-fn stats(mw: &Mongowatch) -> Result<Value> {
-    mw.stderr()
-        .lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(|v| v.is_object())
-        })
-        .context("no --stats line on mongowatch's stderr")
-}
-
 /// The held cursor: find {grp: {$in: [0, 1]}} with batchSize 5, read 5, idle HOLD_S, read 5
 /// more (one getMore), closed. Its WatchID must have a `timeout` record (Iteration 1, 5 docs)
 /// before the final one (Iteration 2, 10 docs).
@@ -349,8 +329,8 @@ fn driver_suite_on(
     );
     let mstatus = mw.wait_exit(Duration::from_secs(60))?;
     ensure!(mstatus.success(), "mongowatch failed: {}", mw.stderr());
-    let recs = records(&mw)?;
-    let st = stats(&mw)?;
+    let recs = mw.records()?;
+    let st = mw.stats()?;
     let processes = [
         ProcessOracle {
             pid: main.pid(),
@@ -667,7 +647,7 @@ fn mongosh_script_records_match_monitor_commands() -> Result<()> {
         summary["pid"]
     );
     mw.wait_exit(Duration::from_secs(60))?;
-    let recs = records(&mw)?;
+    let recs = mw.records()?;
     let mut ops = oracle_ops::group_operations(&oracle_ops::read_events(&oracle)?)?;
     // The same filter on the oracle's side: a startup probe of the shell's (getParameter on
     // admin) can still be in flight when the script subscribes, and so be in the oracle.

@@ -145,14 +145,6 @@ fn compare(
     Ok(m)
 }
 
-fn read_lines(mw: &Mongowatch) -> Result<Vec<Value>> {
-    mw.stdout()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:.200}")))
-        .collect()
-}
-
 /// Runs `driver`'s acceptance workload under `mongowatch --messages` and compares.
 fn byte_exact(driver: Driver) -> Result<()> {
     let server = Server::start(ServerKind::SecantusPy)?;
@@ -172,14 +164,9 @@ fn byte_exact(driver: Driver) -> Result<()> {
     let status = mw.wait_exit(Duration::from_secs(60))?;
     ensure!(status.success(), "mongowatch failed: {}", mw.stderr());
     proxy.wait_all_closed(Duration::from_secs(10))?;
-    let lines = read_lines(&mw)?;
+    let lines = mw.records()?;
     let m = compare(&proxy.connections(), &lines, outcome.summary.pid, None)?;
-    let stderr = mw.stderr();
-    let stats: Value = stderr
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .context("no --stats line")?;
+    let stats = mw.stats()?;
     ensure!(
         stats["kernel"]["ring_full_events"] == 0,
         "events lost: {stats}"
@@ -243,7 +230,7 @@ fn unwatched_process_yields_nothing() -> Result<()> {
     );
     mw.wait_exit(Duration::from_secs(60))?;
     proxy.wait_all_closed(Duration::from_secs(10))?;
-    let lines = read_lines(&mw)?;
+    let lines = mw.records()?;
     ensure!(!lines.is_empty(), "the watched workload was not captured");
     for line in &lines {
         ensure!(
@@ -305,7 +292,7 @@ fn attach_to_open_connections() -> Result<()> {
     ensure!(status.success(), "the workload failed");
     mw.wait_exit(Duration::from_secs(60))?;
     proxy.wait_all_closed(Duration::from_secs(10))?;
-    let lines = read_lines(&mw)?;
+    let lines = mw.records()?;
     let m = compare(&proxy.connections(), &lines, app.pid(), Some(attached))?;
     ensure!(
         m.messages >= 400,

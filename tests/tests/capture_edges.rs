@@ -113,12 +113,7 @@ fn watch_python_with(
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    let stats = mw
-        .stderr()
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .context("no --stats line")?;
+    let stats = mw.stats()?;
     Ok((lines, stats, mw.stderr()))
 }
 

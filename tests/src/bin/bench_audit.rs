@@ -173,16 +173,7 @@ fn main() -> Result<()> {
     ensure!(app_status.success(), "the workload failed: {wl_stderr}");
     ensure!(mw_status.success(), "mongowatch failed: {}", mw.stderr());
     let summary: Value = serde_json::from_str(&fs::read_to_string(&summary_path)?)?;
-    let stats: Value = mw
-        .stderr()
-        .lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(|v| v.is_object())
-        })
-        .context("no --stats line")?;
+    let stats = mw.stats()?;
     let ops = summary["ops"].as_u64().context("ops")?;
     let ops_per_sec = summary["ops_per_sec"].as_f64().unwrap_or(0.0);
     let records = count_lines(&records_path)?;

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use mongowatch_tests::{is_root, ChildGuard, Driver, Mongowatch, Server, ServerKind, WorkloadSpec};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const ROUNDS: usize = 4;
 
@@ -117,12 +117,7 @@ fn pymongo_run(ops: u32, watched: bool) -> Result<(f64, Option<u64>)> {
         None => None,
         Some(m) => {
             m.wait_exit(Duration::from_secs(60))?;
-            let stats: Value = m
-                .stderr()
-                .lines()
-                .rev()
-                .find_map(|l| serde_json::from_str(l).ok())
-                .context("no --stats line from mongowatch")?;
+            let stats = m.stats()?;
             Some(
                 stats["kernel"]["ring_full_events"]
                     .as_u64()
