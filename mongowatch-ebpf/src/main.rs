@@ -526,7 +526,9 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
             return Some(state);
         }
         // The address was freed and reused: the old connection is over.
-        emit_conn_close(unsafe { (*state).cookie }, unsafe { (*state).tgid });
+        // SAFETY: map value pointer.
+        let (old_cookie, old_tgid) = unsafe { ((*state).cookie, (*state).tgid) };
+        emit_lifecycle(EventKind::ConnClose, old_tgid, |h| h.conn_id = old_cookie);
     }
     let off = &cfg.offsets;
     // SAFETY: kernel pointer reads with probe_read.
@@ -637,17 +639,19 @@ unsafe fn read_ends(sk: *const u8, family: u16, off: &mongowatch_common::KernelO
     }
 }
 
+/// A header-only lifecycle event (a close, a fork, an exit) of `tgid`, stamped now; `fill`
+/// sets the fields of its kind.
 #[inline(always)]
-fn emit_conn_close(cookie: u64, tgid: u32) {
-    let h = EventHeader {
+fn emit_lifecycle(kind: EventKind, tgid: u32, fill: impl FnOnce(&mut EventHeader)) {
+    let mut h = EventHeader {
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        conn_id: cookie,
         tgid,
         syscall: -1,
-        kind: EventKind::ConnClose as u8,
+        kind: kind as u8,
         ..Default::default()
     };
+    fill(&mut h);
     let _ = EVENTS.output::<EventHeader>(&h, 0);
 }
 
@@ -666,7 +670,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         let (cookie, tgid, class) = (state.cookie, state.tgid, state.class);
         let _ = CONNS.remove(&key);
         if class != CLASS_OTHER {
-            emit_conn_close(cookie, tgid);
+            emit_lifecycle(EventKind::ConnClose, tgid, |h| h.conn_id = cookie);
         }
     }
     0
@@ -703,16 +707,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: pointer into an array map value.
         unsafe { *word |= 1u64 << (child & 63) };
     }
-    let h = EventHeader {
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        tgid: parent_tgid,
-        fd: tgid,
-        syscall: -1,
-        kind: EventKind::ProcFork as u8,
-        ..Default::default()
-    };
-    let _ = EVENTS.output::<EventHeader>(&h, 0);
+    emit_lifecycle(EventKind::ProcFork, parent_tgid, |h| h.fd = tgid);
     0
 }
 
@@ -725,16 +720,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     if pid_tgid as u32 != tgid || !is_watched(tgid) {
         return 0;
     }
-    let h = EventHeader {
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        tgid,
-        tid: tgid,
-        syscall: -1,
-        kind: EventKind::ProcExit as u8,
-        ..Default::default()
-    };
-    let _ = EVENTS.output::<EventHeader>(&h, 0);
+    emit_lifecycle(EventKind::ProcExit, tgid, |h| h.tid = tgid);
     0
 }
 
