@@ -78,8 +78,14 @@ impl SetupFirst {
     }
 }
 
+/// The workspace of the checkout `cargo xtask` runs in. `cargo run` sets CARGO_MANIFEST_DIR for
+/// the run too; the compile-time value is only a fallback, because it is the checkout this
+/// binary was built in, and cargo reuses a build across checkouts that share a target
+/// directory (as `.ci/run` does) when their sources are older than that build.
 fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
