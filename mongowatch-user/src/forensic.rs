@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::{
     ops::ConnInfo,
+    record::format_time,
     stream::Dir,
     wire::{Body, DecodeError, OpCode, Timed},
 };
@@ -80,14 +81,6 @@ fn carries_credentials(t: &Timed) -> bool {
     })
 }
 
-pub fn rfc3339_micros(epoch_ns: u64) -> String {
-    let secs = (epoch_ns / 1_000_000_000) as i64;
-    let nanos = (epoch_ns % 1_000_000_000) as u32;
-    chrono::DateTime::from_timestamp(secs, nanos)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 fn op_name(code: i32) -> String {
     OpCode::from_i32(code)
         .map(|c| c.name().to_string())
@@ -140,7 +133,7 @@ pub fn write_message(
     };
     let is_reply = response_to != 0 || wire_op == OpCode::Reply as i32;
     let line = Line {
-        time: rfc3339_micros(first_ts_ns),
+        time: format_time(first_ts_ns),
         pid: conn.pid,
         conn: conn.id,
         client: &conn.client,

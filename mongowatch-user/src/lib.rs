@@ -11,6 +11,7 @@ pub mod filter;
 pub mod forensic;
 pub mod ops;
 pub mod queue;
+pub mod record;
 pub mod sink;
 pub mod stream;
 pub mod wire;

@@ -6,7 +6,8 @@ use bson::rawdoc;
 use mongowatch::{
     config::AuditConfig,
     filter::{FilterError, RateCounter, RecordFilter, Verdict},
-    ops::{Input, Json, Record, State},
+    ops::Input,
+    record::{Json, Record, State},
 };
 use ops_support::*;
 use serde_json::json;

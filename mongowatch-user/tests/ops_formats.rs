@@ -3,7 +3,7 @@
 use std::{io::Write, os::unix::fs::PermissionsExt};
 
 use mongowatch::{
-    ops::{ErrorInfo, Json, Record, State},
+    record::{ErrorInfo, Json, Record, State},
     sink::{open_output, Format, Formatter, OutputSpec, Sink, SinkError},
 };
 

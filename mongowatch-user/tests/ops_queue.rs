@@ -7,8 +7,9 @@ mod ops_support;
 use bson::rawdoc;
 use mongowatch::{
     config::AuditConfig,
-    ops::{Input, Record, State},
+    ops::Input,
     queue::{QueueConfig, WatchQueue},
+    record::{Record, State},
 };
 use ops_support::*;
 use serde_json::Value;

@@ -926,7 +926,10 @@ fn orphan_reply_of_a_known_cursor_still_counts() {
 
 #[test]
 fn tracker_bounds_open_operations_and_handles_reused_cursor_ids() {
-    use mongowatch::ops::{Emit, State, Tracker, TrackerConfig, WatchIds};
+    use mongowatch::{
+        ops::{Emit, Tracker, TrackerConfig},
+        record::{State, WatchIds},
+    };
     let mut t = Tracker::new(
         TrackerConfig {
             include_heartbeats: false,

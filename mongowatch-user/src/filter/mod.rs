@@ -14,10 +14,7 @@ use std::{collections::HashMap, sync::Arc};
 use cel_interpreter::{objects::Key, Context, Program, Value};
 pub use rate::{RateCounter, RateEntry, RateSummary};
 
-use crate::{
-    ops::{format_time, secs, Json, Record, FIELDS},
-    sink::{field_value, FieldValue},
-};
+use crate::record::{field_value, format_time, secs, FieldValue, Json, Record, FIELDS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::ops::{format_time, Record, State};
+use crate::record::{format_time, Record, State};
 
 /// One summary line: `{"Kind":"rate","From":...,"To":...,"Seconds":10.0,"Rates":[...]}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]

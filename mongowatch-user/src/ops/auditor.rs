@@ -6,13 +6,13 @@ use serde::Serialize;
 
 use super::{
     input::Input,
-    record::{Record, WatchIds},
     tracker::{Emit, OpsStats, Tracker, TrackerConfig},
 };
 use crate::{
     config::AuditConfig,
     filter::{RateCounter, RateSummary, RecordFilter, Verdict},
     queue::{QueueConfig, QueueStats, WatchQueue},
+    record::{Record, WatchIds},
     sink::{open_output, Output, Sink, SinkError},
     wire::Exchange,
 };

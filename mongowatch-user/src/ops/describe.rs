@@ -3,13 +3,10 @@
 
 use bson::{RawBsonRef, RawDocument};
 
-use super::{
-    command::{
-        array_len, first_value, get, get_doc, get_i64, get_str, split_ns, truthy, CommandView,
-    },
-    json::Json,
-    record::{ErrorInfo, Record},
+use super::command::{
+    array_len, first_value, get, get_doc, get_i64, get_str, split_ns, truthy, CommandView,
 };
+use crate::record::{ErrorInfo, Json, Record};
 
 /// Commands whose first value is the collection name.
 const COLLECTION_COMMANDS: &[&str] = &[

@@ -24,12 +24,8 @@ mod auditor;
 pub mod command;
 pub mod describe;
 pub mod input;
-pub mod json;
-pub mod record;
 pub mod tracker;
 
 pub use auditor::{AuditError, AuditStats, Auditor};
 pub use input::{ConnInfo, Input};
-pub use json::Json;
-pub use record::{format_time, secs, ErrorInfo, Record, State, WatchIds, FIELDS};
 pub use tracker::{Emit, OpsStats, Tracker, TrackerConfig};

@@ -14,9 +14,11 @@ use super::{
     command::{as_i64, first_value, get, get_doc, get_str, truthy, CommandView, ReplyView},
     describe::{apply_reply, auth_user, cursor_of, describe, error_of, is_heartbeat, reply_ok},
     input::{ConnInfo, Input},
-    record::{Record, State, WatchIds},
 };
-use crate::wire::{Exchange, Timed};
+use crate::{
+    record::{Record, State, WatchIds},
+    wire::{Exchange, Timed},
+};
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::ops::{Record, State};
+use crate::record::{Record, State};
 
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct QueueConfig {

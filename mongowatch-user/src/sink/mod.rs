@@ -11,9 +11,9 @@ use std::{
 };
 
 use file_rotate::{compression::Compression, suffix::AppendCount, ContentLimit, FileRotate};
-pub use format::{field_value, FieldValue, Format, Formatter, DEFAULT_TEXT_FIELDS};
+pub use format::{Format, Formatter, DEFAULT_TEXT_FIELDS};
 
-use crate::ops::Record;
+use crate::record::Record;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -10,7 +10,8 @@ use std::{
 use bson::RawDocumentBuf;
 use mongowatch::{
     config::AuditConfig,
-    ops::{Auditor, ConnInfo, Input, WatchIds},
+    ops::{Auditor, ConnInfo, Input},
+    record::WatchIds,
     sink::Output,
     wire::{
         encode, msg_flags, Body, Compressor, Doc, Exchange, Header, Message, OpCode, OpReply,

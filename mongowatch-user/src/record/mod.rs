@@ -1,10 +1,16 @@
 //! The audit record: one application-level operation, as the contract (`audit-record.md`)
 //! defines it. Field order here is the contract's column order; serde keeps it in JSON.
+//!
+//! A leaf: ops builds records, queue holds them, filter and sink read them; this module
+//! imports none of them.
+
+mod field;
+mod json;
 
 use chrono::{DateTime, SecondsFormat};
+pub use field::{field_value, FieldValue};
+pub use json::{Json, MAX_DEPTH};
 use serde::{Serialize, Serializer};
-
-use super::json::Json;
 
 /// Every field of the record, in contract order (JSON key order, CSV columns).
 pub const FIELDS: &[&str] = &[
