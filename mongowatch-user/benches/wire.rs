@@ -14,13 +14,14 @@ use std::hint::black_box;
 use bson::{rawdoc, RawArrayBuf, RawDocumentBuf};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mongowatch::{
-    stream::{ConnConfig, ConnEvent, Connection, Dir},
+    capture::events::Direction,
+    stream::{ConnConfig, ConnEvent, Connection},
     wire::*,
 };
 
 /// One chunk as the capture path would deliver it.
 struct Chunk {
-    dir: Dir,
+    dir: Direction,
     offset: u64,
     data: Vec<u8>,
 }
@@ -94,19 +95,19 @@ fn small(pairs: usize, c: Option<Compressor>) -> Workload {
         w.bytes += (q.len() + r.len()) as u64;
         w.messages += 2;
         w.chunks.push(Chunk {
-            dir: Dir::Egress,
+            dir: Direction::Egress,
             offset: eg,
             data: q.clone(),
         });
         eg += q.len() as u64;
         // pymongo reads the header, then the body.
         w.chunks.push(Chunk {
-            dir: Dir::Ingress,
+            dir: Direction::Ingress,
             offset: ing,
             data: r[..16].to_vec(),
         });
         w.chunks.push(Chunk {
-            dir: Dir::Ingress,
+            dir: Direction::Ingress,
             offset: ing + 16,
             data: r[16..].to_vec(),
         });
@@ -146,14 +147,14 @@ fn large(replies: usize, c: Option<Compressor>) -> Workload {
         w.bytes += (q.len() + r.len()) as u64;
         w.messages += 2;
         w.chunks.push(Chunk {
-            dir: Dir::Egress,
+            dir: Direction::Egress,
             offset: eg,
             data: q.clone(),
         });
         eg += q.len() as u64;
         for piece in r.chunks(64 * 1024) {
             w.chunks.push(Chunk {
-                dir: Dir::Ingress,
+                dir: Direction::Ingress,
                 offset: ing,
                 data: piece.to_vec(),
             });
@@ -193,7 +194,7 @@ fn dump(name: &str, w: &Workload) {
     let mut out = b"MWREC1\n".to_vec();
     for (i, c) in w.chunks.iter().enumerate() {
         out.push(0);
-        out.push(if c.dir == Dir::Egress { 0 } else { 1 });
+        out.push(if c.dir == Direction::Egress { 0 } else { 1 });
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&(1_700_000_000_000_000_000u64 + i as u64 * 1000).to_le_bytes());
         out.extend_from_slice(&(c.data.len() as u32).to_le_bytes());

@@ -210,16 +210,42 @@ impl AuditArgs {
         }
     }
 
-    /// Command line + config file (when `--config` names one) + defaults, checked.
-    pub fn resolve(self) -> Result<AuditConfig, ConfigError> {
-        let merged = match &self.config {
+    /// Command line + config file (when `--config` names one), unchecked.
+    pub fn merged(self) -> Result<AuditArgs, ConfigError> {
+        Ok(match &self.config {
             Some(path) => {
                 let file = AuditArgs::from_file(path)?;
                 self.or(file)
             }
             None => self,
-        };
-        AuditConfig::try_from(merged)
+        })
+    }
+
+    /// Command line + config file (when `--config` names one) + defaults, checked.
+    pub fn resolve(self) -> Result<AuditConfig, ConfigError> {
+        AuditConfig::try_from(self.merged()?)
+    }
+
+    /// The options set here that shape records (all but the output and its rotation), by
+    /// their config-file names.
+    pub fn record_options_set(&self) -> Vec<&'static str> {
+        let set = [
+            ("format", self.format.is_some()),
+            ("fields", self.fields.is_some()),
+            ("template", self.template.is_some()),
+            ("filter", self.filter.is_some()),
+            ("mask", self.mask.is_some()),
+            ("ops", self.ops.is_some()),
+            ("db", self.db.is_some()),
+            ("rate", self.rate.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("delay", self.delay.is_some()),
+            ("include-heartbeats", self.include_heartbeats.is_some()),
+        ];
+        set.into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| k)
+            .collect()
     }
 }
 

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::{
-    ops::ConnInfo,
+    capture::events::Direction,
     record::format_time,
-    stream::Dir,
+    stream::ConnInfo,
     wire::{Body, DecodeError, OpCode, Timed},
 };
 
@@ -101,7 +101,7 @@ fn command_name(t: &Timed) -> Option<String> {
 pub fn write_message(
     out: &mut impl Write,
     conn: &ConnInfo,
-    dir: Dir,
+    dir: Direction,
     bytes: &Bytes,
     first_ts_ns: u64,
     message: Result<&Timed, &DecodeError>,
@@ -140,8 +140,8 @@ pub fn write_message(
         server: &conn.server,
         direction: if is_reply { "reply" } else { "request" },
         flow: match dir {
-            Dir::Egress => "sent",
-            Dir::Ingress => "received",
+            Direction::Egress => "sent",
+            Direction::Ingress => "received",
         },
         op_code: op_name(wire_op),
         request_id,
@@ -191,7 +191,7 @@ mod tests {
         write_message(
             &mut out,
             &conn,
-            Dir::Egress,
+            Direction::Egress,
             &bytes,
             1_700_000_000_123_456_789,
             Ok(&t),

@@ -235,7 +235,7 @@ fn auditor_from_the_command_line_writes_its_file() {
     ])
     .resolve()
     .unwrap();
-    let mut a = mongowatch::ops::Auditor::new(&cfg).unwrap();
+    let mut a = mongowatch::pipeline::audit::Auditor::new(&cfg).unwrap();
     let c = conn(1, 1);
     a.handle(round_trip(
         &c,

@@ -249,7 +249,7 @@ fn rate_summary_through_the_auditor_goes_to_its_own_stream() {
 #[test]
 fn auditor_can_move_to_another_thread() {
     fn send<T: Send>() {}
-    send::<mongowatch::ops::Auditor>();
+    send::<mongowatch::pipeline::audit::Auditor>();
     send::<RecordFilter>();
 }
 

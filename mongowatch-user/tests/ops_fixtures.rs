@@ -6,11 +6,7 @@ mod ops_support;
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use mongowatch::{
-    config::AuditConfig,
-    ops::{ConnInfo, Input},
-    stream::ConnEvent,
-};
+use mongowatch::{config::AuditConfig, ops::Input, stream::ConnEvent, stream::ConnInfo};
 use mwrec::{read_mwrec, Streams};
 use ops_support::Harness;
 use serde_json::{json, Value};

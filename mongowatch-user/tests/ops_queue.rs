@@ -14,7 +14,7 @@ use mongowatch::{
 use ops_support::*;
 use serde_json::Value;
 
-fn open_find(h: &mut Harness, c: &std::sync::Arc<mongowatch::ops::ConnInfo>, id: i64, t: u64) {
+fn open_find(h: &mut Harness, c: &std::sync::Arc<mongowatch::stream::ConnInfo>, id: i64, t: u64) {
     h.feed(round_trip(
         c,
         msg(rawdoc! { "find": "c", "filter": { "k": id }, "$db": "d" }),
@@ -28,7 +28,7 @@ fn open_find(h: &mut Harness, c: &std::sync::Arc<mongowatch::ops::ConnInfo>, id:
 
 fn get_more(
     h: &mut Harness,
-    c: &std::sync::Arc<mongowatch::ops::ConnInfo>,
+    c: &std::sync::Arc<mongowatch::stream::ConnInfo>,
     id: i64,
     next: i64,
     t: u64,

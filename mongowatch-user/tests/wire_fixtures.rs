@@ -6,7 +6,8 @@ mod mwrec;
 use std::collections::BTreeMap;
 
 use mongowatch::{
-    stream::{ConnConfig, ConnEvent, Connection, Dir},
+    capture::events::Direction,
+    stream::{ConnConfig, ConnEvent, Connection},
     wire::{Body, Compressor, Exchange, WireStats},
 };
 use mwrec::{read_mwrec, Streams};
@@ -55,7 +56,7 @@ fn record(s: &mut Summary, conn: u16, ev: ConnEvent<'_>) {
             message,
         } => {
             s.frames
-                .push((conn, dir == Dir::Egress, frame.bytes.to_vec()));
+                .push((conn, dir == Direction::Egress, frame.bytes.to_vec()));
             let Ok(t) = message else {
                 s.other.push(format!("decode error: {message:?}"));
                 return;
@@ -260,9 +261,9 @@ fn a_replay_cut_by_gaps_recovers() {
                 .entry(ch.conn)
                 .or_insert_with(|| (Connection::new(ConnConfig::default()), 0, 0));
             let dir = if ch.client_to_server {
-                Dir::Egress
+                Direction::Egress
             } else {
-                Dir::Ingress
+                Direction::Ingress
             };
             let off = if ch.client_to_server {
                 &mut e.1

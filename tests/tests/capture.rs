@@ -171,7 +171,7 @@ fn byte_exact(driver: Driver) -> Result<()> {
         stats["kernel"]["ring_full_events"] == 0,
         "events lost: {stats}"
     );
-    ensure!(stats["capture"]["gaps"] == 0, "gaps: {stats}");
+    ensure!(stats["stream"]["gaps"] == 0, "gaps: {stats}");
     ensure!(
         m.largest >= 5 * 1024 * 1024,
         "the workload has a >= 5 MB message; largest seen {}",

@@ -169,7 +169,7 @@ fn unix_socket_connections_are_captured() -> Result<()> {
         replies == requests,
         "{replies} replies for {requests} requests"
     );
-    ensure!(stats["capture"]["decode_errors"] == 0, "{stats}");
+    ensure!(stats["stream"]["decode_errors"] == 0, "{stats}");
     Ok(())
 }
 
@@ -192,7 +192,7 @@ fn ipv6_connections_are_captured() -> Result<()> {
             .is_some_and(|c| c.starts_with("[::1]:"))),
         "client ends should be [::1]"
     );
-    ensure!(stats["capture"]["decode_errors"] == 0, "{stats}");
+    ensure!(stats["stream"]["decode_errors"] == 0, "{stats}");
     Ok(())
 }
 
@@ -210,15 +210,15 @@ fn tls_connections_are_reported_not_garbled() -> Result<()> {
     let uri = server.uri();
     for mw_args in [vec!["--port", port.as_str()], vec![]] {
         let (records, stats, stderr) = watch_python_with(PYMONGO_APP, &[&uri], &mw_args)?;
-        let capture = &stats["capture"];
+        let stream = &stats["stream"];
         ensure!(
             records.is_empty(),
             "records from a TLS connection ({mw_args:?}): {records:?}"
         );
         ensure!(
-            capture["tls_connections"].as_u64() >= Some(1)
-                && capture["decode_errors"] == 0
-                && capture["messages"] == 0,
+            stream["tls_connections"].as_u64() >= Some(1)
+                && stream["decode_errors"] == 0
+                && stream["messages"] == 0,
             "TLS connections should be counted, not decoded ({mw_args:?}): {stats}"
         );
         let warnings = stderr.matches("encrypted with TLS").count() as u64;
@@ -271,13 +271,13 @@ print(len(msg))
         "the sendfile'd request (id 2) must be missing, the others present: {requests:?}"
     );
     ensure!(replies == 3, "every reply was read with recv: {replies}");
-    ensure!(stats["capture"]["gaps"] == 1, "one gap: {stats}");
+    ensure!(stats["stream"]["gaps"] == 1, "one gap: {stats}");
     ensure!(
-        stats["kernel"]["gap_bytes"].as_u64() == stats["capture"]["gap_bytes"].as_u64()
-            && stats["capture"]["gap_bytes"].as_u64().unwrap_or(0) > 16,
+        stats["kernel"]["gap_bytes"].as_u64() == stats["stream"]["gap_bytes"].as_u64()
+            && stats["stream"]["gap_bytes"].as_u64().unwrap_or(0) > 16,
         "the gap is the whole message: {stats}"
     );
-    ensure!(stats["capture"]["decode_errors"] == 0, "{stats}");
+    ensure!(stats["stream"]["decode_errors"] == 0, "{stats}");
     Ok(())
 }
 

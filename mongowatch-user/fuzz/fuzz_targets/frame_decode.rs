@@ -9,7 +9,8 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use mongowatch::{
-    stream::{ConnConfig, ConnEvent, Connection, Dir, StreamConfig},
+    capture::events::Direction,
+    stream::{ConnConfig, ConnEvent, Connection, StreamConfig},
     wire::{decode, PairConfig},
 };
 
@@ -62,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
             framed += b.len();
         }
     };
-    for (dir, gaps) in [(Dir::Egress, false), (Dir::Ingress, true)] {
+    for (dir, gaps) in [(Direction::Egress, false), (Direction::Ingress, true)] {
         let mut rng = Rng(seed ^ if gaps { 0x9e37_79b9 } else { 0 });
         let mut off = 0usize;
         let mut ts = 1u64;

@@ -4,8 +4,9 @@ use mongowatch_common::{
     ConnInfo, EventHeader, EventKind, AF_INET, AF_INET6, AF_UNIX, DIR_EGRESS, EVENT_HEADER_SIZE,
 };
 
-/// Direction relative to the watched process.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+/// Which way bytes travel, relative to the watched process.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Sent by the watched process.
     Egress,

@@ -19,6 +19,20 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// When the process started, in clock ticks since boot (`/proc/PID/stat` field 22): with the
+/// pid, what tells a process apart from a later one that was given the same pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(&stat)
+}
+
+fn stat_start_time(stat: &str) -> Option<u64> {
+    // Fields after the command name (which may hold spaces and parentheses) start at the
+    // state, field 3; the start time is field 22.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 pub fn comm(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
@@ -105,6 +119,17 @@ mod tests {
             Some("[::1]:27017".parse().unwrap())
         );
         assert_eq!(parse_addr("garbage"), None);
+    }
+
+    #[test]
+    fn reads_the_start_time_past_a_name_with_parentheses() {
+        let stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 \
+                    987654 12345678 300 18446744073709551615";
+        assert_eq!(stat_start_time(stat), Some(987654));
+        assert_eq!(stat_start_time("4242 (a) S 1"), None);
+        let own = start_time(std::process::id()).unwrap();
+        assert!(own > 0);
+        assert_eq!(start_time(std::process::id()), Some(own));
     }
 
     #[test]

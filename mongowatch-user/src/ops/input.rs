@@ -3,22 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::wire::Exchange;
-
-/// Who is talking: one connection of one watched process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnInfo {
-    /// Unique for the daemon's life (the kernel's socket cookie).
-    pub id: u64,
-    pub pid: u32,
-    pub comm: String,
-    /// `ip:port` or unix socket path of the client end.
-    pub client: String,
-    /// `ip:port` or unix socket path of the server end.
-    pub server: String,
-    /// Bytes were read from a TLS library rather than the socket.
-    pub tls: bool,
-}
+use crate::{stream::ConnInfo, wire::Exchange};
 
 #[derive(Clone, Debug)]
 pub enum Input {

@@ -1,5 +1,5 @@
-//! Ops layer: commands and replies -> application-level operations (cursors correlated), and
-//! the [`Auditor`] that drives ops -> queue -> filter -> sink for the daemon.
+//! Ops layer: commands and replies -> application-level operations (cursors correlated),
+//! returned as record snapshots to the pipeline, which drives the queue, filter and sink.
 //!
 //! Choices the audit record contract leaves open, made here:
 //! - Left out unless `include_heartbeats`: `hello`, `isMaster`, `ping`, `saslStart`,
@@ -20,12 +20,10 @@
 //! - A request with no reply (the pairer's `Unanswered`) is written with State `closed`.
 //! - At most `max_open` operations stay open; beyond, the least recently active one is written
 //!   with State `timeout` and forgotten; a reused cursor id does the same to the stale one.
-mod auditor;
 pub mod command;
 pub mod describe;
 pub mod input;
 pub mod tracker;
 
-pub use auditor::{AuditError, AuditStats, Auditor};
-pub use input::{ConnInfo, Input};
+pub use input::Input;
 pub use tracker::{Emit, OpsStats, Tracker, TrackerConfig};

@@ -13,10 +13,11 @@ use serde::Serialize;
 use super::{
     command::{as_i64, first_value, get, get_doc, get_str, truthy, CommandView, ReplyView},
     describe::{apply_reply, auth_user, cursor_of, describe, error_of, is_heartbeat, reply_ok},
-    input::{ConnInfo, Input},
+    input::Input,
 };
 use crate::{
     record::{Record, State, WatchIds},
+    stream::ConnInfo,
     wire::{Exchange, Timed},
 };
 

@@ -1,23 +1,14 @@
 //! One connection: its two directions, decoding, and pairing. This is what the capture path
 //! feeds, one call per kernel event, in capture order.
 
-use serde::Serialize;
-
 use super::direction::{DirectionStream, RawFrame, StreamConfig, StreamEvent};
-use crate::wire::{
-    decode, frame::parse_header, DecodeError, DecodeErrorCounts, DropReason, Exchange, Header,
-    PairConfig, Pairer, Timed, WireStats,
+use crate::{
+    capture::events::Direction,
+    wire::{
+        decode, frame::parse_header, DecodeError, DecodeErrorCounts, DropReason, Exchange, Header,
+        PairConfig, Pairer, Timed, WireStats,
+    },
 };
-
-/// Which way bytes travel, relative to the watched process.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dir {
-    /// Sent by the watched process.
-    Egress,
-    /// Received by the watched process.
-    Ingress,
-}
 
 #[derive(Clone, Debug)]
 pub struct ConnConfig {
@@ -43,15 +34,19 @@ impl Default for ConnConfig {
 pub enum ConnEvent<'a> {
     /// Every framed message, before any [`ConnEvent::Exchange`] it takes part in.
     Frame {
-        dir: Dir,
+        dir: Direction,
         frame: &'a RawFrame,
         message: Result<&'a Timed, &'a DecodeError>,
     },
     /// Bytes lost in capture.
-    Gap { dir: Dir, offset: u64, len: u64 },
+    Gap {
+        dir: Direction,
+        offset: u64,
+        len: u64,
+    },
     /// A message thrown away before decoding (see [`StreamEvent::Dropped`]).
     Dropped {
-        dir: Dir,
+        dir: Direction,
         offset: u64,
         len: u64,
         reason: DropReason,
@@ -70,7 +65,7 @@ struct Core {
 }
 
 impl Core {
-    fn on_stream<F: FnMut(ConnEvent<'_>)>(&mut self, dir: Dir, ev: StreamEvent, out: &mut F) {
+    fn on_stream<F: FnMut(ConnEvent<'_>)>(&mut self, dir: Direction, ev: StreamEvent, out: &mut F) {
         match ev {
             StreamEvent::Frame(frame) => match decode(&frame.bytes) {
                 Ok(msg) => {
@@ -159,7 +154,7 @@ impl Connection {
     /// (ns since the Unix epoch). Reports frames, gaps, drops and exchanges through `out`.
     pub fn push<F: FnMut(ConnEvent<'_>)>(
         &mut self,
-        dir: Dir,
+        dir: Direction,
         offset: u64,
         data: &[u8],
         ts_ns: u64,
@@ -173,7 +168,7 @@ impl Connection {
     /// a truncated event, a dropped ring entry).
     pub fn gap<F: FnMut(ConnEvent<'_>)>(
         &mut self,
-        dir: Dir,
+        dir: Direction,
         offset: u64,
         len: u64,
         ts_ns: u64,
@@ -184,11 +179,11 @@ impl Connection {
     }
 
     /// Notes the time and splits the borrow: one direction's stream, and the shared decoder.
-    fn direction(&mut self, dir: Dir, ts_ns: u64) -> (&mut DirectionStream, &mut Core) {
+    fn direction(&mut self, dir: Direction, ts_ns: u64) -> (&mut DirectionStream, &mut Core) {
         self.last_ts = self.last_ts.max(ts_ns);
         let stream = match dir {
-            Dir::Egress => &mut self.egress,
-            Dir::Ingress => &mut self.ingress,
+            Direction::Egress => &mut self.egress,
+            Direction::Ingress => &mut self.ingress,
         };
         (stream, &mut self.core)
     }
@@ -207,8 +202,8 @@ impl Connection {
             core,
             ..
         } = self;
-        egress.flush(&mut |ev| core.on_stream(Dir::Egress, ev, out));
-        ingress.flush(&mut |ev| core.on_stream(Dir::Ingress, ev, out));
+        egress.flush(&mut |ev| core.on_stream(Direction::Egress, ev, out));
+        ingress.flush(&mut |ev| core.on_stream(Direction::Ingress, ev, out));
         core.pairer.close(&mut |x| out(ConnEvent::Exchange(x)));
     }
 

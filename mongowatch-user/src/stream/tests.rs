@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bson::rawdoc;
 
 use super::*;
+use crate::capture::events::Direction;
 use crate::wire::{
     encode, Body, DropReason, Exchange, Header, Message, OpCode, OpReply, PairConfig,
 };
@@ -279,11 +280,18 @@ fn small_frames_share_blocks_and_large_ones_are_not_reallocated() {
 
 #[derive(Default)]
 struct ConnSeen {
-    frames: Vec<(Dir, i32, bool)>,
+    frames: Vec<(Direction, i32, bool)>,
     exchanges: Vec<Exchange>,
 }
 
-fn conn_push(c: &mut Connection, seen: &mut ConnSeen, dir: Dir, off: u64, data: &[u8], ts: u64) {
+fn conn_push(
+    c: &mut Connection,
+    seen: &mut ConnSeen,
+    dir: Direction,
+    off: u64,
+    data: &[u8],
+    ts: u64,
+) {
     c.push(dir, off, data, ts, &mut |ev| conn_record(seen, ev));
 }
 
@@ -322,14 +330,14 @@ fn ids(x: &Exchange) -> (&'static str, i32, Option<i32>, u32) {
 }
 
 /// Runs a script of (dir, message) on a fresh connection, each message in one chunk.
-fn run(script: &[(Dir, Vec<u8>)], close: bool) -> (Connection, ConnSeen) {
+fn run(script: &[(Direction, Vec<u8>)], close: bool) -> (Connection, ConnSeen) {
     let mut c = Connection::new(ConnConfig::default());
     let mut seen = ConnSeen::default();
     let (mut eg, mut ing) = (0u64, 0u64);
     for (i, (dir, m)) in script.iter().enumerate() {
         let off = match dir {
-            Dir::Egress => &mut eg,
-            Dir::Ingress => &mut ing,
+            Direction::Egress => &mut eg,
+            Direction::Ingress => &mut ing,
         };
         conn_push(&mut c, &mut seen, *dir, *off, m, 1000 + i as u64);
         *off += m.len() as u64;
@@ -344,8 +352,8 @@ fn run(script: &[(Dir, Vec<u8>)], close: bool) -> (Connection, ConnSeen) {
 fn client_role_round_trip() {
     let (c, seen) = run(
         &[
-            (Dir::Egress, op_msg(1, 0, 0, 0)),
-            (Dir::Ingress, op_msg(2, 1, 0, 0)),
+            (Direction::Egress, op_msg(1, 0, 0, 0)),
+            (Direction::Ingress, op_msg(2, 1, 0, 0)),
         ],
         true,
     );
@@ -364,13 +372,13 @@ fn server_role_round_trip() {
     // The watched process is the server: requests come in, replies go out.
     let (_, seen) = run(
         &[
-            (Dir::Ingress, op_msg(1, 0, 0, 0)),
-            (Dir::Egress, op_msg(2, 1, 0, 0)),
+            (Direction::Ingress, op_msg(1, 0, 0, 0)),
+            (Direction::Egress, op_msg(2, 1, 0, 0)),
         ],
         true,
     );
     assert_eq!(ids(&seen.exchanges[0]), ("rt", 1, Some(2), 0));
-    assert_eq!(seen.frames[0].0, Dir::Ingress);
+    assert_eq!(seen.frames[0].0, Direction::Ingress);
 }
 
 #[test]
@@ -381,7 +389,10 @@ fn legacy_handshake_pairs_with_op_reply() {
          13 00 00 00 10 69 73 4d 61 73 74 65 72 00 01 00 00 00 00",
     );
     let (_, seen) = run(
-        &[(Dir::Egress, q.to_vec()), (Dir::Ingress, op_reply(6, 5))],
+        &[
+            (Direction::Egress, q.to_vec()),
+            (Direction::Ingress, op_reply(6, 5)),
+        ],
         true,
     );
     assert_eq!(ids(&seen.exchanges[0]), ("rt", 5, Some(6), 0));
@@ -391,9 +402,9 @@ fn legacy_handshake_pairs_with_op_reply() {
 fn more_to_come_request_is_one_way() {
     let (c, seen) = run(
         &[
-            (Dir::Egress, op_msg(1, 0, 2, 0)),
-            (Dir::Egress, op_msg(2, 0, 0, 0)),
-            (Dir::Ingress, op_msg(3, 2, 0, 0)),
+            (Direction::Egress, op_msg(1, 0, 2, 0)),
+            (Direction::Egress, op_msg(2, 0, 0, 0)),
+            (Direction::Ingress, op_msg(3, 2, 0, 0)),
         ],
         true,
     );
@@ -406,12 +417,12 @@ fn more_to_come_request_is_one_way() {
 fn exhaust_stream_hands_the_request_on() {
     let (c, seen) = run(
         &[
-            (Dir::Egress, op_msg(10, 0, 1 << 16, 0)),
-            (Dir::Ingress, op_msg(100, 10, 2, 0)), // moreToCome
-            (Dir::Ingress, op_msg(101, 100, 2, 0)), // answers the previous reply
-            (Dir::Ingress, op_msg(102, 101, 0, 0)), // last
-            (Dir::Egress, op_msg(11, 0, 0, 0)),
-            (Dir::Ingress, op_msg(103, 11, 0, 0)),
+            (Direction::Egress, op_msg(10, 0, 1 << 16, 0)),
+            (Direction::Ingress, op_msg(100, 10, 2, 0)), // moreToCome
+            (Direction::Ingress, op_msg(101, 100, 2, 0)), // answers the previous reply
+            (Direction::Ingress, op_msg(102, 101, 0, 0)), // last
+            (Direction::Egress, op_msg(11, 0, 0, 0)),
+            (Direction::Ingress, op_msg(103, 11, 0, 0)),
         ],
         true,
     );
@@ -444,8 +455,8 @@ fn exhaust_stream_hands_the_request_on() {
 fn exhaust_open_at_close_is_not_unanswered() {
     let (c, seen) = run(
         &[
-            (Dir::Egress, op_msg(10, 0, 1 << 16, 0)),
-            (Dir::Ingress, op_msg(100, 10, 2, 0)),
+            (Direction::Egress, op_msg(10, 0, 1 << 16, 0)),
+            (Direction::Ingress, op_msg(100, 10, 2, 0)),
         ],
         true,
     );
@@ -458,8 +469,8 @@ fn exhaust_open_at_close_is_not_unanswered() {
 fn orphans_and_unanswered() {
     let (c, seen) = run(
         &[
-            (Dir::Ingress, op_msg(50, 49, 0, 0)), // capture started after its request
-            (Dir::Egress, op_msg(1, 0, 0, 0)),
+            (Direction::Ingress, op_msg(50, 49, 0, 0)), // capture started after its request
+            (Direction::Egress, op_msg(1, 0, 0, 0)),
         ],
         true,
     );
@@ -476,9 +487,9 @@ fn orphans_and_unanswered() {
 fn a_later_answer_gives_up_older_requests() {
     let (c, seen) = run(
         &[
-            (Dir::Egress, op_msg(1, 0, 0, 0)), // its reply was lost
-            (Dir::Egress, op_msg(2, 0, 0, 0)),
-            (Dir::Ingress, op_msg(3, 2, 0, 0)),
+            (Direction::Egress, op_msg(1, 0, 0, 0)), // its reply was lost
+            (Direction::Egress, op_msg(2, 0, 0, 0)),
+            (Direction::Ingress, op_msg(3, 2, 0, 0)),
         ],
         false,
     );
@@ -493,9 +504,9 @@ fn a_reply_lost_in_a_gap_resolves_its_request() {
     let rep = op_msg(2, 1, 0, 300);
     let mut c = Connection::new(ConnConfig::default());
     let mut seen = ConnSeen::default();
-    conn_push(&mut c, &mut seen, Dir::Egress, 0, &req, 1);
-    conn_push(&mut c, &mut seen, Dir::Ingress, 0, &rep[..40], 2);
-    c.gap(Dir::Ingress, 40, 100, 3, &mut |ev| {
+    conn_push(&mut c, &mut seen, Direction::Egress, 0, &req, 1);
+    conn_push(&mut c, &mut seen, Direction::Ingress, 0, &rep[..40], 2);
+    c.gap(Direction::Ingress, 40, 100, 3, &mut |ev| {
         conn_record(&mut seen, ev)
     });
     let got: Vec<_> = seen.exchanges.iter().map(ids).collect();
@@ -511,12 +522,15 @@ fn undecodable_frames_are_reported_and_counted() {
                  // In sync (after a good message), the bad one is framed and fails to decode. (At the
                  // start of a capture it would not even pass the header test used for hunting.)
     let (c, seen) = run(
-        &[(Dir::Egress, op_msg(7, 0, 2, 0)), (Dir::Egress, bad)],
+        &[
+            (Direction::Egress, op_msg(7, 0, 2, 0)),
+            (Direction::Egress, bad),
+        ],
         true,
     );
     assert_eq!(
         seen.frames,
-        vec![(Dir::Egress, 7, true), (Dir::Egress, 1, false)]
+        vec![(Direction::Egress, 7, true), (Direction::Egress, 1, false)]
     );
     assert_eq!(seen.exchanges.len(), 1);
     assert_eq!(c.stats().decode_errors.unknown_required_flags, 1);
@@ -532,7 +546,7 @@ fn outstanding_is_bounded() {
     let mut off = 0;
     for id in 1..=10 {
         let m = op_msg(id, 0, 0, 0);
-        conn_push(&mut c, &mut seen, Dir::Egress, off, &m, id as u64);
+        conn_push(&mut c, &mut seen, Direction::Egress, off, &m, id as u64);
         off += m.len() as u64;
     }
     assert_eq!(c.outstanding(), 4);
@@ -549,11 +563,11 @@ fn idle_connections_expire() {
     });
     let mut seen = ConnSeen::default();
     let m = op_msg(1, 0, 0, 0);
-    conn_push(&mut c, &mut seen, Dir::Egress, 0, &m, 5_000);
+    conn_push(&mut c, &mut seen, Direction::Egress, 0, &m, 5_000);
     conn_push(
         &mut c,
         &mut seen,
-        Dir::Ingress,
+        Direction::Ingress,
         0,
         &op_msg(2, 1, 0, 50)[..20],
         5_000,

@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use mongowatch::stream::{ConnConfig, ConnEvent, Connection, Dir};
+use mongowatch::{
+    capture::events::Direction,
+    stream::{ConnConfig, ConnEvent, Connection},
+};
 
 /// One recorded chunk: bytes one side wrote, or a connection's close.
 pub struct Chunk {
@@ -78,9 +81,9 @@ impl Streams {
             return;
         }
         let dir = if ch.client_to_server != server_role {
-            Dir::Egress
+            Direction::Egress
         } else {
-            Dir::Ingress
+            Direction::Ingress
         };
         let off = if ch.client_to_server { c2s } else { s2c };
         let step = if rechunk == 0 { ch.data.len() } else { rechunk };

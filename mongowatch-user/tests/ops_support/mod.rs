@@ -10,9 +10,11 @@ use std::{
 use bson::RawDocumentBuf;
 use mongowatch::{
     config::AuditConfig,
-    ops::{Auditor, ConnInfo, Input},
+    ops::Input,
+    pipeline::audit::Auditor,
     record::WatchIds,
     sink::Output,
+    stream::ConnInfo,
     wire::{
         encode, msg_flags, Body, Compressor, Doc, Exchange, Header, Message, OpCode, OpReply,
         Sequence, Timed,

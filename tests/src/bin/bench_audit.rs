@@ -180,7 +180,7 @@ fn main() -> Result<()> {
     let ring_full = stats["kernel"]["ring_full_events"]
         .as_u64()
         .unwrap_or(u64::MAX);
-    let gaps = stats["capture"]["gaps"].as_u64().unwrap_or(u64::MAX);
+    let gaps = stats["stream"]["gaps"].as_u64().unwrap_or(u64::MAX);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let cpu_s = (ticks - ticks0) as f64 / hz;

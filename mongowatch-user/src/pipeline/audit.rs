@@ -1,16 +1,14 @@
-//! The driver the daemon calls: inputs -> tracker -> delay queue -> filter -> sink.
+//! The audit half of the pipeline: ops inputs -> the ops tracker -> delay queue -> filter ->
+//! sink. Each of those layers returns values; this is where they are wired together.
 
 use std::io::Write;
 
 use serde::Serialize;
 
-use super::{
-    input::Input,
-    tracker::{Emit, OpsStats, Tracker, TrackerConfig},
-};
 use crate::{
     config::AuditConfig,
     filter::{RateCounter, RateSummary, RecordFilter, Verdict},
+    ops::{Emit, Input, OpsStats, Tracker, TrackerConfig},
     queue::{QueueConfig, QueueStats, WatchQueue},
     record::{Record, WatchIds},
     sink::{open_output, Output, Sink, SinkError},

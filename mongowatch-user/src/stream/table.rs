@@ -1,5 +1,6 @@
-//! From kernel events to connections, messages and ops inputs. Pure code: the daemon feeds it
-//! the ring buffer's events, the tests feed it synthetic ones.
+//! The connection table: kernel events -> per-connection streams -> framed messages and paired
+//! exchanges, handed to the caller (the pipeline) as [`TableEvent`]s. Pure code: the daemon
+//! feeds it the ring buffer's events, the tests feed it synthetic ones.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
@@ -7,79 +8,61 @@ use serde::Serialize;
 
 use mongowatch_common::EventHeader;
 
-use super::{
-    events::{Direction, Ends, Event},
-    procfs,
-};
+use super::{ConnConfig, ConnEvent, Connection, RawFrame};
 use crate::{
-    ops::{ConnInfo, Input},
-    stream::{ConnConfig, ConnEvent, Connection, Dir, RawFrame},
+    capture::{
+        clock::Clock,
+        events::{Direction, Ends, Event},
+        procfs,
+    },
     wire::{
         frame::{check_strict, Plausible},
-        DecodeError, Timed,
+        DecodeError, Exchange, Timed, WireStats,
     },
 };
 
-/// Kernel time (CLOCK_BOOTTIME) to wall time.
-#[derive(Copy, Clone, Debug)]
-pub struct Clock {
-    boot_to_epoch_ns: i128,
+/// Who is talking: one connection of one watched process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Unique for the daemon's life (the kernel's socket cookie).
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    /// `ip:port` or unix socket path of the client end.
+    pub client: String,
+    /// `ip:port` or unix socket path of the server end.
+    pub server: String,
+    /// Bytes were read from a TLS library rather than the socket.
+    pub tls: bool,
 }
 
-impl Clock {
-    pub fn now() -> Self {
-        let epoch = clock_ns(libc::CLOCK_REALTIME);
-        let boot = clock_ns(libc::CLOCK_BOOTTIME);
-        Self {
-            boot_to_epoch_ns: epoch - boot,
-        }
-    }
-
-    /// A clock whose epoch equals boot time (tests).
-    pub fn identity() -> Self {
-        Self {
-            boot_to_epoch_ns: 0,
-        }
-    }
-
-    pub fn epoch_ns(&self, boot_ns: u64) -> u64 {
-        (boot_ns as i128 + self.boot_to_epoch_ns).max(0) as u64
-    }
-
-    pub fn now_epoch_ns(&self) -> u64 {
-        self.epoch_ns(clock_ns(libc::CLOCK_BOOTTIME) as u64)
-    }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime with a valid clock id and timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
-/// What the tracker hands on.
-pub enum Output<'a> {
-    /// One framed wire message (for `--messages`).
+/// What the table hands back to its caller.
+pub enum TableEvent<'a> {
+    /// One framed wire message (for `--messages`), before any exchange it takes part in.
     Message {
         conn: &'a Arc<ConnInfo>,
-        dir: Dir,
+        dir: Direction,
         frame: &'a RawFrame,
         message: Result<&'a Timed, &'a DecodeError>,
     },
-    /// Input for the ops layer.
-    Input(Input),
+    /// A request paired with its reply (or known to have none).
+    Exchange {
+        conn: &'a Arc<ConnInfo>,
+        exchange: Exchange,
+    },
+    /// The connection ended (closed, its process exited, or idle past the timeout); nothing
+    /// more comes from it.
+    Closed { conn: Arc<ConnInfo>, ts_ns: u64 },
 }
 
-/// Counters of what the tracker saw, for the exit summary.
+/// Counters of what the table saw.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct TrackerStats {
+pub struct TableStats {
     pub events: u64,
     pub data_bytes: u64,
+    /// Connections seen, and those open now.
     pub connections: u64,
+    pub open_connections: u64,
     pub gaps: u64,
     pub gap_bytes: u64,
     pub messages: u64,
@@ -110,28 +93,26 @@ struct Conn {
     tls: bool,
 }
 
-pub struct Tracker {
+/// The connections of the watched processes, by the kernel's connection id.
+pub struct Connections {
     clock: Clock,
     cfg: ConnConfig,
     server_ports: Vec<u16>,
     conns: HashMap<u64, Conn>,
-    /// Watched processes still alive.
-    procs: HashMap<u32, String>,
-    /// Bumped whenever `procs` gains or loses a process.
-    procs_version: u64,
-    stats: TrackerStats,
+    stats: TableStats,
+    /// Wire counters of the connections already gone (the open ones are summed on demand).
+    finished: WireStats,
 }
 
-impl Tracker {
+impl Connections {
     pub fn new(clock: Clock, cfg: ConnConfig, server_ports: Vec<u16>) -> Self {
         Self {
             clock,
             cfg,
             server_ports,
             conns: HashMap::new(),
-            procs: HashMap::new(),
-            procs_version: 0,
-            stats: TrackerStats::default(),
+            stats: TableStats::default(),
+            finished: WireStats::default(),
         }
     }
 
@@ -139,47 +120,31 @@ impl Tracker {
         self.clock
     }
 
-    pub fn stats(&self) -> &TrackerStats {
-        &self.stats
+    pub fn stats(&self) -> TableStats {
+        let mut s = self.stats.clone();
+        s.open_connections = self.conns.len() as u64;
+        s
     }
 
-    /// Starts tracking a process named on the command line.
-    pub fn add_process(&mut self, pid: u32) {
-        let comm = procfs::comm(pid).unwrap_or_default();
-        self.insert_process(pid, comm);
-    }
-
-    fn insert_process(&mut self, pid: u32, comm: String) {
-        if self.procs.insert(pid, comm).is_none() {
-            self.procs_version += 1;
+    /// The wire layer's counters (framing, resyncs, drops by reason, decode errors by kind,
+    /// pairing) summed over every connection, gone or open.
+    pub fn wire_stats(&self) -> WireStats {
+        let mut total = self.finished.clone();
+        for c in self.conns.values() {
+            total.add(&c.stream.stats());
         }
+        total
     }
 
-    pub fn processes(&self) -> impl Iterator<Item = u32> + '_ {
-        self.procs.keys().copied()
-    }
-
-    /// Changes whenever a process is added or removed, so an owner that mirrors the set
-    /// elsewhere (the kernel's watched bitmap) only has to look when it moved.
-    pub fn processes_version(&self) -> u64 {
-        self.procs_version
-    }
-
-    pub fn has_processes(&self) -> bool {
-        !self.procs.is_empty()
-    }
-
-    pub fn handle(&mut self, event: Event<'_>, out: &mut impl FnMut(Output<'_>)) {
+    /// One kernel event of a connection. Process events (fork, exit) are the watched set's:
+    /// the caller handles them and calls [`Connections::close_process`] on an exit.
+    pub fn handle(&mut self, event: Event<'_>, out: &mut impl FnMut(TableEvent<'_>)) {
         self.stats.events += 1;
         match event {
             Event::ConnOpen { header, ends, comm } => {
                 if let Some(old) = self.conns.remove(&header.conn_id) {
                     // Cannot happen with cookies, which are never reused; be safe anyway.
                     self.finish(old, self.clock.epoch_ns(header.ts_ns), out);
-                }
-                // Known already, unless the fork event that made it was lost.
-                if !self.procs.contains_key(&header.tgid) {
-                    self.insert_process(header.tgid, comm.clone());
                 }
                 let conn = self.new_conn(header.conn_id, header.tgid, comm, ends);
                 self.conns.insert(header.conn_id, conn);
@@ -192,7 +157,7 @@ impl Tracker {
                 self.stats.data_bytes += payload.len() as u64;
                 let ts = self.clock.epoch_ns(header.ts_ns);
                 self.with_conn(&header, Some(payload), out, |stream, fwd| {
-                    stream.push(dir(direction), header.offset, payload, ts, &mut &mut *fwd)
+                    stream.push(direction, header.offset, payload, ts, &mut &mut *fwd)
                 });
             }
             Event::Gap {
@@ -202,7 +167,7 @@ impl Tracker {
             } => {
                 let ts = self.clock.epoch_ns(header.ts_ns);
                 self.with_conn(&header, None, out, |stream, fwd| {
-                    stream.gap(dir(direction), header.offset, len, ts, &mut &mut *fwd)
+                    stream.gap(direction, header.offset, len, ts, &mut &mut *fwd)
                 });
             }
             Event::ConnClose { header } => {
@@ -210,22 +175,12 @@ impl Tracker {
                     self.finish(conn, self.clock.epoch_ns(header.ts_ns), out);
                 }
             }
-            Event::ProcFork { child, .. } => {
-                let comm = procfs::comm(child).unwrap_or_default();
-                self.insert_process(child, comm);
-            }
-            Event::ProcExit { header, pid } => {
-                self.process_exited(pid, self.clock.epoch_ns(header.ts_ns), out);
-            }
+            Event::ProcFork { .. } | Event::ProcExit { .. } => {}
         }
     }
 
-    /// A watched process is gone: its connections are closed, and the ops layer is told.
-    pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut impl FnMut(Output<'_>)) {
-        if self.procs.remove(&pid).is_none() {
-            return;
-        }
-        self.procs_version += 1;
+    /// A watched process is gone: its connections are closed.
+    pub fn close_process(&mut self, pid: u32, ts_ns: u64, out: &mut impl FnMut(TableEvent<'_>)) {
         let ids: Vec<u64> = self
             .conns
             .iter()
@@ -237,21 +192,11 @@ impl Tracker {
                 self.finish(conn, ts_ns, out);
             }
         }
-        out(Output::Input(Input::ProcessExited { pid, ts_ns }));
     }
 
-    /// Periodic work: processes that exited without an exit event (missed), idle
-    /// connections, and the clock for the ops layer's timeouts.
-    pub fn tick(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
-        let dead: Vec<u32> = self
-            .procs
-            .keys()
-            .copied()
-            .filter(|pid| !procfs::alive(*pid))
-            .collect();
-        for pid in dead {
-            self.process_exited(pid, now_ns, out);
-        }
+    /// Periodic work: connections idle past the timeout are closed; the others give back
+    /// buffer memory they do not use.
+    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(TableEvent<'_>)) {
         let mut expired = Vec::new();
         for (id, conn) in self.conns.iter_mut() {
             let Conn {
@@ -268,21 +213,26 @@ impl Tracker {
         }
         for id in expired {
             if let Some(conn) = self.conns.remove(&id) {
-                out(Output::Input(Input::ConnClosed {
+                self.finished.add(&conn.stream.stats());
+                out(TableEvent::Closed {
                     conn: conn.info,
                     ts_ns: now_ns,
-                }));
+                });
             }
         }
-        out(Output::Input(Input::Tick { now_ns }));
     }
 
     /// mongowatch is stopping (SIGINT/SIGTERM) while the connections live on: requests still
     /// waiting for their reply are handed on as unanswered, so none is left unreported, but the
     /// connections are not reported closed (they are not: the ops layer writes what is still
     /// open as `timeout`).
-    pub fn shutdown(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
-        let Self { conns, stats, .. } = self;
+    pub fn shutdown(&mut self, now_ns: u64, out: &mut impl FnMut(TableEvent<'_>)) {
+        let Self {
+            conns,
+            stats,
+            finished,
+            ..
+        } = self;
         for conn in conns.values_mut() {
             let Conn {
                 stream,
@@ -292,11 +242,12 @@ impl Tracker {
                 ..
             } = conn;
             stream.close(now_ns, &mut |ev| forward(ev, info, role, ends, stats, out));
+            finished.add(&stream.stats());
         }
         conns.clear();
     }
 
-    fn finish(&mut self, mut conn: Conn, ts_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+    fn finish(&mut self, mut conn: Conn, ts_ns: u64, out: &mut impl FnMut(TableEvent<'_>)) {
         let Conn {
             stream,
             info,
@@ -306,10 +257,11 @@ impl Tracker {
         } = &mut conn;
         let stats = &mut self.stats;
         stream.close(ts_ns, &mut |ev| forward(ev, info, role, ends, stats, out));
-        out(Output::Input(Input::ConnClosed {
+        self.finished.add(&conn.stream.stats());
+        out(TableEvent::Closed {
             conn: conn.info,
             ts_ns,
-        }));
+        });
     }
 
     fn new_conn(&mut self, id: u64, pid: u32, comm: String, ends: Ends) -> Conn {
@@ -336,7 +288,7 @@ impl Tracker {
         &mut self,
         header: &EventHeader,
         data: Option<&[u8]>,
-        out: &mut impl FnMut(Output<'_>),
+        out: &mut impl FnMut(TableEvent<'_>),
         act: impl FnOnce(&mut Connection, &mut dyn FnMut(ConnEvent<'_>)),
     ) {
         self.ensure_conn(header.conn_id, header.tgid, header.fd);
@@ -381,22 +333,10 @@ impl Tracker {
                 .and_then(|inode| procfs::tcp_ends(pid, inode))
                 .map(|(local, remote)| Ends::Inet { local, remote })
                 .unwrap_or(Ends::Unknown { family: 0 });
-            let comm = self
-                .procs
-                .get(&pid)
-                .cloned()
-                .or_else(|| procfs::comm(pid))
-                .unwrap_or_default();
+            let comm = procfs::comm(pid).unwrap_or_default();
             let conn = self.new_conn(id, pid, comm, ends);
             self.conns.insert(id, conn);
         }
-    }
-}
-
-fn dir(d: Direction) -> Dir {
-    match d {
-        Direction::Egress => Dir::Egress,
-        Direction::Ingress => Dir::Ingress,
     }
 }
 
@@ -406,8 +346,8 @@ fn forward(
     info: &mut Arc<ConnInfo>,
     role: &mut Role,
     ends: &Ends,
-    stats: &mut TrackerStats,
-    out: &mut impl FnMut(Output<'_>),
+    stats: &mut TableStats,
+    out: &mut impl FnMut(TableEvent<'_>),
 ) {
     match ev {
         ConnEvent::Frame {
@@ -421,7 +361,7 @@ fn forward(
                     // A request travels from client to server: its direction settles who is
                     // who, whatever the ports suggested.
                     if !t.msg.is_reply() {
-                        let seen = if dir == Dir::Egress {
+                        let seen = if dir == Direction::Egress {
                             Role::Client
                         } else {
                             Role::Server
@@ -440,7 +380,7 @@ fn forward(
                 }
                 Err(_) => stats.decode_errors += 1,
             }
-            out(Output::Message {
+            out(TableEvent::Message {
                 conn: info,
                 dir,
                 frame,
@@ -452,10 +392,10 @@ fn forward(
             stats.gap_bytes += len;
         }
         ConnEvent::Dropped { .. } => stats.dropped_frames += 1,
-        ConnEvent::Exchange(exchange) => out(Output::Input(Input::Exchange {
-            conn: info.clone(),
+        ConnEvent::Exchange(exchange) => out(TableEvent::Exchange {
+            conn: info,
             exchange,
-        })),
+        }),
     }
 }
 
@@ -557,12 +497,11 @@ mod tests {
 
     #[test]
     fn a_request_and_its_reply_become_one_exchange() {
-        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![27017]);
-        t.add_process(4242);
+        let mut t = Connections::new(Clock::identity(), ConnConfig::default(), vec![27017]);
         let mut messages = Vec::new();
-        let mut inputs = Vec::new();
-        let mut sink = |o: Output<'_>| match o {
-            Output::Message {
+        let mut exchanges = Vec::new();
+        let mut sink = |o: TableEvent<'_>| match o {
+            TableEvent::Message {
                 conn, dir, frame, ..
             } => messages.push((
                 conn.client.clone(),
@@ -570,7 +509,8 @@ mod tests {
                 dir,
                 frame.bytes.len(),
             )),
-            Output::Input(i) => inputs.push(i),
+            TableEvent::Exchange { exchange, .. } => exchanges.push(exchange),
+            TableEvent::Closed { .. } => {}
         };
         let ends = Ends::Inet {
             local: "127.0.0.1:50000".parse().unwrap(),
@@ -615,22 +555,18 @@ mod tests {
         assert_eq!(messages[0].0, "127.0.0.1:50000");
         assert_eq!(messages[0].1, "127.0.0.1:27017");
         assert_eq!(messages[1].3, rep.len());
-        let exchanges: Vec<_> = inputs
-            .iter()
-            .filter(|i| matches!(i, Input::Exchange { .. }))
-            .collect();
         assert_eq!(exchanges.len(), 1);
+        assert!(matches!(exchanges[0], Exchange::RoundTrip { .. }));
         assert_eq!(t.stats().messages, 2);
     }
 
     /// Hands `payloads` (direction, offset, bytes) of connection 9 to a fresh tracker; returns
     /// it and how many messages it framed.
-    fn feed(payloads: &[(Direction, u64, &[u8])]) -> (Tracker, usize) {
-        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![27017]);
-        t.add_process(4242);
+    fn feed(payloads: &[(Direction, u64, &[u8])]) -> (Connections, usize) {
+        let mut t = Connections::new(Clock::identity(), ConnConfig::default(), vec![27017]);
         let mut messages = 0;
-        let mut sink = |o: Output<'_>| {
-            if let Output::Message { .. } = o {
+        let mut sink = |o: TableEvent<'_>| {
+            if let TableEvent::Message { .. } = o {
                 messages += 1;
             }
         };
@@ -728,10 +664,10 @@ mod tests {
 
     #[test]
     fn the_watched_server_side_is_recognised() {
-        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![]);
+        let mut t = Connections::new(Clock::identity(), ConnConfig::default(), vec![]);
         let mut clients = Vec::new();
-        let mut sink = |o: Output<'_>| {
-            if let Output::Message { conn, .. } = o {
+        let mut sink = |o: TableEvent<'_>| {
+            if let TableEvent::Message { conn, .. } = o {
                 clients.push((conn.client.clone(), conn.server.clone()));
             }
         };
@@ -763,23 +699,30 @@ mod tests {
     }
 
     #[test]
-    fn exit_closes_the_process_connections() {
-        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![27017]);
-        t.add_process(4242);
-        let mut inputs = Vec::new();
-        let mut sink = |o: Output<'_>| {
-            if let Output::Input(i) = o {
-                inputs.push(i)
-            }
+    fn a_process_exit_closes_its_connections() {
+        let mut t = Connections::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        let mut unanswered = 0;
+        let mut closed = Vec::new();
+        let mut sink = |o: TableEvent<'_>| match o {
+            TableEvent::Exchange {
+                exchange: Exchange::Unanswered { .. },
+                ..
+            } => unanswered += 1,
+            TableEvent::Closed { conn, ts_ns } => closed.push((conn.id, ts_ns)),
+            _ => {}
         };
-        t.handle(
-            Event::ConnOpen {
-                header: header(EventKind::ConnOpen, 9, 0, 1),
-                ends: Ends::Unknown { family: 0 },
-                comm: "x".into(),
-            },
-            &mut sink,
-        );
+        for (conn, pid) in [(9, 4242), (10, 4343)] {
+            let mut h = header(EventKind::ConnOpen, conn, 0, 1);
+            h.tgid = pid;
+            t.handle(
+                Event::ConnOpen {
+                    header: h,
+                    ends: Ends::Unknown { family: 0 },
+                    comm: "x".into(),
+                },
+                &mut sink,
+            );
+        }
         let req = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
         t.handle(
             Event::Data {
@@ -789,28 +732,21 @@ mod tests {
             },
             &mut sink,
         );
-        let before = t.processes_version();
-        t.handle(
-            Event::ProcExit {
-                header: header(EventKind::ProcExit, 0, 0, 50),
-                pid: 4242,
-            },
-            &mut sink,
+        t.close_process(4242, 50, &mut sink);
+        assert_eq!(
+            unanswered, 1,
+            "the request waiting for its reply is handed on"
         );
-        assert!(!t.has_processes());
-        assert_ne!(t.processes_version(), before, "the watched set moved");
-        assert!(inputs.iter().any(|i| matches!(
-            i,
-            Input::Exchange {
-                exchange: crate::wire::Exchange::Unanswered { .. },
-                ..
-            }
-        )));
-        assert!(inputs
-            .iter()
-            .any(|i| matches!(i, Input::ConnClosed { ts_ns: 50, .. })));
-        assert!(inputs
-            .iter()
-            .any(|i| matches!(i, Input::ProcessExited { pid: 4242, .. })));
+        assert_eq!(
+            closed,
+            vec![(9, 50)],
+            "only the exited process's connection"
+        );
+        assert_eq!(t.stats().open_connections, 1);
+        assert_eq!(
+            t.wire_stats().decoded,
+            1,
+            "a closed connection's counters are kept"
+        );
     }
 }

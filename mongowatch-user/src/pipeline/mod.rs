@@ -1,0 +1,482 @@
+//! The daemon. It owns the loop and drives the layers in the order the data flows:
+//! capture (ring buffer events, the watched set) -> stream (the connection table, which frames,
+//! decodes and pairs each connection's bytes through the wire layer) -> ops -> queue -> sink
+//! ([`audit::Auditor`]), or, with `--messages`, one line per wire message. Each layer returns
+//! what it made to this module; none calls the next.
+
+pub mod audit;
+mod stats;
+
+use std::{
+    collections::HashSet,
+    io::{self, BufWriter, Write},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+pub use stats::{CaptureStats, MessageStats, Stats};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{info, warn};
+
+use self::audit::Auditor;
+use crate::{
+    capture::{
+        clock::Clock,
+        events::{self, Event},
+        probes::{KernelCounters, Probes},
+        processes::Processes,
+    },
+    config::AuditConfig,
+    forensic,
+    ops::Input,
+    sink::{open_output, OutputSpec},
+    stream::{ConnConfig, Connections, TableEvent},
+};
+
+/// What the daemon writes.
+pub enum Mode {
+    /// Audit records (the default).
+    Audit(AuditConfig),
+    /// `--messages`: one line per wire message.
+    Messages {
+        output: OutputSpec,
+        with_bytes: bool,
+    },
+}
+
+pub struct Options {
+    pub pids: Vec<u32>,
+    /// Server ports that mark a TCP connection as MongoDB at once.
+    pub ports: Vec<u16>,
+    pub mode: Mode,
+    /// Write [`Stats`] as one JSON line to stderr this often.
+    pub stats_interval: Option<Duration>,
+}
+
+/// Why the loop ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Every watched process exited.
+    ProcessesExited,
+    /// SIGINT or SIGTERM.
+    Signal(&'static str),
+    /// The output could not be written any more (closed pipe, full disk, ...).
+    OutputFailed(String),
+}
+
+pub struct Report {
+    pub stop: Stop,
+    pub stats: Stats,
+}
+
+/// Ring buffer records handled in one turn of the loop before timers and signals get theirs:
+/// under a flood the drain never ends by itself.
+const DRAIN_BATCH: usize = 4096;
+/// How long the last drain after a stop may take: a flood must not hold SIGTERM up.
+const FINAL_DRAIN: Duration = Duration::from_secs(1);
+
+/// Loads the probes, watches `opts.pids` and runs until they exit, a signal, or a dead output.
+pub fn run(opts: Options) -> Result<Report> {
+    let outlet = Outlet::open(opts.mode)?;
+    let (probes, ring) = Probes::load(&opts.ports)?;
+    let mut processes = Processes::new();
+    for pid in &opts.pids {
+        processes.add(*pid);
+    }
+    info!(pids = ?opts.pids, "watching");
+    let pipeline = Pipeline {
+        probes,
+        processes,
+        conns: Connections::new(Clock::now(), ConnConfig::default(), opts.ports),
+        outlet,
+        watched: HashSet::new(),
+        watched_version: u64::MAX,
+        last_counters: KernelCounters::default(),
+        capture: CaptureStats::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    runtime.block_on(pipeline.run(ring, opts.stats_interval))
+}
+
+struct Pipeline {
+    probes: Probes,
+    processes: Processes,
+    conns: Connections,
+    outlet: Outlet,
+    /// The pids in the kernel's watched bitmap, and the `processes` version they mirror.
+    watched: HashSet<u32>,
+    watched_version: u64,
+    last_counters: KernelCounters,
+    capture: CaptureStats,
+}
+
+impl Pipeline {
+    async fn run(
+        mut self,
+        ring: RingBuf<MapData>,
+        stats_interval: Option<Duration>,
+    ) -> Result<Report> {
+        self.sync_watched();
+        // The AsyncFd owns the ring buffer, and with it the fd it polls, for the whole loop.
+        #[allow(deprecated)]
+        let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut stats_tick = tokio::time::interval(stats_interval.unwrap_or(Duration::MAX));
+        stats_tick.tick().await;
+        // The kernel wakes us only once 256 KiB are waiting (or for rare lifecycle events);
+        // otherwise the ring is drained on a timer: every 10 ms while events flow, at once
+        // while a backlog is left, and only on the 200 ms tick once they stop, so an idle
+        // daemon does not keep waking the machine.
+        let mut drain = Drain::Idle;
+        let stop = loop {
+            let poll = tokio::time::sleep(match drain {
+                Drain::Backlog => Duration::ZERO,
+                _ => Duration::from_millis(10),
+            });
+            tokio::select! {
+                _ = poll, if drain != Drain::Idle => {
+                    drain = self.drain(ring.get_mut(), DRAIN_BATCH);
+                    self.outlet.flush();
+                }
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("waiting for the ring buffer")?;
+                    drain = drain.max(self.drain(guard.get_inner_mut(), DRAIN_BATCH));
+                    guard.clear_ready();
+                    self.outlet.flush();
+                }
+                _ = tick.tick() => {
+                    drain = drain.max(self.drain(ring.get_mut(), DRAIN_BATCH));
+                    self.tick();
+                    if self.processes.is_empty() {
+                        info!("every watched process has exited");
+                        break Stop::ProcessesExited;
+                    }
+                }
+                _ = stats_tick.tick(), if stats_interval.is_some() => {
+                    eprintln!("{}", self.stats().to_json_line());
+                }
+                _ = sigint.recv() => { info!("interrupted (SIGINT)"); break Stop::Signal("SIGINT"); }
+                _ = sigterm.recv() => { info!("terminated (SIGTERM)"); break Stop::Signal("SIGTERM"); }
+            }
+            if let Some(failure) = self.outlet.failure() {
+                break Stop::OutputFailed(failure.to_string());
+            }
+        };
+        // What the kernel wrote before we stopped is still processed, within a bound.
+        let deadline = Instant::now() + FINAL_DRAIN;
+        while self.drain(ring.get_mut(), DRAIN_BATCH) == Drain::Backlog {
+            if Instant::now() >= deadline {
+                warn!("events still arriving after {FINAL_DRAIN:?} of draining; stopping anyway");
+                break;
+            }
+        }
+        let now = self.conns.clock().now_epoch_ns();
+        let Self { conns, outlet, .. } = &mut self;
+        conns.shutdown(now, &mut |ev| outlet.deliver(ev));
+        outlet.shutdown(now);
+        let kernel = self.probes.counters();
+        self.report_loss(&kernel);
+        let stats = self.stats();
+        info!(
+            messages = stats.stream.messages,
+            connections = stats.stream.connections,
+            gaps = stats.stream.gaps,
+            events_lost = kernel.ring_full_events,
+            "detaching"
+        );
+        // Dropping the probes (with self) detaches the programs.
+        Ok(Report { stop, stats })
+    }
+
+    /// Handles up to `budget` records of the ring.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, budget: usize) -> Drain {
+        let mut records = 0;
+        while records < budget {
+            let Some(item) = ring.next() else { break };
+            records += 1;
+            match events::parse(&item) {
+                Ok(event) => self.handle(event),
+                Err(e) => {
+                    self.capture.malformed_records += 1;
+                    warn!("malformed ring buffer record dropped: {e}");
+                }
+            }
+        }
+        self.capture.ring_records += records as u64;
+        self.sync_watched();
+        match records {
+            0 => Drain::Idle,
+            n if n == budget => Drain::Backlog,
+            _ => Drain::Flowing,
+        }
+    }
+
+    fn handle(&mut self, event: Event<'_>) {
+        match event {
+            Event::ProcFork { child, .. } => {
+                if self.processes.add(child) {
+                    self.capture.processes_followed += 1;
+                }
+            }
+            Event::ProcExit { header, pid } => {
+                let ts = self.conns.clock().epoch_ns(header.ts_ns);
+                self.process_exited(pid, ts);
+            }
+            Event::ConnOpen { header, .. } if !self.processes.contains(header.tgid) => {
+                // Known already, unless the fork event that made it was lost.
+                self.processes.add(header.tgid);
+                let Self { conns, outlet, .. } = self;
+                conns.handle(event, &mut |ev| outlet.deliver(ev));
+            }
+            event => {
+                let Self { conns, outlet, .. } = self;
+                conns.handle(event, &mut |ev| outlet.deliver(ev));
+            }
+        }
+    }
+
+    /// A watched process is gone: its connections are closed, and the ops layer is told.
+    fn process_exited(&mut self, pid: u32, ts_ns: u64) {
+        if !self.processes.remove(pid) {
+            return;
+        }
+        self.capture.processes_exited += 1;
+        let Self { conns, outlet, .. } = self;
+        conns.close_process(pid, ts_ns, &mut |ev| outlet.deliver(ev));
+        outlet.input(Input::ProcessExited { pid, ts_ns });
+    }
+
+    /// Periodic work: processes that are gone without an exit event (missed, or their pid
+    /// reused), idle connections, and the clock for the ops layer's timeouts.
+    fn tick(&mut self) {
+        let now = self.conns.clock().now_epoch_ns();
+        for pid in self.processes.gone() {
+            self.process_exited(pid, now);
+        }
+        let Self { conns, outlet, .. } = self;
+        conns.expire(now, &mut |ev| outlet.deliver(ev));
+        outlet.input(Input::Tick { now_ns: now });
+        self.sync_watched();
+        let counters = self.probes.counters();
+        self.report_loss(&counters);
+        self.outlet.flush();
+    }
+
+    /// The kernel's watched set follows `processes`: children the kernel reported are set
+    /// again (repairing a bit a simultaneous fork may have lost), processes that are gone leave.
+    fn sync_watched(&mut self) {
+        if self.processes.version() == self.watched_version {
+            return;
+        }
+        self.watched_version = self.processes.version();
+        let alive: HashSet<u32> = self.processes.pids().collect();
+        for pid in self.watched.difference(&alive) {
+            self.probes.unwatch(*pid);
+        }
+        for pid in alive.difference(&self.watched) {
+            if let Err(e) = self.probes.watch(*pid) {
+                warn!("{e:#}");
+            }
+        }
+        self.watched = alive;
+    }
+
+    /// Loss is never silent: every new ring-full drop is logged with its size.
+    fn report_loss(&mut self, now: &KernelCounters) {
+        let lost = now.ring_full_events - self.last_counters.ring_full_events;
+        if lost > 0 {
+            warn!(
+                events = lost,
+                bytes = now.ring_full_bytes - self.last_counters.ring_full_bytes,
+                "the ring buffer was full: events lost (the affected messages are reported as gaps)"
+            );
+        }
+        let failed = now.read_failures - self.last_counters.read_failures;
+        if failed > 0 {
+            warn!(
+                reads = failed,
+                "copies from user memory failed (reported as gaps)"
+            );
+        }
+        self.last_counters = *now;
+    }
+
+    /// Every layer's counters, now.
+    fn stats(&self) -> Stats {
+        let mut capture = self.capture.clone();
+        capture.watched_processes = self.processes.len() as u64;
+        Stats {
+            kernel: self.probes.counters(),
+            capture,
+            stream: self.conns.stats(),
+            wire: self.conns.wire_stats(),
+            audit: match &self.outlet.kind {
+                OutletKind::Audit(a) => Some(a.stats()),
+                OutletKind::Messages { .. } => None,
+            },
+            messages: match &self.outlet.kind {
+                OutletKind::Audit(_) => None,
+                OutletKind::Messages { stats, .. } => Some(stats.clone()),
+            },
+        }
+    }
+}
+
+/// How the last drain went; ordered by how soon the ring should be read again.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Drain {
+    /// Nothing was waiting.
+    Idle,
+    /// Events came, fewer than a batch.
+    Flowing,
+    /// A whole batch came: more are probably waiting.
+    Backlog,
+}
+
+/// Where the table's output goes, and whether that still works.
+struct Outlet {
+    kind: OutletKind,
+    /// The first write failure, said once; the loop stops on it.
+    failed: Option<String>,
+}
+
+enum OutletKind {
+    Audit(Box<Auditor>),
+    Messages {
+        out: Box<dyn Write + Send>,
+        with_bytes: bool,
+        /// One line is formatted here, then written whole (a rotated file never splits it).
+        line: Vec<u8>,
+        stats: MessageStats,
+    },
+}
+
+impl Outlet {
+    fn open(mode: Mode) -> Result<Self> {
+        let kind = match mode {
+            Mode::Audit(config) => OutletKind::Audit(Box::new(Auditor::new(&config)?)),
+            Mode::Messages { output, with_bytes } => {
+                let opened = open_output(&output)?;
+                // stdout gets a buffer (flushed after every drain); a file takes whole lines.
+                let out: Box<dyn Write + Send> = if output.path.is_none() {
+                    Box::new(BufWriter::with_capacity(1 << 16, io::stdout()))
+                } else {
+                    opened.writer
+                };
+                OutletKind::Messages {
+                    out,
+                    with_bytes,
+                    line: Vec::with_capacity(1024),
+                    stats: MessageStats::default(),
+                }
+            }
+        };
+        Ok(Self { kind, failed: None })
+    }
+
+    fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Notes a write failure; only the first is said (the loop then stops).
+    fn fail(&mut self, what: String) {
+        if self.failed.is_none() {
+            tracing::error!("{what}; stopping");
+            self.failed = Some(what);
+        }
+    }
+
+    fn deliver(&mut self, ev: TableEvent<'_>) {
+        match (ev, &mut self.kind) {
+            (
+                TableEvent::Message {
+                    conn,
+                    dir,
+                    frame,
+                    message,
+                },
+                OutletKind::Messages {
+                    out,
+                    with_bytes,
+                    line,
+                    stats,
+                },
+            ) => {
+                if self.failed.is_some() {
+                    stats.unwritten += 1;
+                    return;
+                }
+                line.clear();
+                forensic::write_message(
+                    line,
+                    conn,
+                    dir,
+                    &frame.bytes,
+                    frame.first_ts_ns,
+                    message,
+                    *with_bytes,
+                )
+                .expect("writing to a Vec cannot fail");
+                match out.write_all(line) {
+                    Ok(()) => stats.written += 1,
+                    Err(e) => {
+                        stats.unwritten += 1;
+                        self.fail(format!("writing message lines: {e}"));
+                    }
+                }
+            }
+            (TableEvent::Exchange { conn, exchange }, OutletKind::Audit(_)) => {
+                self.input(Input::Exchange {
+                    conn: conn.clone(),
+                    exchange,
+                })
+            }
+            (TableEvent::Closed { conn, ts_ns }, OutletKind::Audit(_)) => {
+                self.input(Input::ConnClosed { conn, ts_ns })
+            }
+            (TableEvent::Message { .. }, OutletKind::Audit(_))
+            | (
+                TableEvent::Exchange { .. } | TableEvent::Closed { .. },
+                OutletKind::Messages { .. },
+            ) => {}
+        }
+    }
+
+    /// Feeds the ops layer (audit mode; forensic mode has none).
+    fn input(&mut self, input: Input) {
+        if let OutletKind::Audit(auditor) = &mut self.kind {
+            if let Err(e) = auditor.handle(input) {
+                self.fail(e.to_string());
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let OutletKind::Messages { out, .. } = &mut self.kind {
+            if let Err(e) = out.flush() {
+                self.fail(format!("writing message lines: {e}"));
+            }
+        }
+    }
+
+    /// Writes what is still pending (open operations as `timeout`) and flushes.
+    fn shutdown(&mut self, now_ns: u64) {
+        match &mut self.kind {
+            OutletKind::Audit(auditor) => {
+                if let Err(e) = auditor.shutdown(now_ns) {
+                    self.fail(e.to_string());
+                }
+            }
+            OutletKind::Messages { .. } => self.flush(),
+        }
+    }
+}
