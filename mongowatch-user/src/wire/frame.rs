@@ -3,8 +3,9 @@
 
 use super::types::{msg_flags, Compressor, Header, OpCode};
 
-/// The largest message a server accepts (`maxMessageSizeBytes`, decimal).
-pub const MAX_MESSAGE_SIZE: usize = 48_000_000;
+/// The largest message a server accepts (`maxMessageSizeBytes`, decimal): the one limit the
+/// kernel's classifier uses too.
+pub const MAX_MESSAGE_SIZE: usize = mongowatch_common::MAX_MESSAGE_SIZE as usize;
 
 /// Reads a little-endian i32 at `at`, if the slice holds it.
 #[inline]
