@@ -73,9 +73,10 @@ pub struct Report {
     pub stats: Stats,
 }
 
-/// Ring buffer records handled in one turn of the loop before timers and signals get theirs:
-/// under a flood the drain never ends by itself.
-const DRAIN_BATCH: usize = 4096;
+/// Ring buffer records, and payload bytes, handled in one turn of the loop before timers and
+/// signals get theirs: under a flood the drain never ends by itself.
+const DRAIN_RECORDS: usize = 4096;
+const DRAIN_BYTES: usize = 4 << 20;
 /// How long the last drain after a stop may take: a flood must not hold SIGTERM up.
 const FINAL_DRAIN: Duration = Duration::from_secs(1);
 
@@ -142,19 +143,13 @@ impl Pipeline {
                 Drain::Backlog => Duration::ZERO,
                 _ => Duration::from_millis(10),
             });
+            // Biased: a signal or the tick is never starved by a ring that is always ready.
             tokio::select! {
-                _ = poll, if drain != Drain::Idle => {
-                    drain = self.drain(ring.get_mut(), DRAIN_BATCH);
-                    self.outlet.flush();
-                }
-                guard = ring.readable_mut() => {
-                    let mut guard = guard.context("waiting for the ring buffer")?;
-                    drain = drain.max(self.drain(guard.get_inner_mut(), DRAIN_BATCH));
-                    guard.clear_ready();
-                    self.outlet.flush();
-                }
+                biased;
+                _ = sigint.recv() => { info!("interrupted (SIGINT)"); break Stop::Signal("SIGINT"); }
+                _ = sigterm.recv() => { info!("terminated (SIGTERM)"); break Stop::Signal("SIGTERM"); }
                 _ = tick.tick() => {
-                    drain = drain.max(self.drain(ring.get_mut(), DRAIN_BATCH));
+                    drain = drain.max(self.drain(ring.get_mut()));
                     self.tick();
                     if self.processes.is_empty() {
                         info!("every watched process has exited");
@@ -164,8 +159,21 @@ impl Pipeline {
                 _ = stats_tick.tick(), if stats_interval.is_some() => {
                     eprintln!("{}", self.stats().to_json_line());
                 }
-                _ = sigint.recv() => { info!("interrupted (SIGINT)"); break Stop::Signal("SIGINT"); }
-                _ = sigterm.recv() => { info!("terminated (SIGTERM)"); break Stop::Signal("SIGTERM"); }
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("waiting for the ring buffer")?;
+                    drain = drain.max(self.drain(guard.get_inner_mut()));
+                    guard.clear_ready();
+                    self.outlet.flush();
+                }
+                _ = poll, if drain != Drain::Idle => {
+                    drain = self.drain(ring.get_mut());
+                    self.outlet.flush();
+                }
+            }
+            if drain == Drain::Backlog {
+                // Lets the runtime poll its drivers, which is how signals and timers arrive:
+                // a task that is always ready would otherwise keep them waiting.
+                tokio::task::yield_now().await;
             }
             if let Some(failure) = self.outlet.failure() {
                 break Stop::OutputFailed(failure.to_string());
@@ -173,7 +181,7 @@ impl Pipeline {
         };
         // What the kernel wrote before we stopped is still processed, within a bound.
         let deadline = Instant::now() + FINAL_DRAIN;
-        while self.drain(ring.get_mut(), DRAIN_BATCH) == Drain::Backlog {
+        while self.drain(ring.get_mut()) == Drain::Backlog {
             if Instant::now() >= deadline {
                 warn!("events still arriving after {FINAL_DRAIN:?} of draining; stopping anyway");
                 break;
@@ -197,12 +205,13 @@ impl Pipeline {
         Ok(Report { stop, stats })
     }
 
-    /// Handles up to `budget` records of the ring.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, budget: usize) -> Drain {
-        let mut records = 0;
-        while records < budget {
+    /// Handles a batch of the ring's records (at most `DRAIN_RECORDS`, `DRAIN_BYTES`).
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Drain {
+        let (mut records, mut bytes) = (0, 0);
+        while records < DRAIN_RECORDS && bytes < DRAIN_BYTES {
             let Some(item) = ring.next() else { break };
             records += 1;
+            bytes += item.len();
             match events::parse(&item) {
                 Ok(event) => self.handle(event),
                 Err(e) => {
@@ -213,10 +222,12 @@ impl Pipeline {
         }
         self.capture.ring_records += records as u64;
         self.sync_watched();
-        match records {
-            0 => Drain::Idle,
-            n if n == budget => Drain::Backlog,
-            _ => Drain::Flowing,
+        if records == 0 {
+            Drain::Idle
+        } else if records == DRAIN_RECORDS || bytes >= DRAIN_BYTES {
+            Drain::Backlog
+        } else {
+            Drain::Flowing
         }
     }
 
