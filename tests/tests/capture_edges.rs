@@ -223,7 +223,7 @@ fn tls_connections_are_reported_not_garbled() -> Result<()> {
         );
         let warnings = stderr.matches("encrypted with TLS").count() as u64;
         ensure!(
-            Some(warnings) == capture["tls_connections"].as_u64(),
+            Some(warnings) == stream["tls_connections"].as_u64(),
             "one warning per TLS connection ({mw_args:?}): {stderr}"
         );
     }
