@@ -102,10 +102,12 @@ pub fn run_demo(workspace: &Path, args: &DemoArgs) -> Result<()> {
         None => {
             let bin = util::target_dir(workspace)?.join("debug/mongowatch");
             report.step("build mongowatch", || {
+                // stdout is for the audit records.
                 run(util::cargo()
                     .current_dir(workspace)
                     .args(["build", "-p", "mongowatch-user", "--bin", "mongowatch"])
-                    .env("MONGOWATCH_REQUIRE_EBPF", "1"))?;
+                    .env("MONGOWATCH_REQUIRE_EBPF", "1")
+                    .stdout(std::io::stderr()))?;
                 Ok(bin.display().to_string())
             })?;
             bin

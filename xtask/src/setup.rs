@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     ebpf,
-    util::{self, run, Report},
+    util::{self, Report},
 };
 
 /// Debian's eBPF toolchain route of docs/toolchain.md (the bpf-linker part).
@@ -154,6 +154,13 @@ pub fn run_setup(workspace: &Path, parts: &[Part]) -> Result<()> {
     }
     report.print("setup done");
     Ok(())
+}
+
+/// Runs a setup command (pip, npm, cargo install, apt-get) with its output on stderr: setup
+/// runs first in `cargo xtask demo`, whose stdout carries only audit records
+/// (`cargo xtask demo > audit.jsonl`).
+fn run(cmd: &mut Command) -> Result<()> {
+    util::run(cmd.stdout(std::io::stderr()))
 }
 
 /// Holds `<cache>/.setup.lock` so two setups never install into the same cache at once.
