@@ -102,6 +102,7 @@ pub fn apt_packages(parts: &[Part]) -> Vec<&'static str> {
     all
 }
 
+#[derive(Clone)]
 pub struct Paths {
     pub workspace: PathBuf,
     pub cache: PathBuf,
@@ -139,12 +140,27 @@ pub fn run_setup(workspace: &Path, parts: &[Part]) -> Result<()> {
         let packages = apt_packages(parts);
         report.step("apt", || apt_install(&packages))?;
     }
+    // The venv is mostly downloads and bpf-linker a CPU-bound build: neither waits for the
+    // other. (Their output interleaves on stderr.)
+    let venv = todo(Part::Venv).then(|| {
+        let p = p.clone();
+        thread::spawn(move || {
+            let start = Instant::now();
+            (python_venv(&p), start.elapsed())
+        })
+    });
     if todo(Part::BpfLinker) {
         report.step("bpf-linker", || bpf_linker(&p))?;
         report.step("rust-src", nightly_rust_src)?;
     }
-    if todo(Part::Venv) {
-        report.step("venv", || python_venv(&p))?;
+    if let Some(venv) = venv {
+        // This step's time is what was left to wait for; its account says what it took.
+        report.step("venv", || {
+            let (result, took) = venv
+                .join()
+                .map_err(|_| anyhow::anyhow!("the venv step panicked"))?;
+            result.map(|what| format!("{what} (took {} in parallel)", util::secs(took)))
+        })?;
     }
     if todo(Part::Node) {
         report.step("node", || node_drivers(&p))?;
