@@ -179,7 +179,16 @@ fn the_example_file_documents_every_option_and_parses() {
         .collect::<Vec<_>>()
         .join("\n");
     let args = AuditArgs::from_toml(&full, &path).unwrap();
-    assert!(args.template.is_some() && args.output.is_some() && args.rate.is_some());
+    // The values the example file shows, read as what they say.
+    assert_eq!(
+        args.template.as_deref(),
+        Some("{StartTime} {DB}.{Collection} {Operation} {Filter} matched {MatchedCount} in {Duration}s")
+    );
+    assert_eq!(
+        args.output.as_deref(),
+        Some(Path::new("/var/log/mongowatch/audit.jsonl"))
+    );
+    assert_eq!(args.rate, Some(60.0));
     let mut args = args;
     args.format = Some(Format::Template);
     args.resolve().unwrap();
@@ -215,7 +224,10 @@ fn help_text_comes_from_doc_comments() {
     }
     assert!(help.contains("Mask Filter values"));
     // A bare boolean flag does not swallow the next argument.
-    assert!(Cli::try_parse_from(["m", "--mask", "--delay", "1"]).is_ok());
+    let args = Cli::try_parse_from(["m", "--mask", "--delay", "1"])
+        .unwrap()
+        .audit;
+    assert_eq!((args.mask, args.delay), (Some(true), Some(1.0)));
 }
 
 #[test]

@@ -534,49 +534,30 @@ c.close()
     Ok(())
 }
 
-/// pymongo needs python-snappy for snappy (zstd comes from backports.zstd, zlib is built in).
-fn pymongo_has(module: &str) -> bool {
-    Command::new(paths::venv_python())
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn compressed(compressor: &str, module: Option<&str>) -> Result<()> {
-    if let Some(m) = module {
-        if !pymongo_has(m) {
-            let why = format!(
-                "pymongo cannot use {compressor}: the venv has no `{m}` module \
-                 (add it to tests/requirements.txt)"
-            );
-            if mongowatch_tests::e2e_required() {
-                bail!(why);
-            }
-            eprintln!("SKIP: {why}");
-            return Ok(());
-        }
-    }
+fn compressed(compressor: &str) -> Result<()> {
     driver_suite(Driver::Pymongo, ServerKind::SecantusRs, Some(compressor))
 }
 
 #[test]
 fn pymongo_zlib_records() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusRs, Need::Pymongo);
-    compressed("zlib", None)
+    compressed("zlib")
 }
 
+/// pymongo gets zstd from backports.zstd on Python < 3.14.
 #[test]
 fn pymongo_zstd_records() -> Result<()> {
-    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusRs, Need::Pymongo);
-    compressed("zstd", Some("backports.zstd"))
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusRs, Need::Pymongo,
+        Need::PyModule("backports.zstd"));
+    compressed("zstd")
 }
 
+/// pymongo needs python-snappy for snappy.
 #[test]
 fn pymongo_snappy_records() -> Result<()> {
-    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusRs, Need::Pymongo);
-    compressed("snappy", Some("snappy"))
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusRs, Need::Pymongo,
+        Need::PyModule("snappy"));
+    compressed("snappy")
 }
 
 /// The Node driver with zlib (built into Node).

@@ -18,7 +18,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use mongowatch_tests::{paths, ChildGuard, Server, ServerKind};
 
-use crate::util::{self, run};
+use crate::{
+    setup::Part,
+    util::{self, run},
+};
 
 /// What mongowatch logs (stderr) once it watches the given processes.
 const READY_MARKER: &str = "watching";
@@ -49,6 +52,17 @@ pub struct DemoArgs {
 pub enum DemoServer {
     Py,
     Rs,
+}
+
+/// The setup parts the demo uses: the eBPF toolchain and the venv (secantusd-py, pymongo for
+/// the application), and secantusd-rs only when asked for. Not the Node drivers, nor the
+/// secantusd-rs build (minutes) that only the tests need.
+pub fn setup_parts(args: &DemoArgs) -> Vec<Part> {
+    let mut parts = Part::DEMO.to_vec();
+    if matches!(args.server, DemoServer::Rs) {
+        parts.push(Part::SecantusdRs);
+    }
+    parts
 }
 
 /// The demo loads eBPF programs: say so before anything else (setup included) runs.
@@ -82,20 +96,33 @@ pub fn run_demo(workspace: &Path, args: &DemoArgs) -> Result<()> {
         }
     }
 
+    let mut report = util::Report::default();
     let bin = match &args.bin {
         Some(bin) => bin.clone(),
         None => {
-            run(util::cargo()
-                .current_dir(workspace)
-                .args(["build", "-p", "mongowatch-user", "--bin", "mongowatch"])
-                .env("MONGOWATCH_REQUIRE_EBPF", "1"))?;
-            util::target_dir(workspace)?.join("debug/mongowatch")
+            let bin = util::target_dir(workspace)?.join("debug/mongowatch");
+            report.step("build mongowatch", || {
+                // stdout is for the audit records.
+                run(util::cargo()
+                    .current_dir(workspace)
+                    .args(["build", "-p", "mongowatch-user", "--bin", "mongowatch"])
+                    .env("MONGOWATCH_REQUIRE_EBPF", "1")
+                    .stdout(std::io::stderr()))?;
+                Ok(bin.display().to_string())
+            })?;
+            bin
         }
     };
     if !bin.is_file() {
         bail!("{} does not exist", bin.display());
     }
+    report.step("demo", || watch_demo_app(kind, &bin, args))?;
+    report.print("demo done");
+    Ok(())
+}
 
+/// Runs the server, the application and mongowatch; returns what mongowatch did.
+fn watch_demo_app(kind: ServerKind, bin: &Path, args: &DemoArgs) -> Result<String> {
     let server = Server::start(kind)?;
     eprintln!(
         "demo: {} listening on {} (pid {})",
@@ -123,7 +150,7 @@ pub fn run_demo(workspace: &Path, args: &DemoArgs) -> Result<()> {
     let app_pid = app.pid();
     eprintln!("demo: application started (pid {app_pid}), waiting to connect");
 
-    let mut watch_cmd = Command::new(&bin);
+    let mut watch_cmd = Command::new(bin);
     watch_cmd
         .arg("--pid")
         .arg(app_pid.to_string())
@@ -189,5 +216,7 @@ pub fn run_demo(workspace: &Path, args: &DemoArgs) -> Result<()> {
     if !watch_status.success() {
         bail!("mongowatch failed: {watch_status}");
     }
-    Ok(())
+    Ok(format!(
+        "application and mongowatch exited ({watch_status})"
+    ))
 }

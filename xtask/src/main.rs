@@ -8,7 +8,8 @@
 //! - `build-ebpf`: builds the kernel programs and prints the object's path.
 //!
 //! `test`, `demo` and `bench` run `setup` first (quick once everything is there), so a fresh
-//! machine needs nothing else; `--no-setup` leaves it out.
+//! machine needs nothing else; `--no-setup` leaves it out. `demo` sets up only what it uses
+//! (the eBPF toolchain and the Python venv), `test` and `bench` everything.
 mod bench;
 mod demo;
 mod ebpf;
@@ -70,11 +71,11 @@ struct SetupFirst {
 }
 
 impl SetupFirst {
-    fn run(&self, ws: &std::path::Path) -> Result<()> {
+    fn run(&self, ws: &std::path::Path, parts: &[setup::Part]) -> Result<()> {
         if self.no_setup {
             return Ok(());
         }
-        setup::run_setup(ws, &[])
+        setup::run_setup(ws, parts)
     }
 }
 
@@ -98,21 +99,28 @@ fn main() -> Result<()> {
             Ok(obj) => println!("{}", obj.display()),
             Err(e) => bail!("{e}"),
         },
-        Cmd::Setup { skip } => setup::run_setup(&ws, &skip)?,
+        Cmd::Setup { skip } => {
+            let parts: Vec<setup::Part> = setup::Part::ALL
+                .iter()
+                .copied()
+                .filter(|p| !skip.contains(p))
+                .collect();
+            setup::run_setup(&ws, &parts)?
+        }
         Cmd::Test { args, setup } => {
             // Without root, setup (apt) cannot run either; the unit tests still can.
             if util::is_root() {
-                setup.run(&ws)?;
+                setup.run(&ws, setup::Part::ALL)?;
             }
             run_tests::run_tests(&ws, &args)?
         }
         Cmd::Demo { args, setup } => {
             demo::require_root()?;
-            setup.run(&ws)?;
+            setup.run(&ws, &demo::setup_parts(&args))?;
             demo::run_demo(&ws, &args)?
         }
         Cmd::Bench { args, setup } => {
-            setup.run(&ws)?;
+            setup.run(&ws, setup::Part::ALL)?;
             bench::run_bench(&ws, &args)?
         }
     }

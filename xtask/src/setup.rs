@@ -3,14 +3,18 @@
 //! (`$MONGOWATCH_CACHE`, else `<repo>/.cache`). Idempotent: each step first checks whether its
 //! result is already there, so a second run costs about a second.
 //!
-//! | step        | what                                                        | where            |
+//! | part        | what                                                        | where            |
 //! |-------------|-------------------------------------------------------------|------------------|
-//! | kernel      | checks /sys/kernel/btf/vmlinux, mounts tracefs if missing   |                  |
-//! | apt         | Debian's eBPF toolchain, cmake + ninja for secantusd-rs     | the system       |
-//! | bpf-linker  | bpf-linker 0.13.0 built against Debian's LLVM 22            | <cache>/tools    |
+//! | (always)    | checks /sys/kernel/btf/vmlinux, mounts tracefs if missing   |                  |
+//! | apt         | the Debian packages of the other parts being set up         | the system       |
+//! | bpf-linker  | bpf-linker 0.13.0 built against Debian's LLVM 22 (~40 s)    | <cache>/tools    |
 //! | venv        | SecantusDB (secantusd-py) + pymongo, tests/requirements.txt | <cache>/venv     |
 //! | node        | mongodb 7 + mongosh 2, `npm ci` of tests/node's lock        | <cache>/node     |
-//! | secantusd-rs| secantus-mdb from crates.io (about 3 min, 1 GB peak)        | <cache>/tools    |
+//! | secantusd-rs| secantus-mdb from crates.io (about 5 min, 1 GB peak)        | <cache>/tools    |
+//! | test-tools  | iproute2 and openssl (Debian packages) for the e2e tests    | the system       |
+//!
+//! `setup`, `test` and `bench` set up every part; `demo` only the parts it uses
+//! ([`Part::DEMO`]), so a first demo does not wait for the test servers and drivers.
 
 use std::{
     env,
@@ -25,23 +29,15 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     ebpf,
-    util::{self, run, Report},
+    util::{self, Report},
 };
 
-/// Debian packages: the eBPF toolchain route of docs/toolchain.md, the C build tools of
-/// secantus-mdb, iproute2 for tests across network namespaces, openssl for the TLS tests'
-/// certificates and python3-venv for the venv (the last three come with this machine kind's
-/// image; listed so another Debian gets them too).
-pub const APT_PACKAGES: &[&str] = &[
+/// Debian's eBPF toolchain route of docs/toolchain.md (the bpf-linker part).
+const EBPF_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
-    "cmake",
-    "ninja-build",
-    "iproute2",
-    "openssl",
-    "python3-venv",
 ];
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -52,16 +48,61 @@ const MIN_NODE: (u32, u32) = (20, 19);
 /// How long to wait for another install into the same root, or another setup, to finish.
 const FOREIGN_WAIT: Duration = Duration::from_secs(40 * 60);
 
-/// Parts of the setup that can be left out.
+/// Parts of the setup: all of them for `setup`, `test` and `bench`, [`Part::DEMO`] for the
+/// demo; `setup --skip PART` leaves one out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
+    /// Installs the Debian packages of the other parts being set up (root).
     Apt,
     BpfLinker,
     Venv,
     Node,
     SecantusdRs,
+    /// iproute2 (tests across network namespaces) and openssl (the TLS tests' certificates);
+    /// they come with this machine kind's image, listed so another Debian gets them too.
+    TestTools,
 }
 
+impl Part {
+    pub const ALL: &[Part] = &[
+        Part::Apt,
+        Part::BpfLinker,
+        Part::Venv,
+        Part::Node,
+        Part::SecantusdRs,
+        Part::TestTools,
+    ];
+    /// What `cargo xtask demo` uses: the eBPF toolchain to build mongowatch, and the venv with
+    /// secantusd-py and pymongo for the server and the sample application.
+    pub const DEMO: &[Part] = &[Part::Apt, Part::BpfLinker, Part::Venv];
+
+    /// The Debian packages this part needs.
+    pub fn apt_packages(self) -> &'static [&'static str] {
+        match self {
+            Part::Apt | Part::Node => &[],
+            Part::BpfLinker => EBPF_PACKAGES,
+            Part::Venv => &["python3-venv"],
+            // secantus-mdb builds WiredTiger with them.
+            Part::SecantusdRs => &["cmake", "ninja-build"],
+            Part::TestTools => &["iproute2", "openssl"],
+        }
+    }
+}
+
+/// The Debian packages of `parts`.
+pub fn apt_packages(parts: &[Part]) -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = Vec::new();
+    for p in parts {
+        for name in p.apt_packages() {
+            if !all.contains(name) {
+                all.push(name);
+            }
+        }
+    }
+    all
+}
+
+#[derive(Clone)]
 pub struct Paths {
     pub workspace: PathBuf,
     pub cache: PathBuf,
@@ -86,23 +127,40 @@ impl Paths {
     }
 }
 
-pub fn run_setup(workspace: &Path, skip: &[Part]) -> Result<()> {
+/// Sets up `parts` (in their fixed order, whatever the order given).
+pub fn run_setup(workspace: &Path, parts: &[Part]) -> Result<()> {
     let p = Paths::new(workspace)?;
     fs::create_dir_all(&p.cache).with_context(|| format!("creating {}", p.cache.display()))?;
     eprintln!("setup: project cache {}", p.cache.display());
     let _lock = lock_cache(&p.cache)?;
     let mut report = Report::default();
     report.step("kernel", check_kernel)?;
-    let todo = |part: Part| !skip.contains(&part);
+    let todo = |part: Part| parts.contains(&part);
     if todo(Part::Apt) {
-        report.step("apt", apt_packages)?;
+        let packages = apt_packages(parts);
+        report.step("apt", || apt_install(&packages))?;
     }
+    // The venv is mostly downloads and bpf-linker a CPU-bound build: neither waits for the
+    // other. (Their output interleaves on stderr.)
+    let venv = todo(Part::Venv).then(|| {
+        let p = p.clone();
+        thread::spawn(move || {
+            let start = Instant::now();
+            (python_venv(&p), start.elapsed())
+        })
+    });
     if todo(Part::BpfLinker) {
         report.step("bpf-linker", || bpf_linker(&p))?;
         report.step("rust-src", nightly_rust_src)?;
     }
-    if todo(Part::Venv) {
-        report.step("venv", || python_venv(&p))?;
+    if let Some(venv) = venv {
+        // This step's time is what was left to wait for; its account says what it took.
+        report.step("venv", || {
+            let (result, took) = venv
+                .join()
+                .map_err(|_| anyhow::anyhow!("the venv step panicked"))?;
+            result.map(|what| format!("{what} (took {} in parallel)", util::secs(took)))
+        })?;
     }
     if todo(Part::Node) {
         report.step("node", || node_drivers(&p))?;
@@ -112,6 +170,13 @@ pub fn run_setup(workspace: &Path, skip: &[Part]) -> Result<()> {
     }
     report.print("setup done");
     Ok(())
+}
+
+/// Runs a setup command (pip, npm, cargo install, apt-get) with its output on stderr: setup
+/// runs first in `cargo xtask demo`, whose stdout carries only audit records
+/// (`cargo xtask demo > audit.jsonl`).
+fn run(cmd: &mut Command) -> Result<()> {
+    util::run(cmd.stdout(std::io::stderr()))
 }
 
 /// Holds `<cache>/.setup.lock` so two setups never install into the same cache at once.
@@ -238,20 +303,20 @@ fn nightly_rust_src() -> Result<String> {
     })
 }
 
-fn apt_packages() -> Result<String> {
-    let Some(missing) = missing_packages(APT_PACKAGES) else {
+fn apt_install(packages: &[&str]) -> Result<String> {
+    if packages.is_empty() {
+        return Ok("no Debian packages needed".into());
+    }
+    let Some(missing) = missing_packages(packages) else {
         eprintln!(
             "WARNING: dpkg-query not found: not a Debian system. Install the equivalents of {} \
              yourself (README.md, Developing).",
-            APT_PACKAGES.join(" ")
+            packages.join(" ")
         );
         return Ok("not Debian: skipped".into());
     };
     if missing.is_empty() {
-        return Ok(format!(
-            "all {} packages already installed",
-            APT_PACKAGES.len()
-        ));
+        return Ok(format!("all {} packages already installed", packages.len()));
     }
     if !util::is_root() {
         bail!(
@@ -271,7 +336,7 @@ fn apt_packages() -> Result<String> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(missing.iter().map(String::as_str));
     apt(&args)?;
-    let still = missing_packages(APT_PACKAGES).unwrap_or_default();
+    let still = missing_packages(packages).unwrap_or_default();
     if !still.is_empty() {
         bail!("still missing after apt-get install: {}", still.join(" "));
     }
@@ -458,7 +523,7 @@ fn secantusd_rs(p: &Paths) -> Result<String> {
         }
     }
     eprintln!(
-        "setup: building {SECANTUS_CRATE} {SECANTUS_VERSION} (about 3 min on 2 cores, 1 GB peak)"
+        "setup: building {SECANTUS_CRATE} {SECANTUS_VERSION} (about 5 min on 2 cores, 1 GB peak)"
     );
     run(util::cargo()
         .args([
@@ -483,6 +548,21 @@ fn secantusd_rs(p: &Paths) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_installs_only_the_ebpf_toolchain_and_the_venv() {
+        assert_eq!(
+            apt_packages(Part::DEMO),
+            [
+                "rustc-web",
+                "cargo-web",
+                "libstd-rust-web-dev-bpf",
+                "llvm-22-dev",
+                "python3-venv"
+            ]
+        );
+        assert_eq!(apt_packages(Part::ALL).len(), 9);
+    }
 
     #[test]
     fn node_versions() {

@@ -252,6 +252,11 @@ mod tests {
             d = rawdoc! { "a": d };
         }
         let j = Json::from_doc(&d);
-        assert!(j.to_json_string().contains("null"));
+        // Levels 0..=MAX_DEPTH are kept; the one below becomes null, whatever it held.
+        let levels = MAX_DEPTH + 1;
+        assert_eq!(
+            j.to_json_string(),
+            format!("{}null{}", r#"{"a":"#.repeat(levels), "}".repeat(levels))
+        );
     }
 }
