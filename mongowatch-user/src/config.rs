@@ -13,7 +13,9 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The cause is the error's source, not part of its text: `{:#}` prints the chain, which
+    /// would otherwise say it twice.
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -78,7 +80,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// Audit options. Every one can also be set in the config file under the same name
 /// (kebab-case, e.g. `rotate-size = "100M"`).
 #[derive(clap::Args, Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, rename_all = "kebab-case")]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct AuditArgs {
     /// TOML file with any of these options; the command line wins over it.
     #[arg(long, value_name = "FILE")]
@@ -144,7 +146,7 @@ pub struct AuditArgs {
     pub include_heartbeats: Option<bool>,
 }
 
-/// Config file keys this module reads (others are left to the rest of the daemon).
+/// The keys of the config file: every option above but `config` (any other key is an error).
 pub const FILE_KEYS: &[&str] = &[
     "format",
     "fields",
@@ -163,22 +165,14 @@ pub const FILE_KEYS: &[&str] = &[
 ];
 
 impl AuditArgs {
-    /// Reads the options from TOML text. Keys this module does not know are ignored (the
-    /// daemon's other options may share the file).
+    /// Reads the options from TOML text. A key that is not in [`FILE_KEYS`] is an error (a typo
+    /// such as `timout = 5` must not leave the default silently in force); the message names the
+    /// key, its line and `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        let ours: toml::Table = table
-            .into_iter()
-            .filter(|(k, _)| FILE_KEYS.contains(&k.as_str()))
-            .collect();
-        ours.try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })
+            message: e.to_string().trim_end().to_string(),
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
