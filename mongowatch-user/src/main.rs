@@ -37,7 +37,8 @@ use tracing::{info, warn};
 #[derive(Parser, Debug)]
 #[command(name = "mongowatch", version)]
 struct Cli {
-    /// A process to watch (repeat for several); the children it starts are followed.
+    /// A process to watch (repeat for several), with all its descendants: those already running
+    /// and those it starts later.
     #[arg(long = "pid", value_name = "PID", required = true)]
     pids: Vec<u32>,
 
@@ -128,7 +129,27 @@ fn run(cli: Cli) -> Result<()> {
         tracker.add_process(*pid);
         watched.insert(*pid);
     }
-    info!(pids = ?cli.pids, "watching");
+    // The kernel follows the forks of watched processes from now on; the descendants that
+    // already run are found in /proc. Walk again until nothing new turns up, so a child forked
+    // by a descendant between a walk and its bit being set is not missed (bounded: a process
+    // that keeps forking has its new children followed by the kernel anyway).
+    for _ in 0..4 {
+        let found: Vec<u32> = cli
+            .pids
+            .iter()
+            .flat_map(|pid| procfs::descendants(*pid))
+            .filter(|pid| !watched.contains(pid))
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for pid in found {
+            probes.watch(pid)?;
+            tracker.add_process(pid);
+            watched.insert(pid);
+        }
+    }
+    info!(pids = ?cli.pids, processes = watched.len(), "watching");
     let daemon = Daemon {
         probes,
         watched_version: tracker.processes_version(),
