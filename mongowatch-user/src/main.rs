@@ -51,8 +51,9 @@ struct Cli {
     #[arg(long)]
     messages: bool,
 
-    /// With --messages: add each message's wire bytes, base64, as "Bytes". Messages that carry
-    /// credentials (authentication steps, createUser/updateUser) get "Redacted" instead.
+    /// With --messages: add each message's wire bytes, base64, as "Bytes", for the messages
+    /// decoded and shown to carry no credentials. The others (authentication steps,
+    /// createUser/updateUser, messages that could not be decoded) get "Redacted" instead.
     #[arg(long, requires = "messages")]
     message_bytes: bool,
 
