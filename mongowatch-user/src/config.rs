@@ -144,6 +144,12 @@ pub struct AuditArgs {
     /// Also record handshakes, heartbeats (hello, isMaster, ping) and authentication steps.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub include_heartbeats: Option<bool>,
+
+    /// Memory all connections' half-received messages may hold together (suffixes K, M, G;
+    /// default 256M, at least 1M). Past it, the connection holding the most drops its partial
+    /// messages, counted and logged.
+    #[arg(long, value_name = "SIZE")]
+    pub memory_budget: Option<ByteSize>,
 }
 
 /// The keys of the config file: every option above but `config` (any other key is an error).
@@ -162,6 +168,7 @@ pub const FILE_KEYS: &[&str] = &[
     "timeout",
     "delay",
     "include-heartbeats",
+    "memory-budget",
 ];
 
 impl AuditArgs {
@@ -201,6 +208,7 @@ impl AuditArgs {
             timeout: self.timeout.or(file.timeout),
             delay: self.delay.or(file.delay),
             include_heartbeats: self.include_heartbeats.or(file.include_heartbeats),
+            memory_budget: self.memory_budget.or(file.memory_budget),
         }
     }
 
@@ -233,6 +241,8 @@ pub struct AuditConfig {
     pub timeout_secs: f64,
     pub delay_secs: f64,
     pub include_heartbeats: bool,
+    /// Bytes the stream buffers of all connections may hold together.
+    pub memory_budget: usize,
 }
 
 impl Default for AuditConfig {
@@ -254,6 +264,26 @@ impl Default for AuditConfig {
             timeout_secs: 10.0,
             delay_secs: 0.0,
             include_heartbeats: false,
+            memory_budget: crate::stream::DEFAULT_MEMORY_BUDGET,
+        }
+    }
+}
+
+/// A budget below one large message would shed nearly every large reply.
+const MIN_MEMORY_BUDGET: u64 = 1 << 20;
+
+impl AuditArgs {
+    /// The memory budget from the command line (or the default), checked: what forensic mode,
+    /// which does not read the file, uses.
+    pub fn memory_budget(&self) -> Result<usize, ConfigError> {
+        match self.memory_budget {
+            None => Ok(crate::stream::DEFAULT_MEMORY_BUDGET),
+            Some(ByteSize(b)) if b >= MIN_MEMORY_BUDGET => {
+                Ok(usize::try_from(b).unwrap_or(usize::MAX))
+            }
+            Some(ByteSize(b)) => Err(ConfigError::Invalid(format!(
+                "--memory-budget must be at least 1M, not {b} bytes"
+            ))),
         }
     }
 }
@@ -298,6 +328,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 "--rotate-keep must be at least 1".into(),
             ));
         }
+        let memory_budget = a.memory_budget()?;
         let cfg = AuditConfig {
             format,
             fields: a.fields,
@@ -315,6 +346,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             timeout_secs: secs_ok("timeout", a.timeout.unwrap_or(d.timeout_secs), false)?,
             delay_secs: secs_ok("delay", a.delay.unwrap_or(d.delay_secs), true)?,
             include_heartbeats: a.include_heartbeats.unwrap_or(d.include_heartbeats),
+            memory_budget,
         };
         // Fail at startup, not on the first record.
         cfg.formatter()?;

@@ -49,6 +49,8 @@ fn every_flag_parses() {
         "--delay",
         "1.5",
         "--include-heartbeats",
+        "--memory-budget",
+        "64M",
     ]);
     let c = a.resolve().unwrap();
     assert_eq!(c.format, Format::Csv);
@@ -67,6 +69,7 @@ fn every_flag_parses() {
     assert_eq!(c.timeout_secs, 20.0);
     assert_eq!(c.delay_secs, 1.5);
     assert!(c.include_heartbeats);
+    assert_eq!(c.memory_budget, 64 << 20);
 }
 
 #[test]
@@ -105,6 +108,8 @@ fn invalid_values_are_startup_errors() {
     assert!(parse(&["--rate", "nan"]).resolve().is_err());
     assert!(parse(&["--fields", "DB,Nope"]).resolve().is_err());
     assert!(parse(&["--filter", "Nope > 1"]).resolve().is_err());
+    assert!(parse(&["--memory-budget", "512K"]).resolve().is_err());
+    assert!(parse(&["--memory-budget", "512K"]).memory_budget().is_err());
     assert!(Cli::try_parse_from(["m", "--rotate-size", "12Q"]).is_err());
     assert!(Cli::try_parse_from(["m", "--format", "xml"]).is_err());
 }
@@ -272,6 +277,7 @@ fn help_text_comes_from_doc_comments() {
         "--timeout",
         "--delay",
         "--include-heartbeats",
+        "--memory-budget",
         "--config",
     ] {
         assert!(help.contains(flag), "{flag} missing from help");
