@@ -113,17 +113,25 @@ fn run(cli: Cli) -> Result<()> {
             bail!("no running process has pid {pid}");
         }
     }
-    let mode = if cli.messages {
-        Mode::Messages {
+    let (mode, memory_budget) = if cli.messages {
+        let mode = Mode::Messages {
             with_bytes: cli.message_bytes,
-        }
+        };
+        (mode, cli.audit.memory_budget()?)
     } else {
         // Reads --config too; the command line wins over the file.
         let config = cli.audit.clone().resolve()?;
-        Mode::Audit(Box::new(Auditor::new(&config)?))
+        (
+            Mode::Audit(Box::new(Auditor::new(&config)?)),
+            config.memory_budget,
+        )
     };
     let (mut probes, ring) = Probes::load(&cli.ports)?;
-    let mut tracker = Tracker::new(Clock::now(), ConnConfig::default(), cli.ports.clone());
+    let conn_config = ConnConfig {
+        memory_budget,
+        ..ConnConfig::default()
+    };
+    let mut tracker = Tracker::new(Clock::now(), conn_config, cli.ports.clone());
     let mut watched = HashSet::new();
     for pid in &cli.pids {
         probes.watch(*pid)?;
