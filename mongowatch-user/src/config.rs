@@ -13,7 +13,9 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The cause is the error's source, not part of its text: `{:#}` prints the chain, which
+    /// would otherwise say it twice.
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -78,7 +80,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// Audit options. Every one can also be set in the config file under the same name
 /// (kebab-case, e.g. `rotate-size = "100M"`).
 #[derive(clap::Args, Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, rename_all = "kebab-case")]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct AuditArgs {
     /// TOML file with any of these options; the command line wins over it.
     #[arg(long, value_name = "FILE")]
@@ -142,9 +144,15 @@ pub struct AuditArgs {
     /// Also record handshakes, heartbeats (hello, isMaster, ping) and authentication steps.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub include_heartbeats: Option<bool>,
+
+    /// Memory all connections' half-received messages may hold together (suffixes K, M, G;
+    /// default 256M, at least 1M). Past it, the connection holding the most drops its partial
+    /// messages, counted and logged.
+    #[arg(long, value_name = "SIZE")]
+    pub memory_budget: Option<ByteSize>,
 }
 
-/// Config file keys this module reads (others are left to the rest of the daemon).
+/// The keys of the config file: every option above but `config` (any other key is an error).
 pub const FILE_KEYS: &[&str] = &[
     "format",
     "fields",
@@ -160,25 +168,18 @@ pub const FILE_KEYS: &[&str] = &[
     "timeout",
     "delay",
     "include-heartbeats",
+    "memory-budget",
 ];
 
 impl AuditArgs {
-    /// Reads the options from TOML text. Keys this module does not know are ignored (the
-    /// daemon's other options may share the file).
+    /// Reads the options from TOML text. A key that is not in [`FILE_KEYS`] is an error (a typo
+    /// such as `timout = 5` must not leave the default silently in force); the message names the
+    /// key, its line and `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        let ours: toml::Table = table
-            .into_iter()
-            .filter(|(k, _)| FILE_KEYS.contains(&k.as_str()))
-            .collect();
-        ours.try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })
+            message: e.to_string().trim_end().to_string(),
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -207,6 +208,7 @@ impl AuditArgs {
             timeout: self.timeout.or(file.timeout),
             delay: self.delay.or(file.delay),
             include_heartbeats: self.include_heartbeats.or(file.include_heartbeats),
+            memory_budget: self.memory_budget.or(file.memory_budget),
         }
     }
 
@@ -265,6 +267,8 @@ pub struct AuditConfig {
     pub timeout_secs: f64,
     pub delay_secs: f64,
     pub include_heartbeats: bool,
+    /// Bytes the stream buffers of all connections may hold together.
+    pub memory_budget: usize,
 }
 
 impl Default for AuditConfig {
@@ -286,6 +290,26 @@ impl Default for AuditConfig {
             timeout_secs: 10.0,
             delay_secs: 0.0,
             include_heartbeats: false,
+            memory_budget: crate::stream::DEFAULT_MEMORY_BUDGET,
+        }
+    }
+}
+
+/// A budget below one large message would shed nearly every large reply.
+const MIN_MEMORY_BUDGET: u64 = 1 << 20;
+
+impl AuditArgs {
+    /// The memory budget from the command line (or the default), checked: what forensic mode,
+    /// which does not read the file, uses.
+    pub fn memory_budget(&self) -> Result<usize, ConfigError> {
+        match self.memory_budget {
+            None => Ok(crate::stream::DEFAULT_MEMORY_BUDGET),
+            Some(ByteSize(b)) if b >= MIN_MEMORY_BUDGET => {
+                Ok(usize::try_from(b).unwrap_or(usize::MAX))
+            }
+            Some(ByteSize(b)) => Err(ConfigError::Invalid(format!(
+                "--memory-budget must be at least 1M, not {b} bytes"
+            ))),
         }
     }
 }
@@ -330,6 +354,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 "--rotate-keep must be at least 1".into(),
             ));
         }
+        let memory_budget = a.memory_budget()?;
         let cfg = AuditConfig {
             format,
             fields: a.fields,
@@ -347,6 +372,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             timeout_secs: secs_ok("timeout", a.timeout.unwrap_or(d.timeout_secs), false)?,
             delay_secs: secs_ok("delay", a.delay.unwrap_or(d.delay_secs), true)?,
             include_heartbeats: a.include_heartbeats.unwrap_or(d.include_heartbeats),
+            memory_budget,
         };
         // Fail at startup, not on the first record.
         cfg.formatter()?;

@@ -43,7 +43,8 @@ struct Line<'a> {
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes: Option<String>,
-    /// Why `Bytes` was left out of a message that carries credentials.
+    /// Why `Bytes` was left out: "credentials" (the message carries them) or "undecoded" (it
+    /// could not be decoded, so it is not shown to be free of them).
     #[serde(skip_serializing_if = "Option::is_none")]
     redacted: Option<&'static str>,
 }
@@ -60,25 +61,64 @@ const CREDENTIAL_COMMANDS: &[&str] = &[
     "updateUser",
 ];
 
+/// Why `--message-bytes` leaves a message's bytes out, if it does. Bytes are written only for a
+/// message that was decoded and shown to carry no credentials: one that failed to decode (a bad
+/// checksum, a corrupt compressed body) may be a `saslStart` or a `createUser` all the same.
+fn redaction(message: Result<&Timed, &DecodeError>) -> Option<&'static str> {
+    match message {
+        Err(_) => Some("undecoded"),
+        Ok(t) => carries_credentials(t).then_some("credentials"),
+    }
+}
+
 /// Whether a message carries credentials or a step of an authentication conversation: a
-/// request of [`CREDENTIAL_COMMANDS`], a handshake with `speculativeAuthenticate`, or a reply
-/// with a SASL `payload` or a `speculativeAuthenticate` answer. Its bytes are never written.
+/// request of [`CREDENTIAL_COMMANDS`] (bare, or wrapped in OP_QUERY's `$query`), a handshake
+/// with `speculativeAuthenticate`, a reply with a SASL `payload` or a `speculativeAuthenticate`
+/// answer, or a legacy write to `system.users` (user documents with password hashes). A
+/// document that cannot be read to its end is not shown to be clean, so it counts as carrying
+/// them.
 fn carries_credentials(t: &Timed) -> bool {
-    let doc = match &t.msg.body {
-        Body::Msg(m) => &m.body,
-        Body::Query(q) => &q.query,
-        Body::Reply(r) => match r.documents.first() {
-            Some(d) => d,
-            None => return false,
-        },
-        _ => return false,
-    };
     let reply = t.msg.is_reply();
-    doc.raw().iter().flatten().enumerate().any(|(i, (key, _))| {
-        key == "speculativeAuthenticate"
+    match &t.msg.body {
+        Body::Msg(m) => doc_carries(m.body.raw(), reply, true),
+        Body::Query(q) => doc_carries(q.query.raw(), reply, true),
+        Body::Reply(r) => r
+            .documents
+            .iter()
+            .any(|d| doc_carries(d.raw(), true, false)),
+        Body::Insert(i) => is_users(&i.full_collection_name),
+        Body::Update(u) => is_users(&u.full_collection_name),
+        Body::Delete(_) | Body::GetMore(_) | Body::KillCursors(_) => false,
+    }
+}
+
+/// `unwrap`: look inside a leading `$query`/`query` wrapper (once: a nested wrapper is not a
+/// command any server runs, and recursing on it would let a message choose our stack depth).
+fn doc_carries(doc: &bson::RawDocument, reply: bool, unwrap: bool) -> bool {
+    for (i, item) in doc.iter().enumerate() {
+        let Ok((key, value)) = item else {
+            return true;
+        };
+        let key = key.as_str();
+        if key == "speculativeAuthenticate"
             || (reply && key == "payload")
-            || (!reply && i == 0 && CREDENTIAL_COMMANDS.contains(&key.as_str()))
-    })
+            || (!reply && i == 0 && CREDENTIAL_COMMANDS.contains(&key))
+        {
+            return true;
+        }
+        if !reply && i == 0 && unwrap && (key == "$query" || key == "query") {
+            if let Some(inner) = value.as_document() {
+                if doc_carries(inner, false, false) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+fn is_users(full_collection_name: &str) -> bool {
+    full_collection_name.ends_with(".system.users")
 }
 
 fn op_name(code: i32) -> String {
@@ -88,12 +128,18 @@ fn op_name(code: i32) -> String {
 }
 
 fn command_name(t: &Timed) -> Option<String> {
-    let doc = match &t.msg.body {
-        Body::Msg(m) => &m.body,
-        Body::Query(q) => &q.query,
+    let (doc, cmd_query) = match &t.msg.body {
+        Body::Msg(m) => (&m.body, false),
+        Body::Query(q) => (&q.query, q.full_collection_name.ends_with(".$cmd")),
         _ => return None,
     };
-    let (key, _) = doc.raw().iter().next()?.ok()?;
+    let (key, value) = doc.raw().iter().next()?.ok()?;
+    // An OP_QUERY command wrapped with its read preference is named by what it wraps.
+    if cmd_query && (key.as_str() == "$query" || key.as_str() == "query") {
+        if let Some((inner, _)) = value.as_document().and_then(|d| d.iter().next()?.ok()) {
+            return Some(inner.as_str().to_string());
+        }
+    }
     Some(key.as_str().to_string())
 }
 
@@ -114,7 +160,7 @@ pub fn write_message(
             .unwrap_or(0)
     };
     let (request_id, response_to, wire_op) = (word(4), word(8), word(12));
-    let redact = with_bytes && message.is_ok_and(carries_credentials);
+    let redacted = if with_bytes { redaction(message) } else { None };
     let (compressor, original, command, error) = match message {
         Ok(t) => (
             t.msg.compressor.map(|c| c.name()),
@@ -151,9 +197,9 @@ pub fn write_message(
         original_op_code: original,
         command,
         error,
-        bytes: (with_bytes && !redact)
+        bytes: (with_bytes && redacted.is_none())
             .then(|| base64::engine::general_purpose::STANDARD.encode(bytes)),
-        redacted: redact.then_some("credentials"),
+        redacted,
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
@@ -173,12 +219,17 @@ mod tests {
             response_to,
             doc.into(),
         )));
-        let msg = decode(&bytes).unwrap();
-        let t = Timed {
+        let v = line_of_bytes(&bytes);
+        (bytes, v)
+    }
+
+    /// The line --messages --message-bytes writes for these wire bytes, decoded or not.
+    fn line_of_bytes(bytes: &Bytes) -> Value {
+        let decoded = decode(bytes).map(|msg| Timed {
             ts_ns: 1,
             first_ts_ns: 1,
             msg,
-        };
+        });
         let conn = ConnInfo {
             id: 3,
             pid: 42,
@@ -192,13 +243,13 @@ mod tests {
             &mut out,
             &conn,
             Direction::Egress,
-            &bytes,
+            bytes,
             1_700_000_000_123_456_789,
-            Ok(&t),
+            decoded.as_ref(),
             true,
         )
         .unwrap();
-        (bytes, serde_json::from_slice(&out).unwrap())
+        serde_json::from_slice(&out).unwrap()
     }
 
     #[test]
@@ -281,5 +332,140 @@ mod tests {
             bson::rawdoc! { "insert": "c", "payload": 1, "$db": "d" },
         );
         assert!(v["Bytes"].is_string() && v.get("Redacted").is_none(), "{v}");
+    }
+
+    /// The bytes of an OP_MSG request with this body, with a CRC-32C trailer.
+    fn checksummed(doc: bson::RawDocumentBuf) -> Vec<u8> {
+        let mut m = crate::wire::Message::op_msg(11, 0, doc.into());
+        if let Body::Msg(b) = &mut m.body {
+            b.flags |= crate::wire::msg_flags::CHECKSUM_PRESENT;
+        }
+        crate::wire::encode(&m)
+    }
+
+    fn assert_no_bytes(v: &Value, reason: &str, secret: &str) {
+        assert_eq!(v["Redacted"], reason, "{v}");
+        assert!(v.get("Bytes").is_none(), "{v}");
+        assert!(!v.to_string().contains(secret), "{v}");
+    }
+
+    /// A message that fails to decode is not shown to be free of credentials: its line stays,
+    /// its bytes do not (here a saslStart whose checksum is wrong).
+    #[test]
+    fn an_undecodable_message_keeps_no_bytes() {
+        let mut wire = checksummed(bson::rawdoc! { "saslStart": 1, "mechanism": "PLAIN",
+        "payload": bson::Binary { subtype: bson::spec::BinarySubtype::Generic,
+                                  bytes: b"\0dba\0plain-s3cret".to_vec() },
+        "$db": "admin" });
+        let last = wire.len() - 1;
+        wire[last] ^= 0xff;
+        let bytes = Bytes::from(wire);
+        let e = decode(&bytes).unwrap_err();
+        assert!(
+            matches!(e, DecodeError::ChecksumMismatch { .. }),
+            "the fixture must fail on its checksum: {e}"
+        );
+        let v = line_of_bytes(&bytes);
+        assert_no_bytes(&v, "undecoded", "plain-s3cret");
+        assert!(v["Error"].as_str().unwrap().contains("checksum"), "{v}");
+        assert_eq!(v["Length"], bytes.len());
+        assert_eq!(v["RequestID"], 11);
+    }
+
+    /// A createUser in OP_COMPRESSED whose zlib stream is corrupt: undecodable, so no bytes
+    /// (its password is in the clear inside a stored zlib block).
+    #[test]
+    fn a_corrupt_compressed_body_keeps_no_bytes() {
+        let m = crate::wire::Message::op_msg(
+            12,
+            0,
+            bson::rawdoc! { "createUser": "dba", "pwd": "zlib-s3cret", "roles": [],
+            "$db": "admin" }
+            .into(),
+        );
+        let mut wire = crate::wire::encode_compressed(&m, crate::wire::Compressor::Zlib);
+        // Break the zlib trailer (the Adler-32 of the content): the body inflates, the check
+        // fails.
+        let last = wire.len() - 1;
+        wire[last] ^= 0xff;
+        let bytes = Bytes::from(wire);
+        let e = decode(&bytes).unwrap_err();
+        assert!(
+            matches!(e, DecodeError::Decompress { .. }),
+            "the fixture must fail to inflate: {e}"
+        );
+        assert_no_bytes(&line_of_bytes(&bytes), "undecoded", "zlib-s3cret");
+    }
+
+    /// OP_QUERY on `admin.$cmd` with the command wrapped in `$query` (how legacy drivers and
+    /// mongos send a command with a read preference): the wrapped command is what counts.
+    #[test]
+    fn a_wrapped_op_query_command_is_redacted() {
+        let query = |doc: bson::RawDocumentBuf| {
+            Bytes::from(crate::wire::encode(&crate::wire::Message {
+                header: crate::wire::Header {
+                    length: 0,
+                    request_id: 13,
+                    response_to: 0,
+                    op_code: OpCode::Query as i32,
+                },
+                wire_len: 0,
+                compressor: None,
+                body: Body::Query(crate::wire::OpQuery {
+                    flags: 0,
+                    full_collection_name: "admin.$cmd".into(),
+                    number_to_skip: 0,
+                    number_to_return: -1,
+                    query: doc.into(),
+                    return_fields_selector: None,
+                }),
+            }))
+        };
+        let v = line_of_bytes(&query(bson::rawdoc! { "$query": { "createUser": "dba",
+        "pwd": "wrapped-s3cret" } }));
+        assert_eq!(
+            v["Command"], "createUser",
+            "named by the command it wraps: {v}"
+        );
+        for doc in [
+            bson::rawdoc! { "$query": { "createUser": "dba", "pwd": "wrapped-s3cret",
+            "roles": [] }, "$readPreference": { "mode": "primary" } },
+            bson::rawdoc! { "query": { "updateUser": "dba", "pwd": "wrapped-s3cret" },
+            "readPreference": { "mode": "primary" } },
+            bson::rawdoc! { "$query": { "saslContinue": 1, "conversationId": 1,
+            "payload": "wrapped-s3cret" } },
+            bson::rawdoc! { "$query": { "isMaster": 1, "speculativeAuthenticate":
+            { "saslStart": 1, "payload": "wrapped-s3cret" } } },
+        ] {
+            let bytes = query(doc);
+            assert!(decode(&bytes).is_ok());
+            assert_no_bytes(&line_of_bytes(&bytes), "credentials", "wrapped-s3cret");
+        }
+        // A wrapped ordinary command keeps its bytes.
+        let v = line_of_bytes(&query(bson::rawdoc! { "$query": { "count": "c" },
+        "$readPreference": { "mode": "primary" } }));
+        assert!(v["Bytes"].is_string() && v.get("Redacted").is_none(), "{v}");
+    }
+
+    /// Legacy user management wrote user documents (password hashes) into `system.users`.
+    #[test]
+    fn a_legacy_write_to_system_users_is_redacted() {
+        let bytes = Bytes::from(crate::wire::encode(&crate::wire::Message {
+            header: crate::wire::Header {
+                length: 0,
+                request_id: 14,
+                response_to: 0,
+                op_code: OpCode::Insert as i32,
+            },
+            wire_len: 0,
+            compressor: None,
+            body: Body::Insert(crate::wire::OpInsert {
+                flags: 0,
+                full_collection_name: "admin.system.users".into(),
+                documents: vec![bson::rawdoc! { "user": "dba", "pwd": "legacy-hash" }.into()],
+            }),
+        }));
+        assert!(decode(&bytes).is_ok());
+        assert_no_bytes(&line_of_bytes(&bytes), "credentials", "legacy-hash");
     }
 }

@@ -20,7 +20,8 @@ use mongowatch::{
 #[derive(Parser, Debug)]
 #[command(name = "mongowatch", version)]
 struct Cli {
-    /// A process to watch (repeat for several); the children it starts are followed.
+    /// A process to watch (repeat for several), with all its descendants: those already running
+    /// and those it starts later.
     #[arg(long = "pid", value_name = "PID", required = true)]
     pids: Vec<u32>,
 
@@ -34,8 +35,9 @@ struct Cli {
     #[arg(long, conflicts_with_all = RECORD_OPTIONS)]
     messages: bool,
 
-    /// With --messages: add each message's wire bytes, base64, as "Bytes". Messages that carry
-    /// credentials (authentication steps, createUser/updateUser) get "Redacted" instead.
+    /// With --messages: add each message's wire bytes, base64, as "Bytes", for the messages
+    /// decoded and shown to carry no credentials. The others (authentication steps,
+    /// createUser/updateUser, messages that could not be decoded) get "Redacted" instead.
     #[arg(long, requires = "messages")]
     message_bytes: bool,
 
@@ -98,26 +100,31 @@ fn run(cli: Cli) -> Result<()> {
             bail!("no running process has pid {pid}");
         }
     }
-    let mode = if cli.messages {
+    let (mode, memory_budget) = if cli.messages {
         // The config file may set the output; options that shape records would be ignored
         // here, so they are refused instead (clap refuses them on the command line).
         let args = cli.audit.clone().merged()?;
         if let Some(key) = args.record_options_set().first() {
             bail!("`{key}` shapes audit records, which --messages does not write");
         }
-        Mode::Messages {
-            output: args.resolve()?.output,
+        let config = args.resolve()?;
+        let mode = Mode::Messages {
+            output: config.output,
             with_bytes: cli.message_bytes,
-        }
+        };
+        (mode, config.memory_budget)
     } else {
         // Reads --config too; the command line wins over the file.
-        Mode::Audit(cli.audit.clone().resolve()?)
+        let config = cli.audit.clone().resolve()?;
+        let memory_budget = config.memory_budget;
+        (Mode::Audit(config), memory_budget)
     };
     let report = pipeline::run(Options {
         pids: cli.pids,
         ports: cli.ports,
         mode,
         stats_interval: cli.stats_interval,
+        memory_budget,
     })?;
     if cli.stats {
         eprintln!("{}", report.stats.to_json_line());

@@ -49,6 +49,8 @@ fn every_flag_parses() {
         "--delay",
         "1.5",
         "--include-heartbeats",
+        "--memory-budget",
+        "64M",
     ]);
     let c = a.resolve().unwrap();
     assert_eq!(c.format, Format::Csv);
@@ -67,6 +69,7 @@ fn every_flag_parses() {
     assert_eq!(c.timeout_secs, 20.0);
     assert_eq!(c.delay_secs, 1.5);
     assert!(c.include_heartbeats);
+    assert_eq!(c.memory_budget, 64 << 20);
 }
 
 #[test]
@@ -105,6 +108,8 @@ fn invalid_values_are_startup_errors() {
     assert!(parse(&["--rate", "nan"]).resolve().is_err());
     assert!(parse(&["--fields", "DB,Nope"]).resolve().is_err());
     assert!(parse(&["--filter", "Nope > 1"]).resolve().is_err());
+    assert!(parse(&["--memory-budget", "512K"]).resolve().is_err());
+    assert!(parse(&["--memory-budget", "512K"]).memory_budget().is_err());
     assert!(Cli::try_parse_from(["m", "--rotate-size", "12Q"]).is_err());
     assert!(Cli::try_parse_from(["m", "--format", "xml"]).is_err());
 }
@@ -132,7 +137,6 @@ delay = 2
 mask = true
 rotate-size = 1048576
 output = "from-file.log"
-pid = 1234  # another part of the daemon's options: ignored here
 "#,
     )
     .unwrap();
@@ -154,6 +158,70 @@ pid = 1234  # another part of the daemon's options: ignored here
         .resolve()
         .is_err());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A typo must not leave the default silently in force: an unknown key is an error that names
+/// the key and the file.
+#[test]
+fn an_unknown_key_is_an_error_naming_it_and_the_file() {
+    let dir = std::env::temp_dir().join(format!("mongowatch-ops-typo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("typo.toml");
+    for (text, key) in [
+        ("format = \"json\"\ntimout = 5\n", "timout"),
+        ("pid = 1234\n", "pid"),
+        ("config = \"other.toml\"\n", "config"),
+        ("rotate_size = \"1M\"\n", "rotate_size"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let e = parse(&["--config", file.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("`{key}`")), "{key}: {msg}");
+        assert!(msg.contains("typo.toml"), "{key}: {msg}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `FILE_KEYS` is exactly the set of options: every flag but `--config`, each accepted in the
+/// file under its flag name.
+#[test]
+fn file_keys_are_the_flags() {
+    use clap::CommandFactory;
+    let mut flags: Vec<String> = Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|l| l != "config")
+        .collect();
+    flags.sort();
+    let mut keys: Vec<String> = mongowatch::config::FILE_KEYS
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, flags);
+    for key in mongowatch::config::FILE_KEYS {
+        // A value of the wrong type: the error is about the value, never an unknown key.
+        let e = AuditArgs::from_toml(&format!("{key} = {{}}\n"), Path::new("k.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("unknown field"), "{key}: {e}");
+    }
+}
+
+/// The cause of a config file that cannot be read is said once: it is the error's source, and
+/// `{:#}` (how the CLI prints errors) shows the chain.
+#[test]
+fn a_missing_file_says_its_cause_once() {
+    let e = parse(&["--config", "/nonexistent/m.toml"])
+        .resolve()
+        .unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    assert_eq!(
+        chain,
+        "cannot read config file /nonexistent/m.toml: No such file or directory (os error 2)"
+    );
 }
 
 #[test]
@@ -218,6 +286,7 @@ fn help_text_comes_from_doc_comments() {
         "--timeout",
         "--delay",
         "--include-heartbeats",
+        "--memory-budget",
         "--config",
     ] {
         assert!(help.contains(flag), "{flag} missing from help");

@@ -474,14 +474,40 @@ fn forensic_bytes_never_carry_credentials() -> Result<()> {
     // The server lives to the end of the test.
     let (_server, uri) = server_with_auth()?;
     let (second, third) = ("Pw-second-5b0d", "Pw-third-a41c");
+    let (wrapped, undecodable) = ("Pw-wrapped-93c1", "Pw-badcrc-07e2");
+    // Then, on raw sockets: a createUser wrapped in an OP_QUERY `$query` (as legacy drivers
+    // and mongos send commands), and a PLAIN saslStart whose OP_MSG checksum is wrong (it
+    // cannot be decoded, so it cannot be shown free of credentials).
     let code = format!(
         r#"
+import socket, struct, bson
 from pymongo import MongoClient
 c = MongoClient(sys.argv[1], appname="forensic-auth")
 c.admin.command("createUser", "mw-second", pwd={second:?}, roles=["root"])
 c.admin.command("updateUser", "mw-second", pwd={third:?})
 c.forensic.t.insert_one({{"visible": "plain data"}})
+host, port = c.address
 c.close()
+
+def exchange(msg):
+    s = socket.create_connection((host, port))
+    s.settimeout(5)
+    s.sendall(msg)
+    try:
+        s.recv(1 << 16)
+    except OSError:
+        pass
+    s.close()
+
+query = bson.encode({{"$query": {{"createUser": "mw-wrapped", "pwd": {wrapped:?}, "roles": []}},
+                      "$readPreference": {{"mode": "primary"}}}})
+body = struct.pack("<i", 0) + b"admin.$cmd\0" + struct.pack("<ii", 0, -1) + query
+exchange(struct.pack("<iiii", 16 + len(body), 7001, 0, 2004) + body)
+sasl = bson.encode({{"saslStart": 1, "mechanism": "PLAIN",
+                     "payload": bson.Binary(b"\0mw-second\0" + {undecodable:?}.encode()),
+                     "$db": "admin"}})
+body = struct.pack("<I", 1) + b"\0" + sasl + struct.pack("<I", 0)
+exchange(struct.pack("<iiii", 16 + len(body), 7002, 0, 2013) + body)
 "#
     );
     let mut login = GatedPython::spawn("python login app", &code, &[&uri])?;
@@ -504,7 +530,7 @@ c.close()
         }
     }
     let wire = String::from_utf8_lossy(&wire);
-    for secret in [AUTH_PASSWORD, second, third, "n,,n="] {
+    for secret in [AUTH_PASSWORD, second, third, wrapped, undecodable, "n,,n="] {
         ensure!(
             !everything.contains(secret) && !wire.contains(secret),
             "{secret:?} reached mongowatch's output"
@@ -525,6 +551,19 @@ c.close()
             .filter(|l| l["Direction"] == "reply")
             .any(|l| redacted(&l)),
         "no reply was redacted: {lines:?}"
+    );
+    let by_id = |id: i64| {
+        lines
+            .iter()
+            .find(|l| l["RequestID"] == id && l["ResponseTo"] == 0)
+    };
+    ensure!(
+        by_id(7001).is_some_and(|l| redacted(&l) && l["Command"] == "createUser"),
+        "the wrapped createUser should be there, redacted: {lines:?}"
+    );
+    ensure!(
+        by_id(7002).is_some_and(|l| l["Redacted"] == "undecoded" && l.get("Bytes").is_none()),
+        "the saslStart with a bad checksum should be there, without bytes: {lines:?}"
     );
     let insert: Vec<&Value> = command("insert").collect();
     ensure!(

@@ -451,3 +451,89 @@ sys.exit(os.waitstatus_to_exitcode(status))
     ensure!(inserts == 10, "the child's 10 inserts, got {inserts}");
     Ok(())
 }
+
+/// `--pid` of a parent whose workers already run (a `multiprocessing` pool, gunicorn, Node
+/// cluster) watches them too: four pymongo workers connect and work before mongowatch starts,
+/// and each one's later operations are all audited, under its own Pid.
+#[test]
+fn workers_running_before_the_start_are_watched() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    const WORKERS: usize = 4;
+    const AFTER: usize = 10;
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let dir = tempfile::tempdir()?;
+    let app = format!(
+        r#"
+import multiprocessing as mp
+from pymongo import MongoClient
+
+def work(n, uri, dir):
+    c = MongoClient(uri, appname=f"worker-{{n}}")
+    t = c.workers.before
+    # Busy before mongowatch starts: connected, and an operation done, before saying so.
+    t.insert_one({{"w": n}})
+    open(os.path.join(dir, f"worker-{{n}}.pid"), "w").write(str(os.getpid()))
+    go = os.path.join(dir, "go")
+    while not os.path.exists(go):
+        t.find_one({{"w": n}})
+        time.sleep(0.01)
+    for i in range({AFTER}):
+        c.workers.after.insert_one({{"w": n, "i": i}})
+    c.close()
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    procs = [mp.Process(target=work, args=(n, sys.argv[1], sys.argv[2])) for n in range({WORKERS})]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    sys.exit(max(p.exitcode for p in procs))
+"#
+    );
+    let dir_arg = dir.path().to_str().context("temp dir path")?;
+    let mut parent = GatedPython::spawn("python pool", &app, &[&server.uri(), dir_arg])?;
+    parent.release()?;
+    let pid_file = |n: usize| dir.path().join(format!("worker-{n}.pid"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(0..WORKERS).all(|n| pid_file(n).exists()) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the workers never started"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut mw = Mongowatch::watch_pid(parent.pid(), &["--stats"])?;
+    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+    std::fs::write(dir.path().join("go"), b"")?;
+    let status = parent
+        .app
+        .wait_timeout(Duration::from_secs(120))?
+        .context("the pool did not finish")?;
+    ensure!(status.success(), "the pool failed: {status}");
+    ensure!(
+        mw.wait_exit(Duration::from_secs(60))?.success(),
+        "mongowatch failed: {}",
+        mw.stderr()
+    );
+    let records = mw.records()?;
+    for n in 0..WORKERS {
+        let pid: u64 = std::fs::read_to_string(pid_file(n))?.trim().parse()?;
+        let inserts = records
+            .iter()
+            .filter(|r| {
+                r["Pid"] == pid
+                    && r["Operation"] == "insert"
+                    && r["Collection"] == "after"
+                    && r["State"] == "final"
+                    && r["InsertedCount"] == 1
+            })
+            .count();
+        ensure!(
+            inserts == AFTER,
+            "worker {n} (pid {pid}): {inserts} of its {AFTER} inserts audited; stderr: {}",
+            mw.stderr()
+        );
+    }
+    Ok(())
+}

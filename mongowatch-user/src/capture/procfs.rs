@@ -2,6 +2,7 @@
 //! kernel events did not carry (a connection whose open event was lost, a process's name).
 
 use std::{
+    collections::{HashMap, HashSet},
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
@@ -31,6 +32,53 @@ fn stat_start_time(stat: &str) -> Option<u64> {
     // state, field 3; the start time is field 22.
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Every process below `pid` in the process tree, at the time of the walk: a `--pid` of a parent
+/// whose workers already run (gunicorn, a `multiprocessing` pool, Node cluster) must watch them,
+/// and the kernel only follows forks that happen after a process is watched. Read from the
+/// parent pid of every process in /proc (present on every kernel, unlike
+/// `/proc/PID/task/TID/children`); a process that exits during the walk is simply not there.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pairs = dir.filter_map(|entry| {
+        let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        Some((child, parent_in_stat(&stat)?))
+    });
+    descendants_in(pid, pairs)
+}
+
+/// The parent pid in the text of /proc/PID/stat: the second field after the command name,
+/// which is in parentheses and may hold spaces and parentheses itself.
+fn parent_in_stat(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The descendants of `root` given (pid, parent pid) pairs, parents before children, each once
+/// (a cycle, which /proc never shows, could not loop).
+fn descendants_in(root: u32, pairs: impl IntoIterator<Item = (u32, u32)>) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (pid, ppid) in pairs {
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut seen = HashSet::from([root]);
+    let mut out = Vec::new();
+    let mut next = 0;
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.get(next).copied() {
+        next += 1;
+        for &child in children.get(&parent).into_iter().flatten() {
+            if seen.insert(child) {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    out
 }
 
 pub fn comm(pid: u32) -> Option<String> {
@@ -143,5 +191,72 @@ mod tests {
             Some(&name[..name.len().min(15)])
         );
         assert!(!alive(u32::MAX));
+    }
+
+    #[test]
+    fn parent_pid_from_stat() {
+        assert_eq!(
+            parent_in_stat("1234 (python3) S 77 1234 1234 0 -1 4194560 0 0"),
+            Some(77)
+        );
+        // A command name with spaces and a closing parenthesis of its own.
+        assert_eq!(parent_in_stat("9 (a) b) (c) R 8 9 9 0"), Some(8));
+        assert_eq!(parent_in_stat("9 (trunc"), None);
+        assert_eq!(parent_in_stat("9 (x) S"), None);
+    }
+
+    #[test]
+    fn descendants_walk_the_whole_tree_once() {
+        // 10 -> 11, 12; 11 -> 13 -> 14; 20 is elsewhere; 30 <-> 31 is a cycle.
+        let pairs = [
+            (11, 10),
+            (12, 10),
+            (13, 11),
+            (14, 13),
+            (20, 1),
+            (30, 31),
+            (31, 30),
+        ];
+        let mut d = descendants_in(10, pairs);
+        d.sort();
+        assert_eq!(d, [11, 12, 13, 14]);
+        assert_eq!(descendants_in(14, pairs), Vec::<u32>::new());
+        let mut c = descendants_in(30, pairs);
+        c.sort();
+        assert_eq!(c, [31], "a cycle ends, without the root");
+    }
+
+    /// A real tree: a shell that started a `sleep` (grandchild of this test).
+    #[test]
+    fn descendants_of_this_process() {
+        use std::{
+            io::Read,
+            process::{Command, Stdio},
+        };
+        let mut sh = Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = sh.stdout.take().unwrap();
+        let mut b = [0u8; 1];
+        while out.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0] as char);
+        }
+        let sleep: u32 = line.trim().parse().unwrap();
+        let found = descendants(std::process::id());
+        let _ = Command::new("kill").arg(sleep.to_string()).status();
+        let _ = sh.wait();
+        assert!(
+            found.contains(&sh.id()),
+            "{found:?} lacks the shell {}",
+            sh.id()
+        );
+        assert!(
+            found.contains(&sleep),
+            "{found:?} lacks the grandchild {sleep}"
+        );
+        assert!(!found.contains(&std::process::id()));
     }
 }

@@ -29,6 +29,7 @@ use crate::{
         events::{self, Event},
         probes::{KernelCounters, Probes},
         processes::Processes,
+        procfs,
     },
     config::AuditConfig,
     forensic,
@@ -55,6 +56,8 @@ pub struct Options {
     pub mode: Mode,
     /// Write [`Stats`] as one JSON line to stderr this often.
     pub stats_interval: Option<Duration>,
+    /// Bytes the connections' stream buffers may hold together.
+    pub memory_budget: usize,
 }
 
 /// Why the loop ended.
@@ -83,19 +86,46 @@ const FINAL_DRAIN: Duration = Duration::from_secs(1);
 /// Loads the probes, watches `opts.pids` and runs until they exit, a signal, or a dead output.
 pub fn run(opts: Options) -> Result<Report> {
     let outlet = Outlet::open(opts.mode)?;
-    let (probes, ring) = Probes::load(&opts.ports)?;
+    let (mut probes, ring) = Probes::load(&opts.ports)?;
     let mut processes = Processes::new();
+    let mut watch = |pid: u32, processes: &mut Processes| -> Result<bool> {
+        let new = processes.add(pid);
+        if new {
+            probes.watch(pid)?;
+        }
+        Ok(new)
+    };
     for pid in &opts.pids {
-        processes.add(*pid);
+        watch(*pid, &mut processes)?;
     }
-    info!(pids = ?opts.pids, "watching");
+    // The kernel follows the forks of watched processes once their bits are set; the
+    // descendants that already run are found in /proc. Walk again until nothing new turns up,
+    // so a child forked by a descendant before its parent's bit was set is not missed
+    // (bounded: a process that keeps forking has its new children followed by the kernel).
+    for _ in 0..4 {
+        let mut found = false;
+        for pid in opts.pids.iter().flat_map(|pid| procfs::descendants(*pid)) {
+            found |= watch(pid, &mut processes)?;
+        }
+        if !found {
+            break;
+        }
+    }
+    info!(pids = ?opts.pids, processes = processes.len(), "watching");
     let pipeline = Pipeline {
         probes,
+        watched: processes.pids().collect(),
+        watched_version: processes.version(),
         processes,
-        conns: Connections::new(Clock::now(), ConnConfig::default(), opts.ports),
+        conns: Connections::new(
+            Clock::now(),
+            ConnConfig {
+                memory_budget: opts.memory_budget,
+                ..ConnConfig::default()
+            },
+            opts.ports,
+        ),
         outlet,
-        watched: HashSet::new(),
-        watched_version: u64::MAX,
         last_counters: KernelCounters::default(),
         capture: CaptureStats::default(),
     };

@@ -16,6 +16,9 @@ pub struct ConnConfig {
     pub pair: PairConfig,
     /// A connection with no event for this long is closed by [`Connection::expire`].
     pub idle_timeout_ns: u64,
+    /// The bytes the stream buffers of all connections may hold together: the connection
+    /// table's [`MemoryBudget`](super::MemoryBudget).
+    pub memory_budget: usize,
 }
 
 impl Default for ConnConfig {
@@ -24,6 +27,7 @@ impl Default for ConnConfig {
             stream: StreamConfig::default(),
             pair: PairConfig::default(),
             idle_timeout_ns: 10 * 60 * 1_000_000_000,
+            memory_budget: super::DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -218,9 +222,14 @@ impl Connection {
             self.close(now_ns, out);
             return true;
         }
+        self.shrink();
+        false
+    }
+
+    /// Gives back buffer memory neither direction uses (nothing is lost).
+    pub fn shrink(&mut self) {
         self.egress.shrink();
         self.ingress.shrink();
-        false
     }
 
     /// Time (ns) of the last event seen.
@@ -240,6 +249,26 @@ impl Connection {
     /// Bytes held for half-received messages, both directions.
     pub fn buffered(&self) -> usize {
         self.egress.buffered() + self.ingress.buffered()
+    }
+
+    /// Memory held by both directions' buffers (see [`DirectionStream::held`]).
+    pub fn held(&self) -> usize {
+        self.egress.held() + self.ingress.held()
+    }
+
+    /// Gives back both directions' buffers to keep within a memory budget: half-received
+    /// messages are dropped as [`DropReason::MemoryBudget`] (a lost reply leaves its request
+    /// unanswered, as any lost reply does); both streams stay in sync. Returns the memory
+    /// freed.
+    pub fn shed<F: FnMut(ConnEvent<'_>)>(&mut self, out: &mut F) -> usize {
+        let Self {
+            egress,
+            ingress,
+            core,
+            ..
+        } = self;
+        egress.shed(&mut |ev| core.on_stream(Direction::Egress, ev, out))
+            + ingress.shed(&mut |ev| core.on_stream(Direction::Ingress, ev, out))
     }
 
     /// Counters so far (both directions summed).

@@ -207,6 +207,45 @@ impl DirectionStream {
         self.buf = BytesMut::new();
     }
 
+    /// Memory the buffer holds (its capacity: what was asked of the allocator), the figure a
+    /// memory budget charges.
+    pub fn held(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives the buffer back to keep within a memory budget: a half-received message is
+    /// dropped ([`DropReason::MemoryBudget`]) and, its length being known, the rest of it is
+    /// skipped so the stream stays in sync; bytes held while hunting are let go. Returns the
+    /// memory freed.
+    pub fn shed(&mut self, out: &mut impl FnMut(StreamEvent)) -> usize {
+        let held = self.held();
+        if !self.buf.is_empty() {
+            match self.mode {
+                Mode::InSync => {
+                    let have = self.buf.len() as u64;
+                    let msg_len = le_i32(&self.buf, 0)
+                        .and_then(|l| u64::try_from(l).ok())
+                        .filter(|&l| {
+                            (Header::LENGTH as u64..=MAX_MESSAGE_SIZE as u64).contains(&l)
+                        });
+                    self.drop_partial(DropReason::MemoryBudget, out);
+                    self.mode = match msg_len {
+                        Some(l) if l > have => Mode::Skip(l - have),
+                        _ => self.hunt(),
+                    };
+                }
+                Mode::Hunting => {
+                    self.stats.resync_skipped_bytes += self.buf.len() as u64;
+                    self.buf.clear();
+                }
+                // Skipping holds nothing.
+                Mode::Skip(_) => self.buf.clear(),
+            }
+        }
+        self.buf = BytesMut::new();
+        held
+    }
+
     /// Lets go of buffer memory when nothing is buffered (for idle connections).
     pub fn shrink(&mut self) {
         if self.buf.is_empty() {
@@ -325,7 +364,11 @@ impl DirectionStream {
                     }
                     Plausible::Yes(len) => {
                         if self.buf.len() < len {
-                            self.buf.reserve(len - self.buf.len());
+                            // Grow geometrically up to the message's end, not to its declared
+                            // length at once: a header alone must not claim up to 48 MB.
+                            let need = len - self.buf.len();
+                            self.buf
+                                .reserve(need.min(self.buf.len().max(self.cfg.block_size)));
                             return;
                         }
                         let bytes = self.buf.split_to(len).freeze();

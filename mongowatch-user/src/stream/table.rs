@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use mongowatch_common::EventHeader;
 
-use super::{ConnConfig, ConnEvent, Connection, RawFrame};
+use super::{BudgetStats, ConnConfig, ConnEvent, Connection, MemoryBudget, RawFrame};
 use crate::{
     capture::{
         clock::Clock,
@@ -74,6 +74,8 @@ pub struct TableStats {
     /// about once), and the bytes seen on them.
     pub tls_connections: u64,
     pub tls_bytes: u64,
+    /// The stream buffers' memory budget: its limit, peak and evictions.
+    pub memory: BudgetStats,
 }
 
 /// Which end of a connection the watched process is.
@@ -102,12 +104,15 @@ pub struct Connections {
     stats: TableStats,
     /// Wire counters of the connections already gone (the open ones are summed on demand).
     finished: WireStats,
+    /// Charged with every connection's stream buffers.
+    budget: MemoryBudget,
 }
 
 impl Connections {
     pub fn new(clock: Clock, cfg: ConnConfig, server_ports: Vec<u16>) -> Self {
         Self {
             clock,
+            budget: MemoryBudget::new(cfg.memory_budget),
             cfg,
             server_ports,
             conns: HashMap::new(),
@@ -142,7 +147,7 @@ impl Connections {
         self.stats.events += 1;
         match event {
             Event::ConnOpen { header, ends, comm } => {
-                if let Some(old) = self.conns.remove(&header.conn_id) {
+                if let Some(old) = self.take_conn(header.conn_id) {
                     // Cannot happen with cookies, which are never reused; be safe anyway.
                     self.finish(old, self.clock.epoch_ns(header.ts_ns), out);
                 }
@@ -171,7 +176,7 @@ impl Connections {
                 });
             }
             Event::ConnClose { header } => {
-                if let Some(conn) = self.conns.remove(&header.conn_id) {
+                if let Some(conn) = self.take_conn(header.conn_id) {
                     self.finish(conn, self.clock.epoch_ns(header.ts_ns), out);
                 }
             }
@@ -188,7 +193,7 @@ impl Connections {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Some(conn) = self.conns.remove(&id) {
+            if let Some(conn) = self.take_conn(id) {
                 self.finish(conn, ts_ns, out);
             }
         }
@@ -212,7 +217,7 @@ impl Connections {
             }
         }
         for id in expired {
-            if let Some(conn) = self.conns.remove(&id) {
+            if let Some(conn) = self.take_conn(id) {
                 self.finished.add(&conn.stream.stats());
                 out(TableEvent::Closed {
                     conn: conn.info,
@@ -220,6 +225,65 @@ impl Connections {
                 });
             }
         }
+        // Idle connections gave back unused capacity above.
+        self.budget
+            .recount(self.conns.values().map(|c| c.stream.held()).sum());
+        self.stats.memory = *self.budget.stats();
+    }
+
+    /// Removes a connection from the table, and its buffers from the memory budget.
+    fn take_conn(&mut self, id: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&id)?;
+        self.budget.charge(conn.stream.held(), 0);
+        Some(conn)
+    }
+
+    /// While the stream buffers hold more than the budget: first every connection gives back
+    /// the capacity it does not use (a burst of new connections each keeps a block until the
+    /// next tick), then the connection holding the most drops its half-received messages
+    /// (counted as `memory_budget` drops; a lost reply leaves its request unanswered), and
+    /// says so.
+    fn enforce_budget(&mut self, out: &mut impl FnMut(TableEvent<'_>)) {
+        let Self {
+            conns,
+            budget,
+            stats,
+            ..
+        } = self;
+        budget.recount(
+            conns
+                .values_mut()
+                .map(|c| {
+                    c.stream.shrink();
+                    c.stream.held()
+                })
+                .sum(),
+        );
+        while let Some(id) = budget.victim(conns.iter().map(|(id, c)| (*id, c.stream.held()))) {
+            let Some(conn) = conns.get_mut(&id) else {
+                break;
+            };
+            let Conn {
+                stream,
+                info,
+                role,
+                ends,
+                ..
+            } = conn;
+            let freed = stream.shed(&mut |ev| forward(ev, info, role, ends, stats, out));
+            budget.shed(freed);
+            tracing::warn!(
+                conn = info.id,
+                pid = info.pid,
+                client = %info.client,
+                server = %info.server,
+                freed,
+                limit = budget.limit(),
+                "over the memory budget (--memory-budget): dropped this connection's \
+                 half-received messages"
+            );
+        }
+        stats.memory = *budget.stats();
     }
 
     /// mongowatch is stopping (SIGINT/SIGTERM) while the connections live on: requests still
@@ -321,7 +385,12 @@ impl Connections {
             stats.tls_bytes += data.map_or(0, |d| d.len() as u64);
             return;
         }
+        let before = stream.held();
         act(stream, &mut |ev| forward(ev, info, role, ends, stats, out));
+        self.budget.charge(before, stream.held());
+        if self.budget.over() {
+            self.enforce_budget(out);
+        }
     }
 
     /// Makes sure the connection has an entry; one whose open event was lost is created from
@@ -747,6 +816,87 @@ mod tests {
             t.wire_stats().decoded,
             1,
             "a closed connection's counters are kept"
+        );
+    }
+
+    /// Many connections each half-way through a large reply: the tracker keeps their buffers
+    /// within the memory budget, counts each eviction, and a closed connection leaves the
+    /// budget's account.
+    #[test]
+    fn half_received_replies_stay_within_the_memory_budget() {
+        const LIMIT: usize = 4 << 20;
+        let cfg = ConnConfig {
+            memory_budget: LIMIT,
+            ..ConnConfig::default()
+        };
+        let mut t = Connections::new(Clock::identity(), cfg, vec![27017]);
+        let unanswered = std::cell::Cell::new(0u64);
+        let mut sink = |o: TableEvent<'_>| {
+            if let TableEvent::Exchange {
+                exchange: Exchange::Unanswered { .. },
+                ..
+            } = o
+            {
+                unanswered.set(unanswered.get() + 1);
+            }
+        };
+        let big = op_msg(
+            2,
+            1,
+            bson::rawdoc! { "ok": 1.0, "pad": "x".repeat(2 << 20) },
+        );
+        for conn in 1..=20u64 {
+            t.handle(
+                Event::ConnOpen {
+                    header: header(EventKind::ConnOpen, conn, 0, conn),
+                    ends: Ends::Inet {
+                        local: format!("127.0.0.1:{}", 50000 + conn).parse().unwrap(),
+                        remote: "127.0.0.1:27017".parse().unwrap(),
+                    },
+                    comm: "app".into(),
+                },
+                &mut sink,
+            );
+            let req = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
+            t.handle(
+                Event::Data {
+                    header: header(EventKind::Data, conn, 0, 100 + conn),
+                    direction: Direction::Egress,
+                    payload: &req,
+                },
+                &mut sink,
+            );
+            t.handle(
+                Event::Data {
+                    header: header(EventKind::Data, conn, 0, 200 + conn),
+                    direction: Direction::Ingress,
+                    payload: &big[..big.len() / 2],
+                },
+                &mut sink,
+            );
+            let held: usize = t.conns.values().map(|c| c.stream.held()).sum();
+            assert!(held <= LIMIT, "{held} held over a {LIMIT} budget");
+            assert_eq!(held, t.budget.used());
+        }
+        let memory = t.stats().memory;
+        assert!(memory.evictions >= 10, "{memory:?}");
+        assert!(memory.peak_bytes <= LIMIT as u64, "{memory:?}");
+        assert_eq!(
+            unanswered.get(),
+            memory.evictions,
+            "each shed reply resolves its request"
+        );
+        t.handle(
+            Event::ConnClose {
+                header: header(EventKind::ConnClose, 20, 0, 999),
+            },
+            &mut sink,
+        );
+        let held: usize = t.conns.values().map(|c| c.stream.held()).sum();
+        assert_eq!(
+            held,
+            t.budget.used(),
+            "a closed connection leaves the account"
         );
     }
 }

@@ -582,3 +582,157 @@ fn idle_connections_expire() {
     let json = serde_json::to_string(&s).unwrap();
     assert!(json.contains("\"unanswered\":1"));
 }
+
+// ---------------------------------------------------------------- Memory budget
+
+#[test]
+fn a_header_alone_does_not_claim_the_declared_length() {
+    // 1 MB declared; 64 KiB arrived.
+    let m = op_msg(1, 0, 0, 1 << 20);
+    let mut s = new_stream();
+    let mut seen = Seen::default();
+    stream_push(&mut s, &mut seen, 0, &m[..64 << 10], 1);
+    assert!(s.held() <= 2 * (64 << 10), "held {}", s.held());
+    // Growing to the end in pieces still frames the message once, whole.
+    let mut off = 64 << 10;
+    for chunk in m[off..].chunks(100_000) {
+        stream_push(&mut s, &mut seen, off as u64, chunk, 2);
+        off += chunk.len();
+    }
+    assert_eq!(seen.frames.len(), 1);
+    assert_eq!(&seen.frames[0].bytes[..], &m[..]);
+}
+
+#[test]
+fn shedding_drops_the_partial_message_and_keeps_sync() {
+    let big = op_msg(1, 0, 0, 200_000);
+    let next = op_msg(2, 0, 0, 10);
+    let mut s = new_stream();
+    let mut seen = Seen::default();
+    stream_push(&mut s, &mut seen, 0, &big[..100_000], 1);
+    let freed = s.shed(&mut |ev| record(&mut seen, ev));
+    assert!(freed >= 100_000, "freed {freed}");
+    assert_eq!(s.held(), 0);
+    assert_eq!(seen.dropped, vec![(0, 100_000, DropReason::MemoryBudget)]);
+    assert_eq!(s.stats().dropped.memory_budget, 1);
+    // The rest of the big message is skipped, not buffered; the next one frames at once.
+    stream_push(&mut s, &mut seen, 100_000, &big[100_000..], 2);
+    assert_eq!(s.held(), 0);
+    stream_push(&mut s, &mut seen, big.len() as u64, &next, 3);
+    assert_eq!(seen.frames.len(), 1);
+    assert_eq!(&seen.frames[0].bytes[..], &next[..]);
+    assert_eq!(s.stats().resyncs, 0, "sync was kept");
+}
+
+/// Many connections each half-way through a large reply: the budget keeps the total held
+/// under its limit by shedding the largest, each shed reply leaves its request unanswered
+/// (counted, never silent), and every connection goes on decoding afterwards.
+#[test]
+fn the_budget_bounds_many_half_received_replies() {
+    const CONNS: usize = 40;
+    const LIMIT: usize = 2 << 20;
+    let mut budget = MemoryBudget::new(LIMIT);
+    let mut conns: Vec<Connection> = (0..CONNS)
+        .map(|_| Connection::new(ConnConfig::default()))
+        .collect();
+    let mut seen = ConnSeen::default();
+    let req = op_msg(1, 0, 0, 0);
+    let rep = op_msg(2, 1, 0, 400_000);
+    for (i, c) in conns.iter_mut().enumerate() {
+        let before = c.held();
+        conn_push(c, &mut seen, Direction::Egress, 0, &req, i as u64);
+        budget.charge(before, c.held());
+    }
+    let mut peak = 0;
+    for i in 0..CONNS {
+        let before = conns[i].held();
+        conn_push(
+            &mut conns[i],
+            &mut seen,
+            Direction::Ingress,
+            0,
+            &rep[..200_000],
+            100 + i as u64,
+        );
+        budget.charge(before, conns[i].held());
+        while let Some(v) = budget.victim(conns.iter().map(|c| c.held()).enumerate()) {
+            let freed = conns[v].shed(&mut |ev| conn_record(&mut seen, ev));
+            budget.shed(freed);
+        }
+        let total: usize = conns.iter().map(|c| c.held()).sum();
+        assert_eq!(total, budget.used(), "the budget's account is exact");
+        assert!(total <= LIMIT, "{total} held over a {LIMIT} budget");
+        peak = peak.max(total);
+    }
+    assert!(
+        peak > LIMIT / 2,
+        "the budget was used, not just emptied: {peak}"
+    );
+    let shed = budget.stats().evictions as usize;
+    assert!(shed > 0 && shed < CONNS, "{shed} evictions");
+    let dropped: u64 = conns
+        .iter()
+        .map(|c| c.stats().stream.dropped.memory_budget)
+        .sum();
+    assert_eq!(dropped as usize, shed);
+    let unanswered = seen
+        .exchanges
+        .iter()
+        .filter(|x| matches!(x, Exchange::Unanswered { .. }))
+        .count();
+    assert_eq!(unanswered, shed, "each shed reply resolves its request");
+    // The rest of every reply arrives, then a new round trip: every connection pairs it.
+    let req2 = op_msg(3, 0, 0, 0);
+    let rep2 = op_msg(4, 3, 0, 10);
+    for c in conns.iter_mut() {
+        conn_push(
+            c,
+            &mut seen,
+            Direction::Ingress,
+            200_000,
+            &rep[200_000..],
+            500,
+        );
+        conn_push(
+            c,
+            &mut seen,
+            Direction::Egress,
+            req.len() as u64,
+            &req2,
+            501,
+        );
+        conn_push(
+            c,
+            &mut seen,
+            Direction::Ingress,
+            rep.len() as u64,
+            &rep2,
+            502,
+        );
+    }
+    let round_trips = |id: i32| {
+        seen.exchanges
+            .iter()
+            .filter(|x| ids(x).0 == "rt" && ids(x).1 == id)
+            .count()
+    };
+    assert_eq!(round_trips(1), CONNS - shed);
+    assert_eq!(round_trips(3), CONNS);
+}
+
+#[test]
+fn the_budget_names_no_victim_within_its_limit() {
+    let mut b = MemoryBudget::new(100);
+    b.charge(0, 60);
+    assert_eq!(b.victim([(1, 60)]), None);
+    b.charge(0, 60);
+    assert!(b.over());
+    assert_eq!(b.victim([(1, 60), (2, 70), (3, 0)]), Some(2));
+    assert_eq!(b.victim([(3, 0)]), None::<i32>, "nothing to shed");
+    b.shed(70);
+    assert_eq!(b.used(), 50);
+    b.charge(60, 0);
+    assert_eq!(b.used(), 0, "never below zero");
+    assert_eq!(b.stats().evictions, 1);
+    assert_eq!(b.stats().evicted_bytes, 70);
+}

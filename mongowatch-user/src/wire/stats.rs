@@ -17,6 +17,8 @@ pub enum DropReason {
     Oversize,
     /// The connection went idle (or closed) with a message half received.
     Incomplete,
+    /// Its buffer was given back to keep the daemon within its memory budget.
+    MemoryBudget,
 }
 
 /// Messages dropped before decoding, by reason.
@@ -26,6 +28,7 @@ pub struct DropCounts {
     pub bad_header: u64,
     pub oversize: u64,
     pub incomplete: u64,
+    pub memory_budget: u64,
 }
 
 impl DropCounts {
@@ -35,11 +38,12 @@ impl DropCounts {
             DropReason::BadHeader => self.bad_header += 1,
             DropReason::Oversize => self.oversize += 1,
             DropReason::Incomplete => self.incomplete += 1,
+            DropReason::MemoryBudget => self.memory_budget += 1,
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.gap + self.bad_header + self.oversize + self.incomplete
+        self.gap + self.bad_header + self.oversize + self.incomplete + self.memory_budget
     }
 
     fn add(&mut self, o: &Self) {
@@ -47,6 +51,7 @@ impl DropCounts {
         self.bad_header += o.bad_header;
         self.oversize += o.oversize;
         self.incomplete += o.incomplete;
+        self.memory_budget += o.memory_budget;
     }
 }
 
