@@ -10,7 +10,6 @@
 pub mod capture;
 pub mod config;
 pub mod filter;
-pub mod forensic;
 pub mod ops;
 pub mod pipeline;
 pub mod queue;

@@ -32,9 +32,8 @@ use crate::{
         procfs,
     },
     config::AuditConfig,
-    forensic,
     ops::Input,
-    sink::{open_output, OutputSpec},
+    sink::{messages, open_output, OutputSpec},
     stream::{ConnConfig, Connections, TableEvent},
 };
 
@@ -457,7 +456,7 @@ impl Outlet {
                     return;
                 }
                 line.clear();
-                forensic::write_message(
+                messages::write_message(
                     line,
                     conn,
                     dir,

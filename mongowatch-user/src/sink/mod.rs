@@ -1,7 +1,9 @@
 //! Sink layer: formats records and writes them to stdout or a file (append, mode 0600,
-//! rotation by size). Audit records only ever go here, never to the diagnostic log.
+//! rotation by size); [`messages`] formats the `--messages` lines. Audit records only ever go
+//! here, never to the diagnostic log.
 
 mod format;
+pub mod messages;
 
 use std::{
     fs::OpenOptions,
