@@ -214,7 +214,7 @@ impl Tracker {
                 let comm = procfs::comm(child).unwrap_or_default();
                 self.insert_process(child, comm);
             }
-            Event::ProcExit { header, pid } => {
+            Event::ProcExit { header, pid, .. } => {
                 self.process_exited(pid, self.clock.epoch_ns(header.ts_ns), out);
             }
         }
@@ -794,6 +794,7 @@ mod tests {
             Event::ProcExit {
                 header: header(EventKind::ProcExit, 0, 0, 50),
                 pid: 4242,
+                start_ns: 0,
             },
             &mut sink,
         );
