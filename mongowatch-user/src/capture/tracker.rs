@@ -91,6 +91,9 @@ pub struct TrackerStats {
     /// about once), and the bytes seen on them.
     pub tls_connections: u64,
     pub tls_bytes: u64,
+    /// Connections the kernel forgot and met again (a second open event): their streams went
+    /// on where they were.
+    pub reopened_connections: u64,
 }
 
 /// Which end of a connection the watched process is.
@@ -108,6 +111,11 @@ struct Conn {
     role: Role,
     /// The connection began with a TLS handshake: its bytes are ciphertext.
     tls: bool,
+    /// Per direction ([egress, ingress]): where the kernel's offsets start in this stream (they
+    /// restart at 0 when the kernel forgets the connection and meets it again), and the end of
+    /// the bytes seen so far.
+    base: [u64; 2],
+    end: [u64; 2],
 }
 
 pub struct Tracker {
@@ -173,9 +181,12 @@ impl Tracker {
         self.stats.events += 1;
         match event {
             Event::ConnOpen { header, ends, comm } => {
-                if let Some(old) = self.conns.remove(&header.conn_id) {
-                    // Cannot happen with cookies, which are never reused; be safe anyway.
-                    self.finish(old, self.clock.epoch_ns(header.ts_ns), out);
+                if let Some(conn) = self.conns.get_mut(&header.conn_id) {
+                    // Cookies are never reused: this is the same connection, whose kernel state
+                    // was lost (an LRU map) and made again, offsets from 0. It goes on.
+                    conn.base = conn.end;
+                    self.stats.reopened_connections += 1;
+                    return;
                 }
                 // Known already, unless the fork event that made it was lost.
                 if !self.procs.contains_key(&header.tgid) {
@@ -191,9 +202,15 @@ impl Tracker {
             } => {
                 self.stats.data_bytes += payload.len() as u64;
                 let ts = self.clock.epoch_ns(header.ts_ns);
-                self.with_conn(&header, Some(payload), out, |stream, fwd| {
-                    stream.push(dir(direction), header.offset, payload, ts, &mut &mut *fwd)
-                });
+                let len = payload.len() as u64;
+                self.with_conn(
+                    &header,
+                    direction,
+                    len,
+                    Some(payload),
+                    out,
+                    |stream, at, fwd| stream.push(dir(direction), at, payload, ts, &mut &mut *fwd),
+                );
             }
             Event::Gap {
                 header,
@@ -201,8 +218,8 @@ impl Tracker {
                 len,
             } => {
                 let ts = self.clock.epoch_ns(header.ts_ns);
-                self.with_conn(&header, None, out, |stream, fwd| {
-                    stream.gap(dir(direction), header.offset, len, ts, &mut &mut *fwd)
+                self.with_conn(&header, direction, len, None, out, |stream, at, fwd| {
+                    stream.gap(dir(direction), at, len, ts, &mut &mut *fwd)
                 });
             }
             Event::ConnClose { header } => {
@@ -321,12 +338,15 @@ impl Tracker {
             ends,
             role,
             tls: false,
+            base: [0; 2],
+            end: [0; 2],
         }
     }
 
     /// Runs `act` on the stream of the event's connection (created if its open event was lost),
-    /// with the function that hands the stream's events on; `data` is the event's payload, if
-    /// it carries one.
+    /// with the event's position in that stream (its `len` bytes are noted as seen) and the
+    /// function that hands the stream's events on; `data` is the event's payload, if it carries
+    /// one.
     ///
     /// A connection whose first bytes (either way: the watched process may be the server) are
     /// a TLS handshake record rather than a MongoDB message is marked TLS, counted and warned
@@ -335,16 +355,24 @@ impl Tracker {
     fn with_conn(
         &mut self,
         header: &EventHeader,
+        direction: Direction,
+        len: u64,
         data: Option<&[u8]>,
         out: &mut impl FnMut(Output<'_>),
-        act: impl FnOnce(&mut Connection, &mut dyn FnMut(ConnEvent<'_>)),
+        act: impl FnOnce(&mut Connection, u64, &mut dyn FnMut(ConnEvent<'_>)),
     ) {
         self.ensure_conn(header.conn_id, header.tgid, header.fd);
         let Self { conns, stats, .. } = self;
         let Some(conn) = conns.get_mut(&header.conn_id) else {
             return;
         };
-        if !conn.tls && header.offset == 0 && data.is_some_and(looks_like_tls) {
+        let d = match direction {
+            Direction::Egress => 0,
+            Direction::Ingress => 1,
+        };
+        let at = header.offset.saturating_add(conn.base[d]);
+        conn.end[d] = conn.end[d].max(at.saturating_add(len));
+        if !conn.tls && at == 0 && data.is_some_and(looks_like_tls) {
             conn.tls = true;
             stats.tls_connections += 1;
             let info = &conn.info;
@@ -364,12 +392,15 @@ impl Tracker {
             role,
             ends,
             tls,
+            ..
         } = conn;
         if *tls {
             stats.tls_bytes += data.map_or(0, |d| d.len() as u64);
             return;
         }
-        act(stream, &mut |ev| forward(ev, info, role, ends, stats, out));
+        act(stream, at, &mut |ev| {
+            forward(ev, info, role, ends, stats, out)
+        });
     }
 
     /// Makes sure the connection has an entry; one whose open event was lost is created from
@@ -724,6 +755,71 @@ mod tests {
         assert_eq!(msg[5], 1);
         let (t, messages) = feed(&[(Direction::Egress, 0, &msg)]);
         assert_eq!((messages, t.stats().tls_connections), (1, 0));
+    }
+
+    /// The kernel forgot a connection and met it again: a second open event, offsets from 0.
+    /// The stream goes on (no close, every message framed, both exchanges paired).
+    #[test]
+    fn a_connection_met_again_goes_on() {
+        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        t.add_process(4242);
+        let (mut messages, mut exchanges, mut closed) = (0, 0, 0);
+        let mut sink = |o: Output<'_>| match o {
+            Output::Message { .. } => messages += 1,
+            Output::Input(Input::Exchange { .. }) => exchanges += 1,
+            Output::Input(Input::ConnClosed { .. }) => closed += 1,
+            Output::Input(_) => {}
+        };
+        let open = |ts| Event::ConnOpen {
+            header: header(EventKind::ConnOpen, 9, 0, ts),
+            ends: Ends::Inet {
+                local: "127.0.0.1:50000".parse().unwrap(),
+                remote: "127.0.0.1:27017".parse().unwrap(),
+            },
+            comm: "app".into(),
+        };
+        let find = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
+        let batch = op_msg(2, 1, bson::rawdoc! { "ok": 1.0 });
+        let get_more = op_msg(
+            3,
+            0,
+            bson::rawdoc! { "getMore": 7i64, "collection": "c", "$db": "d" },
+        );
+        let last = op_msg(4, 3, bson::rawdoc! { "ok": 1.0 });
+        t.handle(open(1), &mut sink);
+        for (ts, direction, payload) in [
+            (10, Direction::Egress, &find),
+            (11, Direction::Ingress, &batch),
+        ] {
+            t.handle(
+                Event::Data {
+                    header: header(EventKind::Data, 9, 0, ts),
+                    direction,
+                    payload,
+                },
+                &mut sink,
+            );
+        }
+        t.handle(open(20), &mut sink);
+        for (ts, direction, payload) in [
+            (30, Direction::Egress, &get_more),
+            (31, Direction::Ingress, &last),
+        ] {
+            t.handle(
+                Event::Data {
+                    header: header(EventKind::Data, 9, 0, ts),
+                    direction,
+                    payload,
+                },
+                &mut sink,
+            );
+        }
+        assert_eq!((messages, exchanges, closed), (4, 2, 0));
+        let st = t.stats();
+        assert_eq!(
+            (st.connections, st.reopened_connections, st.gaps),
+            (1, 1, 0)
+        );
     }
 
     #[test]
