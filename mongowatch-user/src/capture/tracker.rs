@@ -116,6 +116,8 @@ struct Conn {
     /// the bytes seen so far.
     base: [u64; 2],
     end: [u64; 2],
+    /// Gap events the kernel sent for this connection (warnings are rate-limited by it).
+    kernel_gaps: u64,
 }
 
 pub struct Tracker {
@@ -221,6 +223,7 @@ impl Tracker {
                 self.with_conn(&header, direction, len, None, out, |stream, at, fwd| {
                     stream.gap(dir(direction), at, len, ts, &mut &mut *fwd)
                 });
+                self.warn_gap(&header, len);
             }
             Event::ConnClose { header } => {
                 if let Some(conn) = self.conns.remove(&header.conn_id) {
@@ -340,6 +343,7 @@ impl Tracker {
             tls: false,
             base: [0; 2],
             end: [0; 2],
+            kernel_gaps: 0,
         }
     }
 
@@ -401,6 +405,33 @@ impl Tracker {
         act(stream, at, &mut |ev| {
             forward(ev, info, role, ends, stats, out)
         });
+    }
+
+    /// Bytes of a connection the kernel could not copy lose the messages they carried: said
+    /// when it happens, with the connection, at the 1st, 2nd, 4th, 8th... gap of each
+    /// connection so that a connection full of them cannot flood the log.
+    fn warn_gap(&mut self, header: &EventHeader, len: u64) {
+        let Some(conn) = self.conns.get_mut(&header.conn_id) else {
+            return;
+        };
+        conn.kernel_gaps += 1;
+        if conn.tls || !conn.kernel_gaps.is_power_of_two() {
+            return;
+        }
+        let info = &conn.info;
+        tracing::warn!(
+            conn = info.id,
+            pid = info.pid,
+            comm = %info.comm,
+            client = %info.client,
+            server = %info.server,
+            bytes = len,
+            syscall = header.syscall,
+            gaps_on_connection = conn.kernel_gaps,
+            "bytes moved on this connection that could not be copied (no user buffer: \
+             sendfile, splice, io_uring, MSG_TRUNC; or unreadable memory): the messages they \
+             carried are not audited"
+        );
     }
 
     /// Makes sure the connection has an entry; one whose open event was lost is created from
