@@ -12,22 +12,32 @@ pub const MAP_WATCHED: &str = "WATCHED";
 /// Words of the watched bitmap: 2^16 x 64 bits covers every tgid below 2^22, the kernel's
 /// PID_MAX_LIMIT on 64-bit machines.
 pub const WATCHED_WORDS: u32 = 1 << 16;
-/// Connections seen from watched processes: `struct sock` address -> `ConnState`.
+/// MongoDB connections of watched processes: `struct sock` address -> `ConnState`. Only
+/// sockets classified as MongoDB enter it, so no other socket can push one out.
 pub const MAP_CONNS: &str = "CONNS";
+/// Other sockets of watched processes: those not classified yet (candidates) and those known
+/// not to be MongoDB, same key and value. A small LRU: losing an entry only means the socket
+/// is classified again.
+pub const MAP_CANDIDATES: &str = "CANDIDATES";
+/// Entries of `MAP_CONNS`.
+pub const MAX_CONNS: u32 = 16384;
+/// Entries of `MAP_CANDIDATES`.
+pub const MAX_CANDIDATES: u32 = 8192;
 /// Per-CPU counters (`Counters`), read by userspace for loss accounting.
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Server ports that classify a TCP connection as MongoDB at once: port -> 1.
 pub const MAP_PORTS: &str = "PORTS";
-/// Per-CPU scratch space where an event is assembled before it is written to the ring.
+/// Scratch space where an event is assembled before it is written to the ring: one entry per
+/// possible CPU (the loader sets the size), indexed by the running CPU.
 pub const MAP_SCRATCH: &str = "SCRATCH";
 
 /// Payload bytes carried by one data event at most. Larger reads and writes are split.
 pub const CHUNK_SIZE: usize = 16384;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const RING_SIZE: u32 = 64 << 20;
-/// iovec entries followed per readv/writev/sendmsg/recvmsg call; bytes behind more entries
-/// become an explicit gap event.
-pub const MAX_IOVECS: u32 = 1024;
+/// The kernel's own limit of iovec entries per readv/writev/sendmsg/recvmsg call (UIO_MAXIOV):
+/// a call with more fails, so the programs follow every entry of any call that moved bytes.
+pub const UIO_MAXIOV: u32 = 1024;
 /// Data events before a connection whose bytes never looked like MongoDB is dropped.
 pub const CLASSIFY_STRIKES: u8 = 4;
 
@@ -64,9 +74,13 @@ pub enum EventKind {
     ConnOpen = 3,
     /// A TCP connection reached TCP_CLOSE. No payload.
     ConnClose = 4,
-    /// A watched process forked: `fd` holds the child tgid. No payload.
+    /// A watched process forked: `fd` holds the child tgid, `offset` the child's start time
+    /// (`task->start_boottime`, ns since boot: `/proc/PID/stat` field 22 is this value in clock
+    /// ticks), so that the pair names the process even after its pid is reused. No payload.
     ProcFork = 5,
-    /// A watched process (thread group leader) exited. No payload.
+    /// The last thread of a watched process exited (the whole thread group is dead; a main
+    /// thread that exits before the others is not reported). `offset` holds the process's start
+    /// time, as for `ProcFork`. No payload.
     ProcExit = 6,
 }
 
@@ -197,6 +211,10 @@ pub struct Counters {
     pub classified_other: u64,
     /// Data events written.
     pub data_events: u64,
+    /// Lifecycle events (close, fork, exit) the ring buffer had no room for.
+    pub lifecycle_lost: u64,
+    /// Gap events written (bytes that moved through a socket but could not be copied).
+    pub gap_events: u64,
 }
 
 /// Offsets into kernel structures, read from the running kernel's BTF by userspace and set as
@@ -218,9 +236,14 @@ pub struct KernelOffsets {
     /// `struct unix_address`: `len` and `name`.
     pub unix_address_len: u32,
     pub unix_address_name: u32,
-    /// `struct task_struct`: `tgid`, `pid`.
+    /// `struct task_struct`: `tgid`, `pid`, `start_boottime`, `group_leader`, `signal`.
     pub task_tgid: u32,
     pub task_pid: u32,
+    pub task_start_boottime: u32,
+    pub task_group_leader: u32,
+    pub task_signal: u32,
+    /// `struct signal_struct`: `live` (threads not yet exiting).
+    pub signal_live: u32,
     /// Non-zero once filled in: the programs refuse to run on zeros.
     pub valid: u32,
 }
@@ -241,6 +264,10 @@ impl KernelOffsets {
             unix_address_name: 0,
             task_tgid: 0,
             task_pid: 0,
+            task_start_boottime: 0,
+            task_group_leader: 0,
+            task_signal: 0,
+            signal_live: 0,
             valid: 0,
         }
     }
@@ -251,14 +278,16 @@ impl KernelOffsets {
 #[derive(Copy, Clone, Debug, Default)]
 pub struct Config {
     pub offsets: KernelOffsets,
-    pub _pad: u32,
+    /// Non-zero when this kernel's `sched_process_exit` tracepoint passes `group_dead` (its
+    /// second argument); otherwise the program reads `task->signal->live`.
+    pub exit_has_group_dead: u32,
 }
 
 impl Config {
     pub const fn zeroed() -> Self {
         Self {
             offsets: KernelOffsets::zeroed(),
-            _pad: 0,
+            exit_has_group_dead: 0,
         }
     }
 }

@@ -7,6 +7,12 @@
 //! and recvmsg/sendmsg; bytes moved without a user buffer (sendfile, splice, io_uring,
 //! mmsg calls, MSG_TRUNC) become explicit gap events, never garbage.
 //!
+//! Connection state: a socket's first bytes classify it. MongoDB connections live in `CONNS`,
+//! every other socket (not classified yet, or known not to be MongoDB) in the small LRU
+//! `CANDIDATES`, so that a process with thousands of other sockets cannot push its MongoDB
+//! connections out. A connection whose state was lost anyway gets a new `ConnOpen` with the
+//! same cookie and offsets from 0; userspace continues its stream from where it was.
+//!
 //! No syscall tracepoint is attached: one on `sys_enter_write` alone slows every write of every
 //! process on the machine (measured: an unwatched `dd` went from 0.58 s to 0.95 s), while the
 //! socket tracepoints cost only socket I/O.
@@ -21,9 +27,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_loop, bpf_probe_read_kernel
-                as probe_read_kernel_raw, bpf_probe_read_user as probe_read_user_raw,
-            bpf_task_pt_regs,
+            bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_loop,
+            bpf_probe_read_kernel as probe_read_kernel_raw,
+            bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
         },
     },
     macros::{btf_tracepoint, map},
@@ -31,9 +37,10 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use mongowatch_common::{
-    plausible_header, Config, ConnInfo, ConnState, Counters, EventHeader, EventKind, WATCHED_WORDS,
-    AF_INET, AF_INET6, AF_UNIX, CHUNK_SIZE, CLASSIFY_STRIKES, CLASS_MONGO, CLASS_OTHER,
-    CLASS_UNKNOWN, DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, MAX_IOVECS, RING_SIZE,
+    plausible_header, Config, ConnInfo, ConnState, Counters, EventHeader, EventKind, AF_INET,
+    AF_INET6, AF_UNIX, CHUNK_SIZE, CLASSIFY_STRIKES, CLASS_MONGO, CLASS_OTHER, CLASS_UNKNOWN,
+    DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, MAX_CANDIDATES, MAX_CONNS, RING_SIZE, UIO_MAXIOV,
+    WATCHED_WORDS,
 };
 
 /// Set by the loader from the running kernel's BTF (see `KernelOffsets`).
@@ -49,8 +56,15 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RING_SIZE, 0);
 #[map]
 static WATCHED: Array<u64> = Array::with_max_entries(WATCHED_WORDS, 0);
 
+/// MongoDB connections only (see the module doc). An LRU so that it never refuses one: past
+/// `MAX_CONNS` MongoDB connections the oldest is forgotten, and picked up again when it speaks.
 #[map]
-static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(16384, 0);
+static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// Sockets not (yet) known to be MongoDB. Losing an entry to the LRU costs a new
+/// classification of that socket, never a MongoDB connection.
+#[map]
+static CANDIDATES: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(MAX_CANDIDATES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
@@ -60,14 +74,20 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 
 /// Where an event is assembled before `bpf_ringbuf_output` copies it into the ring: a record
 /// takes only the room its payload needs.
+///
+/// Consecutive iovecs are gathered here into one chunk of up to `CHUNK_SIZE` bytes. The payload
+/// has room for two chunks because the verifier bounds a copy's destination offset (below
+/// `CHUNK_SIZE`) and its length (at most `CHUNK_SIZE`) separately, not their sum.
 #[repr(C)]
 pub struct Scratch {
     header: EventHeader,
-    payload: [u8; CHUNK_SIZE],
+    payload: [u8; 2 * CHUNK_SIZE],
 }
 
+/// One `Scratch` per CPU, indexed by the running CPU. Not a per-CPU array: a per-CPU value is
+/// limited to 32 KiB, and a `Scratch` is larger. The loader sizes it to the possible CPUs.
 #[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
 
 #[map]
 static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
@@ -119,15 +139,16 @@ struct IoVec {
     len: u64,
 }
 
-/// State of one copy, walked chunk by chunk by `bpf_loop` (a loop that can run as many times as
-/// a 5 MB read needs). It lives in a per-CPU map, not on the stack: the verifier tracks exact
+/// State of one copy, walked by `bpf_loop` (a loop that can run as many times as a 5 MB read
+/// or a 1,024-iovec write needs). It lives in a per-CPU map, not on the stack: the verifier tracks exact
 /// stack values through every callback iteration and never converges, while values loaded from
 /// a map are unknown scalars, the same at every iteration. (Tracepoints run with preemption
 /// disabled and a program does not recurse, so the per-CPU slot is ours for the run.)
 #[repr(C)]
 pub struct CopyState {
     conn_id: u64,
-    /// Stream offset of the next byte.
+    /// Stream offset of the first byte gathered in the scratch payload (of the next byte to
+    /// copy when `fill` is 0).
     offset: u64,
     ts: u64,
     /// Bytes of the syscall not yet emitted.
@@ -139,6 +160,8 @@ pub struct CopyState {
     iov: u64,
     iov_idx: u32,
     iov_cnt: u32,
+    /// Bytes gathered in the scratch payload, not yet emitted (below `CHUNK_SIZE`).
+    fill: u32,
     tgid: u32,
     tid: u32,
     fd: i32,
@@ -165,6 +188,16 @@ fn config() -> Config {
 fn counters() -> Option<&'static mut Counters> {
     // SAFETY: per-CPU value; eBPF programs do not migrate while running.
     COUNTERS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// This CPU's scratch space.
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // SAFETY: a tracepoint program runs with preemption disabled and does not recurse, so this
+    // CPU's entry is ours for the run.
+    SCRATCH.get_ptr_mut(cpu).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]
@@ -239,6 +272,7 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     copy.iov = 0;
     copy.iov_idx = 0;
     copy.iov_cnt = 0;
+    copy.fill = 0;
     copy.tgid = tgid;
     copy.tid = pid_tgid as u32;
     copy.fd = -1;
@@ -258,7 +292,7 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
 
     if state.class == CLASS_UNKNOWN {
         match first_bytes_look_like_mongo(copy) {
-            Some(true) => state.class = CLASS_MONGO,
+            Some(true) => promote(sk as u64, state),
             Some(false) => {
                 state.strikes = state.strikes.saturating_add(1);
                 if state.strikes >= CLASSIFY_STRIKES {
@@ -273,14 +307,41 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
         }
     }
 
+    // Each step either finishes an iovec or fills a chunk, so this covers every byte of any
+    // call: at most UIO_MAXIOV iovecs (the kernel refuses more) plus one step per chunk (a
+    // 5 MB read: 320), far below bpf_loop's limit of 2^23.
+    let iovecs = if copy.iov == 0 {
+        0
+    } else if copy.iov_cnt < UIO_MAXIOV {
+        copy.iov_cnt
+    } else {
+        UIO_MAXIOV
+    };
     // SAFETY: bpf_loop with a static callback; the state is in the COPY map.
     unsafe {
         bpf_loop(
-            MAX_IOVECS + (ret as u32 / CHUNK_SIZE as u32) + 2,
+            iovecs + (ret as u32 / CHUNK_SIZE as u32) + 2,
             copy_chunk as *mut c_void,
             core::ptr::null_mut(),
             0,
         );
+    }
+    // Had the loop stopped early, what is gathered still goes out and the rest is a counted
+    // gap, never a silent loss.
+    emit_gap(copy);
+}
+
+/// A candidate whose bytes look like MongoDB moves to `CONNS`, where other sockets cannot
+/// push it out. `state` must not be used afterwards.
+#[inline(always)]
+fn promote(key: u64, state: &mut ConnState) {
+    let mut moved = *state;
+    moved.class = CLASS_MONGO;
+    if CONNS.insert(&key, &moved, 0).is_ok() {
+        let _ = CANDIDATES.remove(&key);
+    } else {
+        // Classified all the same; it stays a candidate until CONNS has room.
+        state.class = CLASS_MONGO;
     }
 }
 
@@ -349,8 +410,9 @@ fn first_bytes_look_like_mongo(copy: &CopyState) -> Option<bool> {
     Some(plausible_header(&head))
 }
 
-/// One `bpf_loop` step: emits one chunk (at most CHUNK_SIZE bytes of one buffer), or moves to
-/// the next iovec. Returns 1 to stop.
+/// One `bpf_loop` step: moves to the next iovec when the current one is done, then gathers as
+/// much of the current buffer as fits in the scratch chunk; a full chunk (or the call's last
+/// byte) is emitted. Consecutive small iovecs thus share one record. Returns 1 to stop.
 extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(copy) = COPY.get_ptr_mut(0) else {
         return 1;
@@ -361,15 +423,15 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
         return 1;
     }
     if copy.cur_len == 0 {
-        if copy.iov == 0 || copy.iov_idx >= copy.iov_cnt || copy.iov_idx >= MAX_IOVECS {
+        if copy.iov == 0 || copy.iov_idx >= copy.iov_cnt || copy.iov_idx >= UIO_MAXIOV {
             // Bytes the registers do not account for: say so rather than guess.
             emit_gap(copy);
             return 1;
         }
         // SAFETY: user pointer read with probe_read_user.
-        let Ok(v) = (unsafe {
-            bpf_probe_read_user((copy.iov as *const IoVec).add(copy.iov_idx as usize))
-        }) else {
+        let Ok(v) =
+            (unsafe { bpf_probe_read_user((copy.iov as *const IoVec).add(copy.iov_idx as usize)) })
+        else {
             emit_gap(copy);
             return 1;
         };
@@ -380,21 +442,54 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
         } else {
             copy.remaining
         };
-        return 0;
+        if copy.cur_len == 0 {
+            return 0;
+        }
     }
-    let want = if copy.cur_len < CHUNK_SIZE as u64 {
+    let Some(scratch) = scratch() else {
+        return 1;
+    };
+    // `fill` is below CHUNK_SIZE here (a full chunk is emitted at once); the mask says so to
+    // the verifier.
+    let fill = copy.fill & (CHUNK_SIZE as u32 - 1);
+    let room = CHUNK_SIZE as u64 - fill as u64;
+    let want = if copy.cur_len < room {
         copy.cur_len
     } else {
-        CHUNK_SIZE as u64
+        room
     };
     // 1..=CHUNK_SIZE in a form the verifier can bound.
     let n = ((want as u32).wrapping_sub(1) & (CHUNK_SIZE as u32 - 1)) + 1;
-    emit_data(copy, n);
+    // SAFETY: destination inside the scratch payload (fill + n <= 2 * CHUNK_SIZE), source a
+    // user pointer.
+    let rc = unsafe {
+        probe_read_user_raw(
+            scratch.payload.as_mut_ptr().add(fill as usize) as *mut c_void,
+            n,
+            copy.cur_base as *const c_void,
+        )
+    };
     copy.cur_base += n as u64;
     copy.cur_len -= n as u64;
     copy.remaining -= n as u64;
-    copy.offset += n as u64;
-    0
+    if rc != 0 {
+        // What was gathered goes out; the unreadable range becomes a gap of its own.
+        flush(copy);
+        if let Some(c) = counters() {
+            c.read_failures += 1;
+        }
+        emit_gap_of(copy, n as u64);
+    } else {
+        copy.fill = fill + n;
+        if copy.fill >= CHUNK_SIZE as u32 || copy.remaining == 0 {
+            flush(copy);
+        }
+    }
+    if copy.remaining == 0 {
+        1
+    } else {
+        0
+    }
 }
 
 #[inline(always)]
@@ -412,34 +507,20 @@ fn fill_header(h: &mut EventHeader, copy: &CopyState, kind: EventKind) {
     h.direction = copy.direction;
 }
 
+/// Emits the bytes gathered in the scratch payload as one data event.
 #[inline(always)]
-fn emit_data(copy: &CopyState, n: u32) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+fn flush(copy: &mut CopyState) {
+    let n = copy.fill;
+    if n == 0 {
+        return;
+    }
+    copy.fill = 0;
+    let Some(scratch) = scratch() else {
         return;
     };
-    // SAFETY: per-CPU scratch value, exclusively ours during this run.
-    let scratch = unsafe { &mut *scratch };
     fill_header(&mut scratch.header, copy, EventKind::Data);
     let n = n & (2 * CHUNK_SIZE as u32 - 1);
     if n as usize > CHUNK_SIZE {
-        return;
-    }
-    // SAFETY: destination is the scratch payload (CHUNK_SIZE bytes), source a user pointer.
-    let rc = unsafe {
-        probe_read_user_raw(
-            scratch.payload.as_mut_ptr() as *mut c_void,
-            n,
-            copy.cur_base as *const c_void,
-        )
-    };
-    if rc != 0 {
-        if let Some(c) = counters() {
-            c.read_failures += 1;
-            c.gap_bytes += n as u64;
-        }
-        scratch.header.kind = EventKind::Gap as u8;
-        scratch.header.orig_len = n;
-        output(scratch as *const Scratch as *const u8, EVENT_HEADER_SIZE as u32, 0);
         return;
     }
     scratch.header.captured_len = n;
@@ -448,29 +529,40 @@ fn emit_data(copy: &CopyState, n: u32) {
         EVENT_HEADER_SIZE as u32 + n,
         n,
     );
+    copy.offset += n as u64;
 }
 
-/// Everything left of the call becomes one gap event (its length in `orig_len`).
+/// What is gathered goes out, then everything left of the call becomes one gap event.
 #[inline(always)]
 fn emit_gap(copy: &mut CopyState) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    flush(copy);
+    if copy.remaining == 0 {
+        return;
+    }
+    let len = copy.remaining;
+    copy.remaining = 0;
+    copy.cur_len = 0;
+    emit_gap_of(copy, len);
+}
+
+/// A gap event of `len` bytes at the copy's offset (its length in `orig_len`), counted.
+#[inline(always)]
+fn emit_gap_of(copy: &mut CopyState, len: u64) {
+    let Some(scratch) = scratch() else {
         return;
     };
-    // SAFETY: per-CPU scratch value, exclusively ours during this run.
-    let scratch = unsafe { &mut *scratch };
     fill_header(&mut scratch.header, copy, EventKind::Gap);
-    scratch.header.orig_len = copy.remaining as u32;
+    scratch.header.orig_len = len as u32;
     if let Some(c) = counters() {
-        c.gap_bytes += copy.remaining;
+        c.gap_events += 1;
+        c.gap_bytes += len;
     }
     output(
         scratch as *const Scratch as *const u8,
         EVENT_HEADER_SIZE as u32,
         0,
     );
-    copy.offset += copy.remaining;
-    copy.remaining = 0;
-    copy.cur_len = 0;
+    copy.offset += len;
 }
 
 /// Writes `len` bytes of the scratch buffer to the ring; a full ring is counted (userspace also
@@ -514,7 +606,8 @@ fn wakeup_flag() -> u64 {
     }
 }
 
-/// The connection's state, created on first sight (with a ConnOpen event carrying its ends).
+/// The connection's state, created on first sight (with a ConnOpen event carrying its ends):
+/// in `CONNS` when a server port says it is MongoDB, else in `CANDIDATES`.
 #[inline(always)]
 fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> {
     let key = sk as u64;
@@ -529,6 +622,18 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
         // SAFETY: map value pointer.
         let (old_cookie, old_tgid) = unsafe { ((*state).cookie, (*state).tgid) };
         emit_lifecycle(EventKind::ConnClose, old_tgid, |h| h.conn_id = old_cookie);
+        let _ = CONNS.remove(&key);
+    } else if let Some(state) = CANDIDATES.get_ptr_mut(&key) {
+        // SAFETY: map value pointer.
+        let (old_cookie, old_tgid, old_class) =
+            unsafe { ((*state).cookie, (*state).tgid, (*state).class) };
+        if old_cookie == cookie {
+            return Some(state);
+        }
+        if old_class != CLASS_OTHER {
+            emit_lifecycle(EventKind::ConnClose, old_tgid, |h| h.conn_id = old_cookie);
+        }
+        // The new socket's entry replaces it below.
     }
     let off = &cfg.offsets;
     // SAFETY: kernel pointer reads with probe_read.
@@ -542,14 +647,12 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
         _pad: [0; 2],
     };
     if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
-        // Netlink and friends: remember them as not MongoDB so they cost one lookup.
+        // Netlink and friends: remember them as not MongoDB so they cost two lookups.
         state.class = CLASS_OTHER;
-        let _ = CONNS.insert(&key, &state, 0);
+        let _ = CANDIDATES.insert(&key, &state, 0);
         return None;
     }
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch value, exclusively ours during this run.
-    let scratch = unsafe { &mut *scratch };
+    let scratch = scratch()?;
     // SAFETY: the payload has room for a ConnInfo (checked at compile time below).
     let info = unsafe { &mut *(scratch.payload.as_mut_ptr() as *mut ConnInfo) };
     *info = ConnInfo::default();
@@ -561,12 +664,19 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
     unsafe { read_ends(sk, family, off, info) };
     if family != AF_UNIX {
         // SAFETY: map lookups by value.
-        let known = unsafe { PORTS.get(&info.remote_port).is_some() || PORTS.get(&info.local_port).is_some() };
+        let known = unsafe {
+            PORTS.get(&info.remote_port).is_some() || PORTS.get(&info.local_port).is_some()
+        };
         if known {
             state.class = CLASS_MONGO;
         }
     }
-    CONNS.insert(&key, &state, 0).ok()?;
+    // Two calls, not one on a chosen map: the verifier wants each call's map known.
+    if state.class == CLASS_MONGO {
+        CONNS.insert(&key, &state, 0).ok()?;
+    } else {
+        CANDIDATES.insert(&key, &state, 0).ok()?;
+    }
     let h = &mut scratch.header;
     *h = EventHeader::default();
     // SAFETY: helper without arguments.
@@ -582,14 +692,23 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
         (EVENT_HEADER_SIZE + core::mem::size_of::<ConnInfo>()) as u32,
         0,
     );
-    CONNS.get_ptr_mut(&key)
+    if state.class == CLASS_MONGO {
+        CONNS.get_ptr_mut(&key)
+    } else {
+        CANDIDATES.get_ptr_mut(&key)
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<ConnInfo>() <= CHUNK_SIZE);
 
 /// Reads the two ends of a socket into `info`.
 #[inline(always)]
-unsafe fn read_ends(sk: *const u8, family: u16, off: &mongowatch_common::KernelOffsets, info: &mut ConnInfo) {
+unsafe fn read_ends(
+    sk: *const u8,
+    family: u16,
+    off: &mongowatch_common::KernelOffsets,
+    info: &mut ConnInfo,
+) {
     if family == AF_INET {
         let d: u32 = read_kernel(sk, off.skc_daddr).unwrap_or(0);
         let s: u32 = read_kernel(sk, off.skc_rcv_saddr).unwrap_or(0);
@@ -640,7 +759,8 @@ unsafe fn read_ends(sk: *const u8, family: u16, off: &mongowatch_common::KernelO
 }
 
 /// A header-only lifecycle event (a close, a fork, an exit) of `tgid`, stamped now; `fill`
-/// sets the fields of its kind.
+/// sets the fields of its kind. One the ring has no room for is counted: userspace reports
+/// it, and falls back on /proc for what it missed.
 #[inline(always)]
 fn emit_lifecycle(kind: EventKind, tgid: u32, fill: impl FnOnce(&mut EventHeader)) {
     let mut h = EventHeader {
@@ -652,7 +772,11 @@ fn emit_lifecycle(kind: EventKind, tgid: u32, fill: impl FnOnce(&mut EventHeader
         ..Default::default()
     };
     fill(&mut h);
-    let _ = EVENTS.output::<EventHeader>(&h, 0);
+    if EVENTS.output::<EventHeader>(&h, 0).is_err() {
+        if let Some(c) = counters() {
+            c.lifecycle_lost += 1;
+        }
+    }
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -667,8 +791,15 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let key = sk as u64;
     // SAFETY: map lookup by value.
     if let Some(state) = unsafe { CONNS.get(&key) } {
-        let (cookie, tgid, class) = (state.cookie, state.tgid, state.class);
+        let (cookie, tgid) = (state.cookie, state.tgid);
         let _ = CONNS.remove(&key);
+        emit_lifecycle(EventKind::ConnClose, tgid, |h| h.conn_id = cookie);
+    }
+    // A stale candidate entry may sit beside a CONNS one: both go.
+    // SAFETY: map lookup by value.
+    if let Some(state) = unsafe { CANDIDATES.get(&key) } {
+        let (cookie, tgid, class) = (state.cookie, state.tgid, state.class);
+        let _ = CANDIDATES.remove(&key);
         if class != CLASS_OTHER {
             emit_lifecycle(EventKind::ConnClose, tgid, |h| h.conn_id = cookie);
         }
@@ -690,9 +821,10 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     }
     let child: *const u8 = ctx.arg(1);
     // SAFETY: kernel pointer reads with probe_read.
-    let (Some(pid), Some(tgid)) = (unsafe { read_kernel::<i32>(child, cfg.offsets.task_pid) }, unsafe {
-        read_kernel::<i32>(child, cfg.offsets.task_tgid)
-    }) else {
+    let (Some(pid), Some(tgid)) = (
+        unsafe { read_kernel::<i32>(child, cfg.offsets.task_pid) },
+        unsafe { read_kernel::<i32>(child, cfg.offsets.task_tgid) },
+    ) else {
         return 0;
     };
     if pid != tgid {
@@ -702,25 +834,70 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     // Not atomic (no atomic read-modify-write for this target in Rust's core): two watched
     // processes forking at the same instant, with children in the same 64-pid word, could lose
     // one bit. Userspace sets the bit again on the fork event, which repairs that.
-    let child = tgid as u32;
-    if let Some(word) = WATCHED.get_ptr_mut(child >> 6) {
+    let child_tgid = tgid as u32;
+    if let Some(word) = WATCHED.get_ptr_mut(child_tgid >> 6) {
         // SAFETY: pointer into an array map value.
-        unsafe { *word |= 1u64 << (child & 63) };
+        unsafe { *word |= 1u64 << (child_tgid & 63) };
     }
-    emit_lifecycle(EventKind::ProcFork, parent_tgid, |h| h.fd = tgid);
+    // The child's start time, with its pid, names it for good (pids are reused).
+    // SAFETY: kernel pointer read with probe_read.
+    let start = unsafe { read_kernel::<u64>(child, cfg.offsets.task_start_boottime) }.unwrap_or(0);
+    emit_lifecycle(EventKind::ProcFork, parent_tgid, |h| {
+        h.fd = tgid;
+        h.offset = start;
+    });
     0
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct task_struct *p, ...) -- include/trace/events/sched.h. Runs in the
-    // exiting task; only the thread group leader's exit is reported.
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *p, bool group_dead) -- include/trace/events/sched.h; older
+    // kernels pass `p` only. Runs in the exiting thread, whichever thread of the group it is.
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if pid_tgid as u32 != tgid || !is_watched(tgid) {
+    if !is_watched(tgid) {
         return 0;
     }
-    emit_lifecycle(EventKind::ProcExit, tgid, |h| h.tid = tgid);
+    let cfg = config();
+    if cfg.offsets.valid == 0 {
+        return 0;
+    }
+    let task: *const u8 = ctx.arg(0);
+    let off = &cfg.offsets;
+    let group_dead = if cfg.exit_has_group_dead != 0 {
+        let group_dead: u64 = ctx.arg(1);
+        group_dead & 1 != 0
+    } else {
+        // do_exit() has already taken this thread out of `signal->live`.
+        // SAFETY: kernel pointer reads with probe_read.
+        let live = unsafe {
+            read_kernel::<u64>(task, off.task_signal)
+                .and_then(|signal| read_kernel::<i32>(signal as *const u8, off.signal_live))
+        };
+        live == Some(0)
+    };
+    if !group_dead {
+        // A thread, even the main one, whose process goes on: nothing to report.
+        return 0;
+    }
+    // SAFETY: kernel pointer reads with probe_read.
+    let start = unsafe {
+        read_kernel::<u64>(task, off.task_group_leader)
+            .and_then(|leader| read_kernel::<u64>(leader as *const u8, off.task_start_boottime))
+    }
+    .unwrap_or(0);
+    emit_lifecycle(EventKind::ProcExit, tgid, |h| {
+        h.tid = pid_tgid as u32;
+        h.offset = start;
+    });
+    // The pid may be given to an unrelated process next: it must not inherit the bit. Cleared
+    // after the event is in the ring, so that userspace, which sets the bit of each child it
+    // hears of, drains this exit no later than it could set the bit again. Not atomic: a fork in the same 64-pid word at this instant could lose its bit, which
+    // userspace sets again on the fork event.
+    if let Some(word) = WATCHED.get_ptr_mut(tgid >> 6) {
+        // SAFETY: pointer into an array map value.
+        unsafe { *word &= !(1u64 << (tgid & 63)) };
+    }
     0
 }
 

@@ -15,14 +15,13 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Reads the offsets from the kernel's BTF file.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
-    let btf = Btf::from_file(path).with_context(|| {
-        format!(
-            "cannot read the kernel's BTF at {} (mongowatch needs a kernel built with \
-             CONFIG_DEBUG_INFO_BTF=y)",
-            path.display()
-        )
-    })?;
-    let sk = |field: &str| field_offset(&btf, "sock", &["__sk_common", field]);
+    let btf = read_btf(path)?;
+    kernel_offsets_from(&btf)
+}
+
+/// The offsets from a BTF already read.
+pub fn kernel_offsets_from(btf: &Btf) -> Result<KernelOffsets> {
+    let sk = |field: &str| field_offset(btf, "sock", &["__sk_common", field]);
     Ok(KernelOffsets {
         skc_family: sk("skc_family")?,
         skc_daddr: sk("skc_daddr")?,
@@ -31,14 +30,90 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         skc_num: sk("skc_num")?,
         skc_v6_daddr: sk("skc_v6_daddr")?,
         skc_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
-        unix_addr: field_offset(&btf, "unix_sock", &["addr"])?,
-        unix_peer: field_offset(&btf, "unix_sock", &["peer"])?,
-        unix_address_len: field_offset(&btf, "unix_address", &["len"])?,
-        unix_address_name: field_offset(&btf, "unix_address", &["name"])?,
-        task_tgid: field_offset(&btf, "task_struct", &["tgid"])?,
-        task_pid: field_offset(&btf, "task_struct", &["pid"])?,
+        unix_addr: field_offset(btf, "unix_sock", &["addr"])?,
+        unix_peer: field_offset(btf, "unix_sock", &["peer"])?,
+        unix_address_len: field_offset(btf, "unix_address", &["len"])?,
+        unix_address_name: field_offset(btf, "unix_address", &["name"])?,
+        task_tgid: field_offset(btf, "task_struct", &["tgid"])?,
+        task_pid: field_offset(btf, "task_struct", &["pid"])?,
+        task_start_boottime: field_offset(btf, "task_struct", &["start_boottime"])?,
+        task_group_leader: field_offset(btf, "task_struct", &["group_leader"])?,
+        task_signal: field_offset(btf, "task_struct", &["signal"])?,
+        signal_live: field_offset(btf, "signal_struct", &["live"])?,
         valid: 1,
     })
+}
+
+/// What the kernel programs need of the kernel, as its BTF tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelFeatures {
+    /// The `sock_send_length` and `sock_recv_length` tracepoints (Linux 6.3).
+    pub sock_length_tracepoints: bool,
+    /// The `bpf_loop` helper (Linux 5.17).
+    pub bpf_loop: bool,
+    /// BPF ring buffers (Linux 5.8).
+    pub ring_buffer: bool,
+}
+
+impl KernelFeatures {
+    /// Reads them from a kernel's BTF: the tracepoints by their BTF types
+    /// (`btf_trace_<name>`), the helper and the map type by their names in the kernel's UAPI
+    /// enums (`BPF_FUNC_loop`, `BPF_MAP_TYPE_RINGBUF`).
+    pub fn read(btf: &Btf) -> Self {
+        Self {
+            sock_length_tracepoints: has_type(btf, "btf_trace_sock_send_length")
+                && has_type(btf, "btf_trace_sock_recv_length"),
+            bpf_loop: has_enum_value(btf, "bpf_func_id", "BPF_FUNC_loop"),
+            ring_buffer: has_enum_value(btf, "bpf_map_type", "BPF_MAP_TYPE_RINGBUF"),
+        }
+    }
+}
+
+pub fn read_btf(path: &Path) -> Result<Btf> {
+    Btf::from_file(path).with_context(|| {
+        format!(
+            "cannot read the kernel's BTF at {} (mongowatch needs a kernel built with \
+             CONFIG_DEBUG_INFO_BTF=y)",
+            path.display()
+        )
+    })
+}
+
+fn has_type(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(name)
+        .is_ok_and(|types| !types.is_empty())
+}
+
+fn has_enum_value(btf: &Btf, enum_name: &str, value: &str) -> bool {
+    let Ok(types) = btf.resolve_types_by_name(enum_name) else {
+        return false;
+    };
+    types.iter().any(|t| match t {
+        Type::Enum(e) => e
+            .members
+            .iter()
+            .any(|m| btf.resolve_name(m).is_ok_and(|n| n == value)),
+        _ => false,
+    })
+}
+
+/// Arguments of BTF tracepoint `name` as its programs see them (the prototype of
+/// `btf_trace_<name>` without its leading `void *` context), or None when the kernel has no
+/// such tracepoint.
+pub fn tracepoint_args(btf: &Btf, name: &str) -> Option<usize> {
+    let types = btf
+        .resolve_types_by_name(&format!("btf_trace_{name}"))
+        .ok()?;
+    let Type::Typedef(def) = types.into_iter().find(|t| matches!(t, Type::Typedef(_)))? else {
+        return None;
+    };
+    let Type::Ptr(ptr) = btf.resolve_chained_type(&def).ok()? else {
+        return None;
+    };
+    match btf.resolve_chained_type(&ptr).ok()? {
+        Type::FuncProto(proto) => Some(proto.parameters.len().saturating_sub(1)),
+        _ => None,
+    }
 }
 
 /// Byte offset of `path` (member names, outermost first) inside `struct name`. Anonymous
@@ -133,7 +208,43 @@ mod tests {
             "unix_sock extends sock"
         );
         assert_ne!(off.task_pid, off.task_tgid);
+        assert!(off.task_start_boottime > 0 && off.task_signal > 0 && off.task_group_leader > 0);
         assert_eq!(off.valid, 1);
+    }
+
+    /// This machine's kernel (6.18 where the project is built) has everything; the tracepoint
+    /// prototypes are those of include/trace/events/{sock,sched}.h.
+    #[test]
+    fn features_and_prototypes_of_this_kernel() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipped: no {VMLINUX_BTF} on this machine");
+            return;
+        }
+        let btf = read_btf(path).unwrap();
+        assert_eq!(
+            KernelFeatures::read(&btf),
+            KernelFeatures {
+                sock_length_tracepoints: true,
+                bpf_loop: true,
+                ring_buffer: true
+            }
+        );
+        // sk, ret, flags
+        assert_eq!(tracepoint_args(&btf, "sock_send_length"), Some(3));
+        // parent, child
+        assert_eq!(tracepoint_args(&btf, "sched_process_fork"), Some(2));
+        // p, and group_dead on kernels that pass it
+        assert!(matches!(
+            tracepoint_args(&btf, "sched_process_exit"),
+            Some(1 | 2)
+        ));
+        assert_eq!(tracepoint_args(&btf, "no_such_tracepoint"), None);
+        assert!(!has_enum_value(
+            &btf,
+            "bpf_func_id",
+            "BPF_FUNC_no_such_helper"
+        ));
     }
 
     #[test]

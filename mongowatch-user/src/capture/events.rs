@@ -38,10 +38,18 @@ pub enum Event<'a> {
         header: EventHeader,
         parent: u32,
         child: u32,
+        /// The child's start time: ns since boot (CLOCK_BOOTTIME), the kernel's
+        /// `task->start_boottime`. `/proc/PID/stat` field 22 is the same instant in clock ticks
+        /// (`child_start_ns / (1e9 / sysconf(_SC_CLK_TCK))`). With `child`, it names the
+        /// process even once the pid is reused.
+        child_start_ns: u64,
     },
+    /// The whole thread group of `pid` is dead (its last thread exited).
     ProcExit {
         header: EventHeader,
         pid: u32,
+        /// The process's start time, as `child_start_ns` of its fork.
+        start_ns: u64,
     },
 }
 
@@ -132,10 +140,12 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, EventError> {
         EventKind::ProcFork => Event::ProcFork {
             parent: header.tgid,
             child: header.fd as u32,
+            child_start_ns: header.offset,
             header,
         },
         EventKind::ProcExit => Event::ProcExit {
             pid: header.tgid,
+            start_ns: header.offset,
             header,
         },
     })
@@ -235,6 +245,44 @@ mod tests {
             parse(&record(&h, b"short")),
             Err(EventError::BadLength { said: 100, has: 5 })
         );
+    }
+
+    /// A fork record as the kernel writes it: parent in `tgid`, child in `fd`, the child's
+    /// start time in `offset`.
+    #[test]
+    fn fork_and_exit_carry_start_times() {
+        let fork = EventHeader {
+            kind: EventKind::ProcFork as u8,
+            tgid: 100,
+            fd: 4242,
+            offset: 123_456_789_000,
+            ..Default::default()
+        };
+        match parse(&record(&fork, b"")).unwrap() {
+            Event::ProcFork {
+                parent,
+                child,
+                child_start_ns,
+                ..
+            } => assert_eq!(
+                (parent, child, child_start_ns),
+                (100, 4242, 123_456_789_000)
+            ),
+            other => panic!("{other:?}"),
+        }
+        let exit = EventHeader {
+            kind: EventKind::ProcExit as u8,
+            tgid: 4242,
+            tid: 4243,
+            offset: 123_456_789_000,
+            ..Default::default()
+        };
+        match parse(&record(&exit, b"")).unwrap() {
+            Event::ProcExit { pid, start_ns, .. } => {
+                assert_eq!((pid, start_ns), (4242, 123_456_789_000))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -8,9 +8,11 @@ use aya::{
     programs::BtfTracePoint,
     Btf, Ebpf, EbpfLoader,
 };
-use mongowatch_common::{Config, Counters, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAP_WATCHED};
+use mongowatch_common::{
+    Config, Counters, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAP_SCRATCH, MAP_WATCHED,
+};
 
-use super::btf::{kernel_offsets, VMLINUX_BTF};
+use super::btf::{kernel_offsets_from, read_btf, tracepoint_args, KernelFeatures, VMLINUX_BTF};
 
 /// The object built from `mongowatch-ebpf` (empty when built without the eBPF toolchain).
 static EBPF_OBJECT: &[u8] =
@@ -35,6 +37,10 @@ pub struct KernelCounters {
     pub read_failures: u64,
     pub classified_other: u64,
     pub data_events: u64,
+    /// Lifecycle events (connection close, fork, exit) lost to a full ring.
+    pub lifecycle_lost: u64,
+    /// Gap events: calls (or parts) whose bytes could not be copied.
+    pub gap_events: u64,
 }
 
 /// Loaded and attached programs. Dropping it detaches them.
@@ -66,7 +72,57 @@ pub fn preflight() -> Result<()> {
              built with CONFIG_DEBUG_INFO_BTF=y (5.8 or newer)"
         );
     }
+    let btf = read_btf(Path::new(VMLINUX_BTF))?;
+    check_features(&KernelFeatures::read(&btf), &kernel_release())?;
     Ok(())
+}
+
+/// The kernel lacks what the programs need.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "this kernel ({release}) is too old for mongowatch: it lacks {}; mongowatch needs Linux \
+     {needed} or newer",
+    missing.join(", ")
+)]
+pub struct TooOld {
+    pub release: String,
+    /// Each missing feature, with the first kernel that has it.
+    pub missing: Vec<String>,
+    /// The newest of those kernels.
+    pub needed: String,
+}
+
+/// Decides from what the kernel has whether the programs can load: every missing feature is
+/// named with the kernel version that brought it.
+pub fn check_features(have: &KernelFeatures, release: &str) -> Result<(), TooOld> {
+    // Newest first: the first missing one is the version to ask for.
+    let needs = [
+        (
+            have.sock_length_tracepoints,
+            "the tracepoints sock/sock_send_length and sock/sock_recv_length",
+            "6.3",
+        ),
+        (have.bpf_loop, "the bpf_loop helper", "5.17"),
+        (have.ring_buffer, "BPF ring buffers", "5.8"),
+    ];
+    let missing: Vec<_> = needs.iter().filter(|(has, ..)| !has).collect();
+    let Some((_, _, needed)) = missing.first() else {
+        return Ok(());
+    };
+    Err(TooOld {
+        release: release.to_string(),
+        missing: missing
+            .iter()
+            .map(|(_, what, version)| format!("{what} (Linux {version})"))
+            .collect(),
+        needed: needed.to_string(),
+    })
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "release unknown".to_string())
 }
 
 fn has_bpf_privileges() -> bool {
@@ -94,12 +150,22 @@ impl Probes {
     pub fn load(server_ports: &[u16]) -> Result<(Self, RingBuf<MapData>)> {
         preflight()?;
         raise_memlock();
+        let kernel_btf = read_btf(Path::new(VMLINUX_BTF))?;
         let config = Config {
-            offsets: kernel_offsets(Path::new(VMLINUX_BTF))?,
-            _pad: 0,
+            offsets: kernel_offsets_from(&kernel_btf)?,
+            // Recent kernels pass `group_dead` to sched_process_exit; on older ones the
+            // program reads `task->signal->live`.
+            exit_has_group_dead: u32::from(
+                tracepoint_args(&kernel_btf, "sched_process_exit").is_some_and(|n| n >= 2),
+            ),
         };
+        // One scratch entry per possible CPU (the programs index it by the running CPU).
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| anyhow::anyhow!("counting the CPUs ({path}): {e}"))?
+            as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
+            .map_max_entries(MAP_SCRATCH, cpus)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 let hint = if e.to_string().contains("ring") {
@@ -176,6 +242,8 @@ impl Probes {
                 total.read_failures += c.read_failures;
                 total.classified_other += c.classified_other;
                 total.data_events += c.data_events;
+                total.lifecycle_lost += c.lifecycle_lost;
+                total.gap_events += c.gap_events;
             }
         }
         total
@@ -191,5 +259,68 @@ fn raise_memlock() {
     // SAFETY: setrlimit with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels with memcg accounting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: KernelFeatures = KernelFeatures {
+        sock_length_tracepoints: true,
+        bpf_loop: true,
+        ring_buffer: true,
+    };
+
+    #[test]
+    fn a_kernel_with_everything_passes() {
+        assert_eq!(check_features(&ALL, "6.18.0"), Ok(()));
+    }
+
+    #[test]
+    fn a_6_1_kernel_is_told_it_needs_6_3() {
+        let have = KernelFeatures {
+            sock_length_tracepoints: false,
+            ..ALL
+        };
+        let err = check_features(&have, "6.1.0-13-amd64").unwrap_err();
+        assert_eq!(err.needed, "6.3");
+        assert_eq!(
+            err.to_string(),
+            "this kernel (6.1.0-13-amd64) is too old for mongowatch: it lacks the tracepoints \
+             sock/sock_send_length and sock/sock_recv_length (Linux 6.3); mongowatch needs \
+             Linux 6.3 or newer"
+        );
+    }
+
+    #[test]
+    fn every_missing_feature_is_named_with_its_kernel() {
+        let have = KernelFeatures {
+            sock_length_tracepoints: false,
+            bpf_loop: false,
+            ring_buffer: false,
+        };
+        let err = check_features(&have, "5.4.0").unwrap_err();
+        assert_eq!(
+            err.missing,
+            vec![
+                "the tracepoints sock/sock_send_length and sock/sock_recv_length (Linux 6.3)",
+                "the bpf_loop helper (Linux 5.17)",
+                "BPF ring buffers (Linux 5.8)",
+            ]
+        );
+        assert_eq!(err.needed, "6.3");
+        // A kernel with the tracepoints has the rest (they came later), but the check does not
+        // rely on it.
+        let have = KernelFeatures {
+            bpf_loop: false,
+            ..ALL
+        };
+        let err = check_features(&have, "x").unwrap_err();
+        assert_eq!(err.needed, "5.17");
+        assert!(
+            err.to_string().contains("bpf_loop helper (Linux 5.17)"),
+            "{err}"
+        );
     }
 }

@@ -8,14 +8,16 @@ use std::{
     path::Path,
 };
 
-/// The process exists and is not a zombie.
+/// The process exists and one of its threads still runs. A main thread that exited before the
+/// others is a zombie while they go on: the process is alive until the last one exits.
 pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and may hold spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
+        Ok(stat) if stat_is_running(&stat) => true,
+        Ok(_) => fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().any(|task| {
+                fs::read_to_string(task.path().join("stat")).is_ok_and(|s| stat_is_running(&s))
+            })
+        }),
         Err(_) => false,
     }
 }
@@ -25,6 +27,15 @@ pub fn alive(pid: u32) -> bool {
 pub fn start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat_start_time(&stat)
+}
+
+/// A start time the kernel gave in ns since boot (`task->start_boottime`), in the clock ticks
+/// of [`start_time`]; `None` for 0 (not known).
+pub fn boot_ns_to_ticks(ns: u64) -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ns_per_tick = 1_000_000_000 / u64::try_from(hz).ok().filter(|h| *h > 0)?;
+    (ns > 0).then(|| ns / ns_per_tick)
 }
 
 fn stat_start_time(stat: &str) -> Option<u64> {
@@ -79,6 +90,14 @@ fn descendants_in(root: u32, pairs: impl IntoIterator<Item = (u32, u32)>) -> Vec
         }
     }
     out
+}
+
+/// A `/proc/.../stat` line of a task that has not exited (state neither Z nor X).
+fn stat_is_running(stat: &str) -> bool {
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 pub fn comm(pid: u32) -> Option<String> {
@@ -178,6 +197,42 @@ mod tests {
         let own = start_time(std::process::id()).unwrap();
         assert!(own > 0);
         assert_eq!(start_time(std::process::id()), Some(own));
+    }
+
+    #[test]
+    fn stat_states() {
+        assert!(stat_is_running("42 (python3) S 1 42 42 0 -1"));
+        assert!(
+            stat_is_running("42 (a) b) Z) R 1 42"),
+            "the name may hold ) and spaces"
+        );
+        assert!(!stat_is_running("42 (python3) Z 1 42 42 0 -1"));
+        assert!(!stat_is_running("42 (python3) X 1"));
+        assert!(!stat_is_running("garbage"));
+    }
+
+    /// A process whose main thread exited while another thread runs is alive.
+    #[test]
+    fn a_process_without_its_main_thread_is_alive() {
+        let script = "import ctypes, threading, time\n\
+            threading.Thread(target=time.sleep, args=(1.5,)).start()\n\
+            time.sleep(0.1)\n\
+            ctypes.CDLL(None).pthread_exit(None)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+            .expect("this test runs python3 (pthread_exit of the main thread through ctypes)");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let main_gone =
+            || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !stat_is_running(&s));
+        while !main_gone() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(main_gone(), "the main thread should have exited");
+        assert!(alive(pid), "its other thread still runs");
+        child.wait().unwrap();
+        assert!(!alive(pid));
     }
 
     #[test]

@@ -262,12 +262,21 @@ impl Pipeline {
 
     fn handle(&mut self, event: Event<'_>) {
         match event {
-            Event::ProcFork { child, .. } => {
-                if self.processes.add(child) {
+            Event::ProcFork {
+                child,
+                child_start_ns,
+                ..
+            } => {
+                // The start time from the kernel: read later from /proc, the pid could already
+                // belong to another process.
+                let start =
+                    procfs::boot_ns_to_ticks(child_start_ns).or_else(|| procfs::start_time(child));
+                if self.processes.insert(child, procfs::comm(child), start) {
                     self.capture.processes_followed += 1;
                 }
             }
-            Event::ProcExit { header, pid } => {
+            // The kernel reports the exit of a whole thread group, and has cleared its bit.
+            Event::ProcExit { header, pid, .. } => {
                 let ts = self.conns.clock().epoch_ns(header.ts_ns);
                 self.process_exited(pid, ts);
             }
@@ -345,6 +354,14 @@ impl Pipeline {
             warn!(
                 reads = failed,
                 "copies from user memory failed (reported as gaps)"
+            );
+        }
+        let lifecycle = now.lifecycle_lost - self.last_counters.lifecycle_lost;
+        if lifecycle > 0 {
+            warn!(
+                events = lifecycle,
+                "the ring buffer was full: connection closes, forks or exits lost (idle \
+                 connections expire; processes are checked in /proc)"
             );
         }
         self.last_counters = *now;

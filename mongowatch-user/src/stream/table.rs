@@ -76,6 +76,9 @@ pub struct TableStats {
     pub tls_bytes: u64,
     /// The stream buffers' memory budget: its limit, peak and evictions.
     pub memory: BudgetStats,
+    /// Connections the kernel forgot and met again (a second open event): their streams went
+    /// on where they were.
+    pub reopened_connections: u64,
 }
 
 /// Which end of a connection the watched process is.
@@ -93,6 +96,13 @@ struct Conn {
     role: Role,
     /// The connection began with a TLS handshake: its bytes are ciphertext.
     tls: bool,
+    /// Per direction ([egress, ingress]): where the kernel's offsets start in this stream (they
+    /// restart at 0 when the kernel forgets the connection and meets it again), and the end of
+    /// the bytes seen so far.
+    base: [u64; 2],
+    end: [u64; 2],
+    /// Gap events the kernel sent for this connection (warnings are rate-limited by it).
+    kernel_gaps: u64,
 }
 
 /// The connections of the watched processes, by the kernel's connection id.
@@ -147,9 +157,12 @@ impl Connections {
         self.stats.events += 1;
         match event {
             Event::ConnOpen { header, ends, comm } => {
-                if let Some(old) = self.take_conn(header.conn_id) {
-                    // Cannot happen with cookies, which are never reused; be safe anyway.
-                    self.finish(old, self.clock.epoch_ns(header.ts_ns), out);
+                if let Some(conn) = self.conns.get_mut(&header.conn_id) {
+                    // Cookies are never reused: this is the same connection, whose kernel state
+                    // was lost (an LRU map) and made again, offsets from 0. It goes on.
+                    conn.base = conn.end;
+                    self.stats.reopened_connections += 1;
+                    return;
                 }
                 let conn = self.new_conn(header.conn_id, header.tgid, comm, ends);
                 self.conns.insert(header.conn_id, conn);
@@ -161,9 +174,15 @@ impl Connections {
             } => {
                 self.stats.data_bytes += payload.len() as u64;
                 let ts = self.clock.epoch_ns(header.ts_ns);
-                self.with_conn(&header, Some(payload), out, |stream, fwd| {
-                    stream.push(direction, header.offset, payload, ts, &mut &mut *fwd)
-                });
+                let len = payload.len() as u64;
+                self.with_conn(
+                    &header,
+                    direction,
+                    len,
+                    Some(payload),
+                    out,
+                    |stream, at, fwd| stream.push(direction, at, payload, ts, &mut &mut *fwd),
+                );
             }
             Event::Gap {
                 header,
@@ -171,9 +190,10 @@ impl Connections {
                 len,
             } => {
                 let ts = self.clock.epoch_ns(header.ts_ns);
-                self.with_conn(&header, None, out, |stream, fwd| {
-                    stream.gap(direction, header.offset, len, ts, &mut &mut *fwd)
+                self.with_conn(&header, direction, len, None, out, |stream, at, fwd| {
+                    stream.gap(direction, at, len, ts, &mut &mut *fwd)
                 });
+                self.warn_gap(&header, len);
             }
             Event::ConnClose { header } => {
                 if let Some(conn) = self.take_conn(header.conn_id) {
@@ -337,12 +357,16 @@ impl Connections {
             ends,
             role,
             tls: false,
+            base: [0; 2],
+            end: [0; 2],
+            kernel_gaps: 0,
         }
     }
 
     /// Runs `act` on the stream of the event's connection (created if its open event was lost),
-    /// with the function that hands the stream's events on; `data` is the event's payload, if
-    /// it carries one.
+    /// with the event's position in that stream (its `len` bytes are noted as seen) and the
+    /// function that hands the stream's events on; `data` is the event's payload, if it carries
+    /// one.
     ///
     /// A connection whose first bytes (either way: the watched process may be the server) are
     /// a TLS handshake record rather than a MongoDB message is marked TLS, counted and warned
@@ -351,16 +375,24 @@ impl Connections {
     fn with_conn(
         &mut self,
         header: &EventHeader,
+        direction: Direction,
+        len: u64,
         data: Option<&[u8]>,
         out: &mut impl FnMut(TableEvent<'_>),
-        act: impl FnOnce(&mut Connection, &mut dyn FnMut(ConnEvent<'_>)),
+        act: impl FnOnce(&mut Connection, u64, &mut dyn FnMut(ConnEvent<'_>)),
     ) {
         self.ensure_conn(header.conn_id, header.tgid, header.fd);
         let Self { conns, stats, .. } = self;
         let Some(conn) = conns.get_mut(&header.conn_id) else {
             return;
         };
-        if !conn.tls && header.offset == 0 && data.is_some_and(looks_like_tls) {
+        let d = match direction {
+            Direction::Egress => 0,
+            Direction::Ingress => 1,
+        };
+        let at = header.offset.saturating_add(conn.base[d]);
+        conn.end[d] = conn.end[d].max(at.saturating_add(len));
+        if !conn.tls && at == 0 && data.is_some_and(looks_like_tls) {
             conn.tls = true;
             stats.tls_connections += 1;
             let info = &conn.info;
@@ -380,17 +412,47 @@ impl Connections {
             role,
             ends,
             tls,
+            ..
         } = conn;
         if *tls {
             stats.tls_bytes += data.map_or(0, |d| d.len() as u64);
             return;
         }
         let before = stream.held();
-        act(stream, &mut |ev| forward(ev, info, role, ends, stats, out));
+        act(stream, at, &mut |ev| {
+            forward(ev, info, role, ends, stats, out)
+        });
         self.budget.charge(before, stream.held());
         if self.budget.over() {
             self.enforce_budget(out);
         }
+    }
+
+    /// Bytes of a connection the kernel could not copy lose the messages they carried: said
+    /// when it happens, with the connection, at the 1st, 2nd, 4th, 8th... gap of each
+    /// connection so that a connection full of them cannot flood the log.
+    fn warn_gap(&mut self, header: &EventHeader, len: u64) {
+        let Some(conn) = self.conns.get_mut(&header.conn_id) else {
+            return;
+        };
+        conn.kernel_gaps += 1;
+        if conn.tls || !conn.kernel_gaps.is_power_of_two() {
+            return;
+        }
+        let info = &conn.info;
+        tracing::warn!(
+            conn = info.id,
+            pid = info.pid,
+            comm = %info.comm,
+            client = %info.client,
+            server = %info.server,
+            bytes = len,
+            syscall = header.syscall,
+            gaps_on_connection = conn.kernel_gaps,
+            "bytes moved on this connection that could not be copied (no user buffer: \
+             sendfile, splice, io_uring, MSG_TRUNC; or unreadable memory): the messages they \
+             carried are not audited"
+        );
     }
 
     /// Makes sure the connection has an entry; one whose open event was lost is created from
@@ -729,6 +791,69 @@ mod tests {
         assert_eq!(msg[5], 1);
         let (t, messages) = feed(&[(Direction::Egress, 0, &msg)]);
         assert_eq!((messages, t.stats().tls_connections), (1, 0));
+    }
+
+    /// The kernel forgot a connection and met it again: a second open event, offsets from 0.
+    /// The stream goes on (no close, every message framed, both exchanges paired).
+    #[test]
+    fn a_connection_met_again_goes_on() {
+        let mut t = Connections::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        let (mut messages, mut exchanges, mut closed) = (0, 0, 0);
+        let mut sink = |o: TableEvent<'_>| match o {
+            TableEvent::Message { .. } => messages += 1,
+            TableEvent::Exchange { .. } => exchanges += 1,
+            TableEvent::Closed { .. } => closed += 1,
+        };
+        let open = |ts| Event::ConnOpen {
+            header: header(EventKind::ConnOpen, 9, 0, ts),
+            ends: Ends::Inet {
+                local: "127.0.0.1:50000".parse().unwrap(),
+                remote: "127.0.0.1:27017".parse().unwrap(),
+            },
+            comm: "app".into(),
+        };
+        let find = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
+        let batch = op_msg(2, 1, bson::rawdoc! { "ok": 1.0 });
+        let get_more = op_msg(
+            3,
+            0,
+            bson::rawdoc! { "getMore": 7i64, "collection": "c", "$db": "d" },
+        );
+        let last = op_msg(4, 3, bson::rawdoc! { "ok": 1.0 });
+        t.handle(open(1), &mut sink);
+        for (ts, direction, payload) in [
+            (10, Direction::Egress, &find),
+            (11, Direction::Ingress, &batch),
+        ] {
+            t.handle(
+                Event::Data {
+                    header: header(EventKind::Data, 9, 0, ts),
+                    direction,
+                    payload,
+                },
+                &mut sink,
+            );
+        }
+        t.handle(open(20), &mut sink);
+        for (ts, direction, payload) in [
+            (30, Direction::Egress, &get_more),
+            (31, Direction::Ingress, &last),
+        ] {
+            t.handle(
+                Event::Data {
+                    header: header(EventKind::Data, 9, 0, ts),
+                    direction,
+                    payload,
+                },
+                &mut sink,
+            );
+        }
+        assert_eq!((messages, exchanges, closed), (4, 2, 0));
+        let st = t.stats();
+        assert_eq!(
+            (st.connections, st.reopened_connections, st.gaps),
+            (1, 1, 0)
+        );
     }
 
     #[test]
