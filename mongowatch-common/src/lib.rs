@@ -70,7 +70,7 @@ pub enum EventKind {
     /// `orig_len` bytes moved through the socket but were not copied (no user buffer to read:
     /// sendfile, splice, io_uring, mmsg calls, MSG_TRUNC). No payload.
     Gap = 2,
-    /// First sight of a connection: a `ConnInfo` follows the header.
+    /// First sight of a connection: a `SocketInfo` follows the header.
     ConnOpen = 3,
     /// A TCP connection reached TCP_CLOSE. No payload.
     ConnClose = 4,
@@ -138,7 +138,7 @@ pub const AF_INET6: u16 = 10;
 /// Where a connection goes, read from the socket on first sight. Follows a `ConnOpen` header.
 #[repr(C)]
 #[derive(Copy, Clone)]
-pub struct ConnInfo {
+pub struct SocketInfo {
     pub family: u16,
     /// Local and remote ports (host order); 0 for unix sockets.
     pub local_port: u16,
@@ -157,7 +157,7 @@ pub struct ConnInfo {
     pub comm: [u8; 16],
 }
 
-impl Default for ConnInfo {
+impl Default for SocketInfo {
     fn default() -> Self {
         Self {
             family: 0,
@@ -296,7 +296,7 @@ impl Config {
 mod user {
     use super::*;
     unsafe impl aya::Pod for EventHeader {}
-    unsafe impl aya::Pod for ConnInfo {}
+    unsafe impl aya::Pod for SocketInfo {}
     unsafe impl aya::Pod for ConnState {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for KernelOffsets {}
@@ -311,7 +311,7 @@ mod tests {
     fn header_layout_is_stable() {
         // The kernel writes this header byte for byte; a padding change would shift payloads.
         assert_eq!(EVENT_HEADER_SIZE, 56);
-        assert_eq!(core::mem::size_of::<ConnInfo>(), 8 + 32 + 108 + 8 + 16);
+        assert_eq!(core::mem::size_of::<SocketInfo>(), 8 + 32 + 108 + 8 + 16);
     }
 
     #[test]

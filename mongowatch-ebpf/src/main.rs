@@ -37,7 +37,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use mongowatch_common::{
-    plausible_header, Config, ConnInfo, ConnState, Counters, EventHeader, EventKind, AF_INET,
+    plausible_header, Config, SocketInfo, ConnState, Counters, EventHeader, EventKind, AF_INET,
     AF_INET6, AF_UNIX, CHUNK_SIZE, CLASSIFY_STRIKES, CLASS_MONGO, CLASS_OTHER, CLASS_UNKNOWN,
     DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, MAX_CANDIDATES, MAX_CONNS, RING_SIZE, UIO_MAXIOV,
     WATCHED_WORDS,
@@ -653,9 +653,9 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
         return None;
     }
     let scratch = scratch()?;
-    // SAFETY: the payload has room for a ConnInfo (checked at compile time below).
-    let info = unsafe { &mut *(scratch.payload.as_mut_ptr() as *mut ConnInfo) };
-    *info = ConnInfo::default();
+    // SAFETY: the payload has room for a SocketInfo (checked at compile time below).
+    let info = unsafe { &mut *(scratch.payload.as_mut_ptr() as *mut SocketInfo) };
+    *info = SocketInfo::default();
     info.family = family;
     if let Ok(comm) = bpf_get_current_comm() {
         info.comm = comm;
@@ -685,11 +685,11 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
     h.tgid = tgid;
     h.tid = bpf_get_current_pid_tgid() as u32;
     h.kind = EventKind::ConnOpen as u8;
-    h.captured_len = core::mem::size_of::<ConnInfo>() as u32;
+    h.captured_len = core::mem::size_of::<SocketInfo>() as u32;
     h.syscall = -1;
     output(
         scratch as *const Scratch as *const u8,
-        (EVENT_HEADER_SIZE + core::mem::size_of::<ConnInfo>()) as u32,
+        (EVENT_HEADER_SIZE + core::mem::size_of::<SocketInfo>()) as u32,
         0,
     );
     if state.class == CLASS_MONGO {
@@ -699,7 +699,7 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
     }
 }
 
-const _: () = assert!(core::mem::size_of::<ConnInfo>() <= CHUNK_SIZE);
+const _: () = assert!(core::mem::size_of::<SocketInfo>() <= CHUNK_SIZE);
 
 /// Reads the two ends of a socket into `info`.
 #[inline(always)]
@@ -707,7 +707,7 @@ unsafe fn read_ends(
     sk: *const u8,
     family: u16,
     off: &mongowatch_common::KernelOffsets,
-    info: &mut ConnInfo,
+    info: &mut SocketInfo,
 ) {
     if family == AF_INET {
         let d: u32 = read_kernel(sk, off.skc_daddr).unwrap_or(0);

@@ -1,7 +1,7 @@
 //! Ring buffer records, parsed. Pure code: the kernel's bytes in, typed events out.
 
 use mongowatch_common::{
-    ConnInfo, EventHeader, EventKind, AF_INET, AF_INET6, AF_UNIX, DIR_EGRESS, EVENT_HEADER_SIZE,
+    SocketInfo, EventHeader, EventKind, AF_INET, AF_INET6, AF_UNIX, DIR_EGRESS, EVENT_HEADER_SIZE,
 };
 
 /// Which way bytes travel, relative to the watched process.
@@ -126,10 +126,10 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, EventError> {
             direction,
         },
         EventKind::ConnOpen => {
-            let bytes = payload(std::mem::size_of::<ConnInfo>() as u32)?;
-            // SAFETY: ConnInfo is plain old data and `bytes` has exactly its size.
-            let info: ConnInfo =
-                unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const ConnInfo) };
+            let bytes = payload(std::mem::size_of::<SocketInfo>() as u32)?;
+            // SAFETY: SocketInfo is plain old data and `bytes` has exactly its size.
+            let info: SocketInfo =
+                unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const SocketInfo) };
             Event::ConnOpen {
                 ends: ends(&info),
                 comm: c_string(&info.comm),
@@ -156,7 +156,7 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-pub fn ends(info: &ConnInfo) -> Ends {
+pub fn ends(info: &SocketInfo) -> Ends {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
     match info.family {
@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn ends_are_rendered() {
-        let mut info = ConnInfo {
+        let mut info = SocketInfo {
             family: AF_INET,
             local_port: 51432,
             remote_port: 27017,
@@ -302,7 +302,7 @@ mod tests {
                 remote: "127.0.0.2:27017".parse().unwrap(),
             }
         );
-        let mut unix = ConnInfo {
+        let mut unix = SocketInfo {
             family: AF_UNIX,
             ..Default::default()
         };
