@@ -142,7 +142,7 @@ pub struct AuditArgs {
     pub delay: Option<f64>,
 
     /// Also record handshakes, heartbeats (hello, isMaster, ping) and authentication steps.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(id = "include-heartbeats", long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub include_heartbeats: Option<bool>,
 
     /// Memory all connections' half-received messages may hold together (suffixes K, M, G;
@@ -228,28 +228,46 @@ impl AuditArgs {
         AuditConfig::try_from(self.merged()?)
     }
 
-    /// The options set here that shape records (all but the output and its rotation), by
-    /// their config-file names.
+    /// The options set here that shape records (all but the output, its rotation and the
+    /// memory budget), by their config-file names.
     pub fn record_options_set(&self) -> Vec<&'static str> {
         let set = [
-            ("format", self.format.is_some()),
-            ("fields", self.fields.is_some()),
-            ("template", self.template.is_some()),
-            ("filter", self.filter.is_some()),
-            ("mask", self.mask.is_some()),
-            ("ops", self.ops.is_some()),
-            ("db", self.db.is_some()),
-            ("rate", self.rate.is_some()),
-            ("timeout", self.timeout.is_some()),
-            ("delay", self.delay.is_some()),
-            ("include-heartbeats", self.include_heartbeats.is_some()),
+            self.format.is_some(),
+            self.fields.is_some(),
+            self.template.is_some(),
+            self.filter.is_some(),
+            self.mask.is_some(),
+            self.ops.is_some(),
+            self.db.is_some(),
+            self.rate.is_some(),
+            self.timeout.is_some(),
+            self.delay.is_some(),
+            self.include_heartbeats.is_some(),
         ];
-        set.into_iter()
+        RECORD_OPTIONS
+            .iter()
+            .zip(set)
             .filter(|(_, on)| *on)
-            .map(|(k, _)| k)
+            .map(|(key, _)| *key)
             .collect()
     }
 }
+
+/// The options that shape records, by their config-file names, in the order of
+/// [`AuditArgs::record_options_set`]; they are the clap ids of these options too.
+pub const RECORD_OPTIONS: [&str; 11] = [
+    "format",
+    "fields",
+    "template",
+    "filter",
+    "mask",
+    "ops",
+    "db",
+    "rate",
+    "timeout",
+    "delay",
+    "include-heartbeats",
+];
 
 /// The checked audit configuration.
 #[derive(Clone, Debug, PartialEq)]

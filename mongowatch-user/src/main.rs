@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use mongowatch::{
     capture::procfs,
-    config::AuditArgs,
+    config::{AuditArgs, RECORD_OPTIONS},
     pipeline::{self, Mode, Options, Stop},
 };
 
@@ -53,24 +53,9 @@ struct Cli {
     audit: AuditArgs,
 }
 
-/// The audit options that shape records, which `--messages` does not write.
-const RECORD_OPTIONS: [&str; 11] = [
-    "format",
-    "fields",
-    "template",
-    "filter",
-    "mask",
-    "ops",
-    "db",
-    "rate",
-    "timeout",
-    "delay",
-    "include_heartbeats",
-];
-
 fn parse_interval(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.1 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        Ok(v) if (0.1..1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
         _ => Err(format!("`{s}` is not a number of seconds >= 0.1")),
     }
 }

@@ -1,7 +1,7 @@
 //! Ring buffer records, parsed. Pure code: the kernel's bytes in, typed events out.
 
 use mongowatch_common::{
-    SocketInfo, EventHeader, EventKind, AF_INET, AF_INET6, AF_UNIX, DIR_EGRESS, EVENT_HEADER_SIZE,
+    EventHeader, EventKind, SocketInfo, AF_INET, AF_INET6, AF_UNIX, DIR_EGRESS, EVENT_HEADER_SIZE,
 };
 
 /// Which way bytes travel, relative to the watched process.
