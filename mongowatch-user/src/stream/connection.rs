@@ -241,6 +241,11 @@ impl Connection {
         self.closed
     }
 
+    /// Messages decoded so far (none: nothing on it has looked like MongoDB yet).
+    pub fn decoded(&self) -> u64 {
+        self.core.decoded
+    }
+
     /// Requests waiting for a reply.
     pub fn outstanding(&self) -> usize {
         self.core.pairer.outstanding()

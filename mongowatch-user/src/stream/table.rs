@@ -79,6 +79,8 @@ pub struct TableStats {
     /// Connections the kernel forgot and met again (a second open event): their streams went
     /// on where they were.
     pub reopened_connections: u64,
+    /// Connections closed to keep the table within its bound (the idlest first).
+    pub evicted_connections: u64,
 }
 
 /// Which end of a connection the watched process is.
@@ -105,6 +107,14 @@ struct Conn {
     kernel_gaps: u64,
 }
 
+/// What one connection costs the table beyond its buffers, as the memory budget counts it
+/// (about 2 KiB measured, with room for long unix paths and pairing state): the budget over
+/// this is how many connections the table holds. A process may open any number of sockets;
+/// an idle one (a unix socket waits ten minutes for expiry) must not hold memory for ever.
+pub const CONNECTION_COST: usize = 4 << 10;
+/// The bound never goes below this, however small the budget.
+const MIN_CONNECTIONS: usize = 256;
+
 /// The connections of the watched processes, by the kernel's connection id.
 pub struct Connections {
     clock: Clock,
@@ -116,6 +126,8 @@ pub struct Connections {
     finished: WireStats,
     /// Charged with every connection's stream buffers.
     budget: MemoryBudget,
+    /// Connections the table holds at most (see [`CONNECTION_COST`]).
+    max_connections: usize,
 }
 
 impl Connections {
@@ -123,6 +135,7 @@ impl Connections {
         Self {
             clock,
             budget: MemoryBudget::new(cfg.memory_budget),
+            max_connections: (cfg.memory_budget / CONNECTION_COST).max(MIN_CONNECTIONS),
             cfg,
             server_ports,
             conns: HashMap::new(),
@@ -165,7 +178,7 @@ impl Connections {
                     return;
                 }
                 let conn = self.new_conn(header.conn_id, header.tgid, comm, ends);
-                self.conns.insert(header.conn_id, conn);
+                self.insert_conn(header.conn_id, conn, self.clock.epoch_ns(header.ts_ns), out);
             }
             Event::Data {
                 header,
@@ -381,7 +394,7 @@ impl Connections {
         out: &mut impl FnMut(TableEvent<'_>),
         act: impl FnOnce(&mut Connection, u64, &mut dyn FnMut(ConnEvent<'_>)),
     ) {
-        self.ensure_conn(header.conn_id, header.tgid, header.fd);
+        self.ensure_conn(header, out);
         let Self { conns, stats, .. } = self;
         let Some(conn) = conns.get_mut(&header.conn_id) else {
             return;
@@ -457,7 +470,8 @@ impl Connections {
 
     /// Makes sure the connection has an entry; one whose open event was lost is created from
     /// /proc.
-    fn ensure_conn(&mut self, id: u64, pid: u32, fd: i32) {
+    fn ensure_conn(&mut self, header: &EventHeader, out: &mut impl FnMut(TableEvent<'_>)) {
+        let (id, pid, fd) = (header.conn_id, header.tgid, header.fd);
         if !self.conns.contains_key(&id) {
             self.stats.late_connections += 1;
             let ends = procfs::socket_inode(pid, fd)
@@ -466,8 +480,49 @@ impl Connections {
                 .unwrap_or(Ends::Unknown { family: 0 });
             let comm = procfs::comm(pid).unwrap_or_default();
             let conn = self.new_conn(id, pid, comm, ends);
-            self.conns.insert(id, conn);
+            self.insert_conn(id, conn, self.clock.epoch_ns(header.ts_ns), out);
         }
+    }
+
+    /// Adds a connection. Past the table's bound one goes: the idlest of those that never
+    /// carried a MongoDB message, else the idlest of all; it is closed (its waiting requests
+    /// handed on as unanswered), counted, and warned about at the 1st, 2nd, 4th... eviction.
+    fn insert_conn(
+        &mut self,
+        id: u64,
+        conn: Conn,
+        ts_ns: u64,
+        out: &mut impl FnMut(TableEvent<'_>),
+    ) {
+        self.conns.insert(id, conn);
+        if self.conns.len() <= self.max_connections {
+            return;
+        }
+        let idlest = self
+            .conns
+            .iter()
+            .filter(|(other, _)| **other != id)
+            // Sockets that never carried a MongoDB message go before those that did.
+            .min_by_key(|(_, c)| (c.stream.decoded() > 0, c.stream.last_activity_ns()))
+            .map(|(other, _)| *other);
+        let Some(victim) = idlest.and_then(|v| self.take_conn(v)) else {
+            return;
+        };
+        self.stats.evicted_connections += 1;
+        if self.stats.evicted_connections.is_power_of_two() {
+            let info = &victim.info;
+            tracing::warn!(
+                conn = info.id,
+                pid = info.pid,
+                client = %info.client,
+                server = %info.server,
+                limit = self.max_connections,
+                evicted = self.stats.evicted_connections,
+                "more connections than the memory budget allows (--memory-budget): closed the \
+                 one idle the longest"
+            );
+        }
+        self.finish(victim, ts_ns, out);
     }
 }
 
@@ -1023,5 +1078,97 @@ mod tests {
             t.budget.used(),
             "a closed connection leaves the account"
         );
+    }
+
+    /// More connections than the budget allows: the table keeps its bound by closing the
+    /// connection idle the longest, each counted, its waiting request handed on.
+    #[test]
+    fn the_idlest_connections_go_past_the_bound() {
+        let cfg = ConnConfig {
+            memory_budget: 1 << 20,
+            ..ConnConfig::default()
+        };
+        let bound = (1 << 20) / CONNECTION_COST;
+        assert_eq!(bound, MIN_CONNECTIONS, "a small budget keeps the floor");
+        let mut t = Connections::new(Clock::identity(), cfg, vec![27017]);
+        let (mut closed, mut unanswered) = (Vec::new(), 0);
+        let mut sink = |o: TableEvent<'_>| match o {
+            TableEvent::Closed { conn, .. } => closed.push(conn.id),
+            TableEvent::Exchange {
+                exchange: Exchange::Unanswered { .. },
+                ..
+            } => unanswered += 1,
+            _ => {}
+        };
+        let req = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
+        let extra = 10u64;
+        for conn in 1..=bound as u64 + extra {
+            t.handle(
+                Event::ConnOpen {
+                    header: header(EventKind::ConnOpen, conn, 0, 1000 + conn),
+                    ends: Ends::Unknown { family: 0 },
+                    comm: "app".into(),
+                },
+                &mut sink,
+            );
+            // Each sends a request that waits for its reply; the first ones are the idlest.
+            t.handle(
+                Event::Data {
+                    header: header(EventKind::Data, conn, 0, 1000 + conn),
+                    direction: Direction::Egress,
+                    payload: &req,
+                },
+                &mut sink,
+            );
+        }
+        assert_eq!(closed, (1..=extra).collect::<Vec<_>>());
+        assert_eq!(unanswered, extra as usize);
+        let st = t.stats();
+        assert_eq!(st.open_connections, bound as u64);
+        assert_eq!(st.evicted_connections, extra);
+    }
+
+    /// A MongoDB connection outlives newer sockets that never carried a MongoDB message.
+    #[test]
+    fn sockets_that_are_not_mongodb_go_first() {
+        let cfg = ConnConfig {
+            memory_budget: 1 << 20,
+            ..ConnConfig::default()
+        };
+        let mut t = Connections::new(Clock::identity(), cfg, vec![27017]);
+        let mut closed = Vec::new();
+        let mut sink = |o: TableEvent<'_>| {
+            if let TableEvent::Closed { conn, .. } = o {
+                closed.push(conn.id)
+            }
+        };
+        let open = |conn: u64| Event::ConnOpen {
+            header: header(EventKind::ConnOpen, conn, 0, conn),
+            ends: Ends::Unknown { family: 0 },
+            comm: "app".into(),
+        };
+        // The MongoDB connection is the oldest and the idlest.
+        t.handle(open(1), &mut sink);
+        let req = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
+        t.handle(
+            Event::Data {
+                header: header(EventKind::Data, 1, 0, 1),
+                direction: Direction::Egress,
+                payload: &req,
+            },
+            &mut sink,
+        );
+        for conn in 2..=MIN_CONNECTIONS as u64 + 1 {
+            t.handle(open(conn), &mut sink);
+            t.handle(
+                Event::Data {
+                    header: header(EventKind::Data, conn, 0, conn),
+                    direction: Direction::Egress,
+                    payload: b"not mongodb at all",
+                },
+                &mut sink,
+            );
+        }
+        assert_eq!(closed, vec![2], "the idlest socket that is not MongoDB");
     }
 }
