@@ -449,7 +449,9 @@ fn forward(
         }
         ConnEvent::Gap { len, .. } => {
             stats.gaps += 1;
-            stats.gap_bytes += len;
+            // A gap's length comes from the record's offsets: a corrupt one can claim up to
+            // 2^64 bytes, and the sum over connections must not overflow.
+            stats.gap_bytes = stats.gap_bytes.saturating_add(len);
         }
         ConnEvent::Dropped { .. } => stats.dropped_frames += 1,
         ConnEvent::Exchange(exchange) => out(Output::Input(Input::Exchange {
@@ -656,6 +658,29 @@ mod tests {
             );
         }
         (t, messages)
+    }
+
+    /// Found by fuzzing (kernel_events): offset jumps of nearly 2^64 bytes on two connections
+    /// overflowed the sum of gap bytes.
+    #[test]
+    fn gap_bytes_of_corrupt_offsets_saturate() {
+        let mut t = Tracker::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        t.add_process(4242);
+        let mut sink = |_: Output<'_>| {};
+        for conn in [9, 10] {
+            for (i, offset) in [0, u64::MAX - 1].into_iter().enumerate() {
+                t.handle(
+                    Event::Data {
+                        header: header(EventKind::Data, conn, offset, 10 + i as u64),
+                        direction: Direction::Egress,
+                        payload: b"x",
+                    },
+                    &mut sink,
+                );
+            }
+        }
+        assert_eq!(t.stats().gaps, 2);
+        assert_eq!(t.stats().gap_bytes, u64::MAX);
     }
 
     /// A connection that starts with a TLS handshake is counted (and warned about) once, and
