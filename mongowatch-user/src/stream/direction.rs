@@ -228,7 +228,8 @@ impl DirectionStream {
     /// Loss of `[start, start + len)`, `start` being the expected position.
     fn lose(&mut self, start: u64, len: u64, out: &mut impl FnMut(StreamEvent)) {
         self.stats.gaps += 1;
-        self.stats.gap_bytes += len;
+        // With the bytes cut off past the last position, the sum can pass 2^64.
+        self.stats.gap_bytes = self.stats.gap_bytes.saturating_add(len);
         out(StreamEvent::Gap { offset: start, len });
         self.expected = Some(start.saturating_add(len));
         match self.mode {
@@ -396,5 +397,17 @@ mod tests {
         assert_eq!(s.expected_offset(), Some(u64::MAX));
         s.push(u64::MAX, &[0u8; 8], 2, &mut |e| events.push(e));
         assert_eq!((s.stats().gaps, s.stats().gap_bytes), (2, 24));
+    }
+
+    /// Found by fuzzing too: bytes cut off past the end, then the jump to them, counted more
+    /// than 2^64 gap bytes.
+    #[test]
+    fn a_jump_to_the_end_of_the_positions_saturates_the_gap_bytes() {
+        let mut s = DirectionStream::new(StreamConfig::default());
+        let mut events = Vec::new();
+        s.push(0, &[0u8; 10], 1, &mut |e| events.push(e));
+        s.push(u64::MAX - 4, &[0u8; 20], 2, &mut |e| events.push(e));
+        assert_eq!((s.stats().gaps, s.stats().gap_bytes), (2, u64::MAX));
+        assert_eq!(s.stats().bytes_in, 14);
     }
 }
