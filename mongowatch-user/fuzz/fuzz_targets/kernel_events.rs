@@ -134,13 +134,11 @@ impl<'a> Src<'a> {
 
 fuzz_target!(|data: &[u8]| {
     // The whole input as one record: an event or an error, never a panic.
-    if let Ok(ev) = parse(data) {
-        if let Event::Data {
-            payload, header, ..
-        } = &ev
-        {
-            assert_eq!(payload.len(), header.captured_len as usize);
-        }
+    if let Ok(Event::Data {
+        payload, header, ..
+    }) = parse(data)
+    {
+        assert_eq!(payload.len(), header.captured_len as usize);
     }
 
     let mut tracker = Tracker::new(

@@ -338,7 +338,7 @@ fn command(s: &mut Src) -> RawDocumentBuf {
         let k = s.string(KEYS);
         d.append(key(&k), value(s, 0));
     }
-    if s.u8() % 8 != 0 {
+    if !s.u8().is_multiple_of(8) {
         d.append(key("$db"), s.string(DBS));
     }
     d
@@ -404,7 +404,7 @@ fn sequences(s: &mut Src) -> Vec<Sequence> {
                 .replace('\0', ""),
             documents: (0..s.u8() % 4)
                 .map(|_| {
-                    if s.u8() % 4 == 0 {
+                    if s.u8().is_multiple_of(4) {
                         raw_doc(s)
                     } else {
                         Doc::from(document(s, 1))
@@ -541,7 +541,7 @@ fn message(s: &mut Src, reply: bool) -> Option<Message> {
     let len = encode(&m).len();
     m.header.length = len as i32;
     m.wire_len = len as u32;
-    if s.u8() % 8 == 0 {
+    if s.u8().is_multiple_of(8) {
         m.compressor = Compressor::from_u8(s.u8() % 4);
         m.wire_len /= 2;
     }
@@ -704,7 +704,7 @@ fuzz_target!(|data: &[u8]| {
                 let (Some(req), Some(rep)) = (message(&mut s, false), message(&mut s, true)) else {
                     continue;
                 };
-                let exhaust_index = if s.u8() % 4 == 0 {
+                let exhaust_index = if s.u8().is_multiple_of(4) {
                     u32::from(s.u8() % 3)
                 } else {
                     0
