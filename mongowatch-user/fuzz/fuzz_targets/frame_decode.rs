@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         },
         pair: PairConfig { max_outstanding: 8 },
         idle_timeout_ns: 1_000,
+        ..ConnConfig::default()
     });
     let mut framed = 0usize;
     let mut check = |ev: ConnEvent<'_>| {

@@ -143,6 +143,17 @@ impl DirectionStream {
         let expected = *self.expected.get_or_insert(offset);
         let mut data = data;
         let mut offset = offset;
+        // Positions are u64: bytes past the last one come from a corrupt record (no stream
+        // carries 2^64 bytes). They are counted as lost, never placed.
+        let room = u64::MAX - offset;
+        if data.len() as u64 > room {
+            self.stats.gaps += 1;
+            self.stats.gap_bytes = self
+                .stats
+                .gap_bytes
+                .saturating_add(data.len() as u64 - room);
+            data = &data[..room as usize];
+        }
         if offset > expected {
             self.lose(expected, offset - expected, out);
         } else if offset < expected {
@@ -256,7 +267,8 @@ impl DirectionStream {
     /// Loss of `[start, start + len)`, `start` being the expected position.
     fn lose(&mut self, start: u64, len: u64, out: &mut impl FnMut(StreamEvent)) {
         self.stats.gaps += 1;
-        self.stats.gap_bytes += len;
+        // With the bytes cut off past the last position, the sum can pass 2^64.
+        self.stats.gap_bytes = self.stats.gap_bytes.saturating_add(len);
         out(StreamEvent::Gap { offset: start, len });
         self.expected = Some(start.saturating_add(len));
         match self.mode {
@@ -409,5 +421,36 @@ impl DirectionStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (kernel_events): a record whose offset is near the end of the u64
+    /// range overflowed the buffer's position while hunting.
+    #[test]
+    fn bytes_past_the_last_stream_position_are_counted_lost() {
+        let mut s = DirectionStream::new(StreamConfig::default());
+        let mut events = Vec::new();
+        s.push(u64::MAX - 4, &[0u8; 20], 1, &mut |e| events.push(e));
+        assert_eq!(s.stats().bytes_in, 4);
+        assert_eq!((s.stats().gaps, s.stats().gap_bytes), (1, 16));
+        assert_eq!(s.expected_offset(), Some(u64::MAX));
+        s.push(u64::MAX, &[0u8; 8], 2, &mut |e| events.push(e));
+        assert_eq!((s.stats().gaps, s.stats().gap_bytes), (2, 24));
+    }
+
+    /// Found by fuzzing too: bytes cut off past the end, then the jump to them, counted more
+    /// than 2^64 gap bytes.
+    #[test]
+    fn a_jump_to_the_end_of_the_positions_saturates_the_gap_bytes() {
+        let mut s = DirectionStream::new(StreamConfig::default());
+        let mut events = Vec::new();
+        s.push(0, &[0u8; 10], 1, &mut |e| events.push(e));
+        s.push(u64::MAX - 4, &[0u8; 20], 2, &mut |e| events.push(e));
+        assert_eq!((s.stats().gaps, s.stats().gap_bytes), (2, u64::MAX));
+        assert_eq!(s.stats().bytes_in, 14);
     }
 }

@@ -575,7 +575,9 @@ fn forward(
         }
         ConnEvent::Gap { len, .. } => {
             stats.gaps += 1;
-            stats.gap_bytes += len;
+            // A gap's length comes from the record's offsets: a corrupt one can claim up to
+            // 2^64 bytes, and the sum over connections must not overflow.
+            stats.gap_bytes = stats.gap_bytes.saturating_add(len);
         }
         ConnEvent::Dropped { .. } => stats.dropped_frames += 1,
         ConnEvent::Exchange(exchange) => out(TableEvent::Exchange {
@@ -1170,5 +1172,27 @@ mod tests {
             );
         }
         assert_eq!(closed, vec![2], "the idlest socket that is not MongoDB");
+    }
+
+    /// Found by fuzzing (kernel_events): offset jumps of nearly 2^64 bytes on two connections
+    /// overflowed the sum of gap bytes.
+    #[test]
+    fn gap_bytes_of_corrupt_offsets_saturate() {
+        let mut t = Connections::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        let mut sink = |_: TableEvent<'_>| {};
+        for conn in [9, 10] {
+            for (i, offset) in [0, u64::MAX - 1].into_iter().enumerate() {
+                t.handle(
+                    Event::Data {
+                        header: header(EventKind::Data, conn, offset, 10 + i as u64),
+                        direction: Direction::Egress,
+                        payload: b"x",
+                    },
+                    &mut sink,
+                );
+            }
+        }
+        assert_eq!(t.stats().gaps, 2);
+        assert_eq!(t.stats().gap_bytes, u64::MAX);
     }
 }
