@@ -67,8 +67,9 @@ impl Default for StreamConfig {
     }
 }
 
+/// Where the buffer stands against message boundaries.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Mode {
+enum Framing {
     /// The buffer starts at a message start (or is empty and the next byte is one).
     InSync,
     /// Looking for a plausible header.
@@ -88,7 +89,7 @@ pub struct DirectionStream {
     buf_first_ts: u64,
     /// During a push: how many bytes of `buf` came from earlier chunks.
     old_len: usize,
-    mode: Mode,
+    mode: Framing,
     /// Hunting since the stream began (finding the first header there is not a resync).
     at_start: bool,
     last_ts: u64,
@@ -104,7 +105,7 @@ impl DirectionStream {
             buf_offset: 0,
             buf_first_ts: 0,
             old_len: 0,
-            mode: Mode::Hunting,
+            mode: Framing::Hunting,
             at_start: true,
             last_ts: 0,
             stats: StreamStats::default(),
@@ -169,14 +170,14 @@ impl DirectionStream {
         self.expected = Some(offset.saturating_add(data.len() as u64));
         self.stats.bytes_in += data.len() as u64;
 
-        if let Mode::Skip(remaining) = self.mode {
+        if let Framing::Skip(remaining) = self.mode {
             let n = remaining.min(data.len() as u64);
             data = &data[n as usize..];
             offset += n;
             if remaining == n {
-                self.mode = Mode::InSync;
+                self.mode = Framing::InSync;
             } else {
-                self.mode = Mode::Skip(remaining - n);
+                self.mode = Framing::Skip(remaining - n);
             }
         }
         if data.is_empty() {
@@ -232,7 +233,7 @@ impl DirectionStream {
         let held = self.held();
         if !self.buf.is_empty() {
             match self.mode {
-                Mode::InSync => {
+                Framing::InSync => {
                     let have = self.buf.len() as u64;
                     let msg_len = le_i32(&self.buf, 0)
                         .and_then(|l| u64::try_from(l).ok())
@@ -241,16 +242,16 @@ impl DirectionStream {
                         });
                     self.drop_partial(DropReason::MemoryBudget, out);
                     self.mode = match msg_len {
-                        Some(l) if l > have => Mode::Skip(l - have),
+                        Some(l) if l > have => Framing::Skip(l - have),
                         _ => self.hunt(),
                     };
                 }
-                Mode::Hunting => {
+                Framing::Hunting => {
                     self.stats.resync_skipped_bytes += self.buf.len() as u64;
                     self.buf.clear();
                 }
                 // Skipping holds nothing.
-                Mode::Skip(_) => self.buf.clear(),
+                Framing::Skip(_) => self.buf.clear(),
             }
         }
         self.buf = BytesMut::new();
@@ -272,15 +273,15 @@ impl DirectionStream {
         out(StreamEvent::Gap { offset: start, len });
         self.expected = Some(start.saturating_add(len));
         match self.mode {
-            Mode::Skip(remaining) => {
+            Framing::Skip(remaining) => {
                 self.mode = match len.cmp(&remaining) {
-                    std::cmp::Ordering::Less => Mode::Skip(remaining - len),
-                    std::cmp::Ordering::Equal => Mode::InSync,
+                    std::cmp::Ordering::Less => Framing::Skip(remaining - len),
+                    std::cmp::Ordering::Equal => Framing::InSync,
                     std::cmp::Ordering::Greater => self.hunt(),
                 }
             }
-            Mode::InSync if self.buf.is_empty() => self.mode = self.hunt(),
-            Mode::InSync => {
+            Framing::InSync if self.buf.is_empty() => self.mode = self.hunt(),
+            Framing::InSync => {
                 // A message started and the gap fell inside it: drop it, and if its length is
                 // known, skip to its end and stay in sync.
                 let have = self.buf.len() as u64;
@@ -292,24 +293,24 @@ impl DirectionStream {
                     Some(l) if l > have => {
                         let rest = l - have;
                         match len.cmp(&rest) {
-                            std::cmp::Ordering::Less => Mode::Skip(rest - len),
-                            std::cmp::Ordering::Equal => Mode::InSync,
+                            std::cmp::Ordering::Less => Framing::Skip(rest - len),
+                            std::cmp::Ordering::Equal => Framing::InSync,
                             std::cmp::Ordering::Greater => self.hunt(),
                         }
                     }
                     _ => self.hunt(),
                 };
             }
-            Mode::Hunting => {
+            Framing::Hunting => {
                 self.stats.resync_skipped_bytes += self.buf.len() as u64;
                 self.buf.clear();
             }
         }
     }
 
-    fn hunt(&mut self) -> Mode {
+    fn hunt(&mut self) -> Framing {
         self.at_start = false;
-        Mode::Hunting
+        Framing::Hunting
     }
 
     /// Drops the partial message in the buffer (in sync), reporting it.
@@ -341,8 +342,8 @@ impl DirectionStream {
     fn process(&mut self, ts_ns: u64, out: &mut impl FnMut(StreamEvent)) {
         loop {
             match self.mode {
-                Mode::Skip(_) => return,
-                Mode::InSync => match check_in_sync(&self.buf) {
+                Framing::Skip(_) => return,
+                Framing::InSync => match check_in_sync(&self.buf) {
                     Plausible::NeedMore => return,
                     Plausible::No => {
                         self.stats.dropped.bump(DropReason::BadHeader);
@@ -370,7 +371,7 @@ impl DirectionStream {
                         self.buf.advance(have);
                         self.consumed(have, ts_ns);
                         if have < len {
-                            self.mode = Mode::Skip((len - have) as u64);
+                            self.mode = Framing::Skip((len - have) as u64);
                             return;
                         }
                     }
@@ -395,7 +396,7 @@ impl DirectionStream {
                         self.consumed(len, ts_ns);
                     }
                 },
-                Mode::Hunting => {
+                Framing::Hunting => {
                     let mut i = 0;
                     let found = loop {
                         match self.buf.get(i..).map(check_strict) {
@@ -417,7 +418,7 @@ impl DirectionStream {
                         self.stats.resyncs += 1;
                     }
                     self.at_start = false;
-                    self.mode = Mode::InSync;
+                    self.mode = Framing::InSync;
                 }
             }
         }
