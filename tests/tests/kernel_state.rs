@@ -157,7 +157,7 @@ s.close()
         "{insert}"
     );
     ensure!(
-        stats["capture"]["gaps"] == 0 && stats["kernel"]["gap_bytes"] == 0,
+        stats["stream"]["gaps"] == 0 && stats["kernel"]["gap_bytes"] == 0,
         "every byte copied: {stats}"
     );
     Ok(())
@@ -319,7 +319,7 @@ s.close()
         &[],
     )?;
     ensure!(
-        stats["kernel"]["gap_events"] == 1 && stats["capture"]["gaps"] == 1,
+        stats["kernel"]["gap_events"] == 1 && stats["stream"]["gaps"] == 1,
         "one gap: {stats}"
     );
     let warning = stderr
