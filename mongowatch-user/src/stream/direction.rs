@@ -258,10 +258,15 @@ impl DirectionStream {
         held
     }
 
-    /// Lets go of buffer memory when nothing is buffered (for idle connections).
+    /// Lets go of buffer memory that holds nothing: all of it when nothing is buffered (idle
+    /// connections), and the unused part of a block that holds a few bytes (a socket that sent
+    /// one byte keeps no 16 KiB block: thousands of such sockets are common).
     pub fn shrink(&mut self) {
-        if self.buf.is_empty() {
+        let len = self.buf.len();
+        if len == 0 {
             self.buf = BytesMut::new();
+        } else if len < self.cfg.block_size / 4 && self.buf.capacity() > 2 * len {
+            self.buf = BytesMut::from(&self.buf[..]);
         }
     }
 

@@ -292,7 +292,19 @@ impl Connections {
                 })
                 .sum(),
         );
-        while let Some(id) = budget.victim(conns.iter().map(|(id, c)| (*id, c.stream.held()))) {
+        // Sockets that never carried a MongoDB message give up their bytes first.
+        let victim = |conns: &HashMap<u64, Conn>, budget: &MemoryBudget| {
+            let held = |(id, c): (&u64, &Conn)| (*id, c.stream.held());
+            budget
+                .victim(
+                    conns
+                        .iter()
+                        .filter(|(_, c)| c.stream.decoded() == 0)
+                        .map(held),
+                )
+                .or_else(|| budget.victim(conns.iter().map(held)))
+        };
+        while let Some(id) = victim(conns, budget) {
             let Some(conn) = conns.get_mut(&id) else {
                 break;
             };
@@ -305,7 +317,13 @@ impl Connections {
             } = conn;
             let freed = stream.shed(&mut |ev| forward(ev, info, role, ends, stats, out));
             budget.shed(freed);
+            // Said at the 1st, 2nd, 4th... eviction: thousands may come at once.
+            let evictions = budget.stats().evictions;
+            if !evictions.is_power_of_two() {
+                continue;
+            }
             tracing::warn!(
+                evictions,
                 conn = info.id,
                 pid = info.pid,
                 client = %info.client,
@@ -1194,5 +1212,66 @@ mod tests {
         }
         assert_eq!(t.stats().gaps, 2);
         assert_eq!(t.stats().gap_bytes, u64::MAX);
+    }
+
+    /// Hundreds of sockets that sent a byte each (not MongoDB) beside a MongoDB connection
+    /// half-way through a reply: the bytes cost what they are, not a block each, and the
+    /// MongoDB reply is not shed for them (it was, before: the budget's largest-first pick
+    /// fell among equals).
+    #[test]
+    fn sockets_with_a_byte_each_do_not_cost_the_mongodb_reply() {
+        let cfg = ConnConfig {
+            memory_budget: 4 << 20,
+            ..ConnConfig::default()
+        };
+        let mut t = Connections::new(Clock::identity(), cfg, vec![27017]);
+        let mut round_trips = 0;
+        let mut sink = |o: TableEvent<'_>| {
+            if let TableEvent::Exchange {
+                exchange: Exchange::RoundTrip { .. },
+                ..
+            } = o
+            {
+                round_trips += 1
+            }
+        };
+        let open = |conn: u64| Event::ConnOpen {
+            header: header(EventKind::ConnOpen, conn, 0, conn),
+            ends: Ends::Unknown { family: 0 },
+            comm: "app".into(),
+        };
+        fn data(
+            conn: u64,
+            direction: Direction,
+            offset: u64,
+            ts: u64,
+            payload: &[u8],
+        ) -> Event<'_> {
+            Event::Data {
+                header: header(EventKind::Data, conn, offset, ts),
+                direction,
+                payload,
+            }
+        }
+        let req = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
+        let reply = op_msg(
+            2,
+            1,
+            bson::rawdoc! { "ok": 1.0, "pad": "x".repeat(64 << 10) },
+        );
+        let half = reply.len() / 2;
+        t.handle(open(1), &mut sink);
+        t.handle(data(1, Direction::Egress, 0, 1, &req), &mut sink);
+        t.handle(data(1, Direction::Ingress, 0, 2, &reply[..half]), &mut sink);
+        for conn in 2..600u64 {
+            t.handle(open(conn), &mut sink);
+            t.handle(data(conn, Direction::Egress, 0, conn, b"x"), &mut sink);
+        }
+        t.handle(
+            data(1, Direction::Ingress, half as u64, 700, &reply[half..]),
+            &mut sink,
+        );
+        assert_eq!(round_trips, 1, "the reply was not dropped");
+        assert_eq!(t.stats().memory.evictions, 0, "{:?}", t.stats().memory);
     }
 }
