@@ -1212,6 +1212,8 @@ mod tests {
         }
         assert_eq!(t.stats().gaps, 2);
         assert_eq!(t.stats().gap_bytes, u64::MAX);
+        // And the wire layer's sum over the connections (found by fuzzing too).
+        assert_eq!(t.wire_stats().stream.gap_bytes, u64::MAX);
     }
 
     /// Hundreds of sockets that sent a byte each (not MongoDB) beside a MongoDB connection

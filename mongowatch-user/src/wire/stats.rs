@@ -161,17 +161,21 @@ pub struct StreamStats {
 }
 
 impl StreamStats {
+    /// Sums another stream's counters; saturating, as a corrupt record can claim a gap of
+    /// nearly 2^64 bytes.
     pub fn add(&mut self, o: &Self) {
-        self.bytes_in += o.bytes_in;
-        self.messages += o.messages;
-        self.bytes += o.bytes;
-        self.gaps += o.gaps;
-        self.gap_bytes += o.gap_bytes;
-        self.overlap_bytes += o.overlap_bytes;
-        self.resyncs += o.resyncs;
-        self.resync_skipped_bytes += o.resync_skipped_bytes;
+        self.bytes_in = self.bytes_in.saturating_add(o.bytes_in);
+        self.messages = self.messages.saturating_add(o.messages);
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.gaps = self.gaps.saturating_add(o.gaps);
+        self.gap_bytes = self.gap_bytes.saturating_add(o.gap_bytes);
+        self.overlap_bytes = self.overlap_bytes.saturating_add(o.overlap_bytes);
+        self.resyncs = self.resyncs.saturating_add(o.resyncs);
+        self.resync_skipped_bytes = self
+            .resync_skipped_bytes
+            .saturating_add(o.resync_skipped_bytes);
         self.dropped.add(&o.dropped);
-        self.dropped_bytes += o.dropped_bytes;
+        self.dropped_bytes = self.dropped_bytes.saturating_add(o.dropped_bytes);
     }
 }
 
