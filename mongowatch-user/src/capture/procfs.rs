@@ -38,11 +38,16 @@ pub fn boot_ns_to_ticks(ns: u64) -> Option<u64> {
     (ns > 0).then(|| ns / ns_per_tick)
 }
 
-fn stat_start_time(stat: &str) -> Option<u64> {
-    // Fields after the command name (which may hold spaces and parentheses) start at the
-    // state, field 3; the start time is field 22.
+/// Field `n` (1-based, as proc(5) numbers them, from 3 on) of a `/proc/PID/stat` line: the
+/// fields after the command name, which is in parentheses and may hold spaces and
+/// parentheses itself, start at the state, field 3.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    rest.split_whitespace().nth(n.checked_sub(3)?)
+}
+
+fn stat_start_time(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)?.parse().ok()
 }
 
 /// Every process below `pid` in the process tree, at the time of the walk: a `--pid` of a parent
@@ -65,8 +70,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 /// The parent pid in the text of /proc/PID/stat: the second field after the command name,
 /// which is in parentheses and may hold spaces and parentheses itself.
 fn parent_in_stat(stat: &str) -> Option<u32> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_field(stat, 4)?.parse().ok()
 }
 
 /// The descendants of `root` given (pid, parent pid) pairs, parents before children, each once
@@ -94,10 +98,7 @@ fn descendants_in(root: u32, pairs: impl IntoIterator<Item = (u32, u32)>) -> Vec
 
 /// A `/proc/.../stat` line of a task that has not exited (state neither Z nor X).
 fn stat_is_running(stat: &str) -> bool {
-    // The state follows the command name, which is in parentheses and may hold spaces.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state != "Z" && state != "X")
+    stat_field(stat, 3).is_some_and(|state| state != "Z" && state != "X")
 }
 
 pub fn comm(pid: u32) -> Option<String> {
