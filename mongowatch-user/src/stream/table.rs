@@ -1100,6 +1100,24 @@ mod tests {
         );
     }
 
+    /// The open event of connection `conn` (ends unknown) of process 4242.
+    fn open(conn: u64, ts: u64) -> Event<'static> {
+        Event::ConnOpen {
+            header: header(EventKind::ConnOpen, conn, 0, ts),
+            ends: Ends::Unknown { family: 0 },
+            comm: "app".into(),
+        }
+    }
+
+    /// Bytes of connection `conn` at stream `offset`.
+    fn data(conn: u64, direction: Direction, offset: u64, ts: u64, payload: &[u8]) -> Event<'_> {
+        Event::Data {
+            header: header(EventKind::Data, conn, offset, ts),
+            direction,
+            payload,
+        }
+    }
+
     /// More connections than the budget allows: the table keeps its bound by closing the
     /// connection idle the longest, each counted, its waiting request handed on.
     #[test]
@@ -1123,21 +1141,10 @@ mod tests {
         let req = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
         let extra = 10u64;
         for conn in 1..=bound as u64 + extra {
-            t.handle(
-                Event::ConnOpen {
-                    header: header(EventKind::ConnOpen, conn, 0, 1000 + conn),
-                    ends: Ends::Unknown { family: 0 },
-                    comm: "app".into(),
-                },
-                &mut sink,
-            );
+            t.handle(open(conn, 1000 + conn), &mut sink);
             // Each sends a request that waits for its reply; the first ones are the idlest.
             t.handle(
-                Event::Data {
-                    header: header(EventKind::Data, conn, 0, 1000 + conn),
-                    direction: Direction::Egress,
-                    payload: &req,
-                },
+                data(conn, Direction::Egress, 0, 1000 + conn, &req),
                 &mut sink,
             );
         }
@@ -1162,30 +1169,14 @@ mod tests {
                 closed.push(conn.id)
             }
         };
-        let open = |conn: u64| Event::ConnOpen {
-            header: header(EventKind::ConnOpen, conn, 0, conn),
-            ends: Ends::Unknown { family: 0 },
-            comm: "app".into(),
-        };
         // The MongoDB connection is the oldest and the idlest.
-        t.handle(open(1), &mut sink);
+        t.handle(open(1, 1), &mut sink);
         let req = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
-        t.handle(
-            Event::Data {
-                header: header(EventKind::Data, 1, 0, 1),
-                direction: Direction::Egress,
-                payload: &req,
-            },
-            &mut sink,
-        );
+        t.handle(data(1, Direction::Egress, 0, 1, &req), &mut sink);
         for conn in 2..=MIN_CONNECTIONS as u64 + 1 {
-            t.handle(open(conn), &mut sink);
+            t.handle(open(conn, conn), &mut sink);
             t.handle(
-                Event::Data {
-                    header: header(EventKind::Data, conn, 0, conn),
-                    direction: Direction::Egress,
-                    payload: b"not mongodb at all",
-                },
+                data(conn, Direction::Egress, 0, conn, b"not mongodb at all"),
                 &mut sink,
             );
         }
@@ -1237,24 +1228,6 @@ mod tests {
                 round_trips += 1
             }
         };
-        let open = |conn: u64| Event::ConnOpen {
-            header: header(EventKind::ConnOpen, conn, 0, conn),
-            ends: Ends::Unknown { family: 0 },
-            comm: "app".into(),
-        };
-        fn data(
-            conn: u64,
-            direction: Direction,
-            offset: u64,
-            ts: u64,
-            payload: &[u8],
-        ) -> Event<'_> {
-            Event::Data {
-                header: header(EventKind::Data, conn, offset, ts),
-                direction,
-                payload,
-            }
-        }
         let req = op_msg(1, 0, bson::rawdoc! { "find": "c", "$db": "d" });
         let reply = op_msg(
             2,
@@ -1262,11 +1235,11 @@ mod tests {
             bson::rawdoc! { "ok": 1.0, "pad": "x".repeat(64 << 10) },
         );
         let half = reply.len() / 2;
-        t.handle(open(1), &mut sink);
+        t.handle(open(1, 1), &mut sink);
         t.handle(data(1, Direction::Egress, 0, 1, &req), &mut sink);
         t.handle(data(1, Direction::Ingress, 0, 2, &reply[..half]), &mut sink);
         for conn in 2..600u64 {
-            t.handle(open(conn), &mut sink);
+            t.handle(open(conn, conn), &mut sink);
             t.handle(data(conn, Direction::Egress, 0, conn, b"x"), &mut sink);
         }
         t.handle(
