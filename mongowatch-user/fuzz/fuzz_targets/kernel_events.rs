@@ -50,17 +50,6 @@ struct Fed {
     inputs: u64,
 }
 
-fn header_mut<'a>(ev: &'a mut Event<'_>) -> &'a mut EventHeader {
-    match ev {
-        Event::Data { header, .. }
-        | Event::Gap { header, .. }
-        | Event::ConnOpen { header, .. }
-        | Event::ConnClose { header }
-        | Event::ProcFork { header, .. }
-        | Event::ProcExit { header, .. } => header,
-    }
-}
-
 /// A header the parser accepts: a known kind and a payload length that fits.
 fn repair(rec: &mut [u8]) {
     if rec.len() < EVENT_HEADER_SIZE {
@@ -88,7 +77,7 @@ impl Sim {
     /// Pids out of the real range, connection ids folded, then the event goes where the
     /// pipeline sends it.
     fn feed(&mut self, mut ev: Event<'_>, fed: &mut Fed) -> u64 {
-        let h = header_mut(&mut ev);
+        let h = ev.header_mut();
         h.tgid = FAKE_PID + h.tgid % 3;
         h.conn_id %= 8;
         // Boot time within 2^50 ns (13 days), so that the last tick comes after everything.

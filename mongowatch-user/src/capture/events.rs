@@ -64,6 +64,17 @@ impl Event<'_> {
             | Event::ProcExit { header, .. } => header,
         }
     }
+
+    pub fn header_mut(&mut self) -> &mut EventHeader {
+        match self {
+            Event::Data { header, .. }
+            | Event::Gap { header, .. }
+            | Event::ConnOpen { header, .. }
+            | Event::ConnClose { header }
+            | Event::ProcFork { header, .. }
+            | Event::ProcExit { header, .. } => header,
+        }
+    }
 }
 
 /// The two ends of a connection as the kernel saw them from the watched side.
