@@ -287,15 +287,18 @@ fn newer_record_of_a_watch_id_replaces_a_waiting_one() {
         timeout_ns: SEC,
         delay_ns: 5 * SEC,
     });
-    q.update(rec("a", T0), false, T0);
+    let open = rec("a", T0);
+    let snapshot = |id: &str| (id == "a").then_some(&open);
+    q.changed("a", T0);
     assert!(
-        q.advance(T0 + 2 * SEC).is_empty(),
+        q.advance(T0 + 2 * SEC, snapshot).is_empty(),
         "timeout fired but delayed"
     );
+    assert_eq!(q.stats().timeouts, 1);
     let mut fin = rec("a", T0);
     fin.iteration = 2;
-    q.update(fin, true, T0 + 3 * SEC);
-    let out = q.advance(T0 + 7 * SEC);
+    q.ended(fin, T0 + 3 * SEC);
+    let out = q.advance(T0 + 7 * SEC, snapshot);
     assert_eq!(
         out.len(),
         1,
@@ -307,15 +310,40 @@ fn newer_record_of_a_watch_id_replaces_a_waiting_one() {
 }
 
 #[test]
+fn an_open_operation_is_held_by_the_tracker_only() {
+    // The queue keeps a WatchID and a deadline; the record it writes at the timeout is the
+    // tracker's as it is then, not a copy taken when the operation last changed.
+    let mut q = WatchQueue::new(QueueConfig {
+        timeout_ns: SEC,
+        delay_ns: 0,
+    });
+    q.changed("a", T0);
+    let mut now = rec("a", T0);
+    now.iteration = 7;
+    let out = q.advance(T0 + 2 * SEC, |id| (id == "a").then_some(&now));
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].state, out[0].iteration), (State::Timeout, 7));
+    assert_eq!(q.open_len(), 1, "still open, waiting for news");
+    q.changed("a", T0 + 3 * SEC);
+    let flushed = q.flush_all(T0 + 3 * SEC, |id| (id == "a").then_some(&now));
+    assert_eq!(
+        flushed.len(),
+        1,
+        "news since the timeout: written at shutdown"
+    );
+    assert_eq!(q.open_len(), 0);
+}
+
+#[test]
 fn queue_orders_ready_records_by_start_time() {
     let mut q = WatchQueue::new(QueueConfig {
         timeout_ns: SEC,
         delay_ns: SEC,
     });
-    q.update(rec("late", T0 + 5 * MS), true, T0 + 10 * MS);
-    q.update(rec("early", T0), true, T0 + 20 * MS);
-    assert!(q.advance(T0 + 500 * MS).is_empty());
-    let out = q.advance(T0 + 2 * SEC);
+    q.ended(rec("late", T0 + 5 * MS), T0 + 10 * MS);
+    q.ended(rec("early", T0), T0 + 20 * MS);
+    assert!(q.advance(T0 + 500 * MS, |_| None).is_empty());
+    let out = q.advance(T0 + 2 * SEC, |_| None);
     let ids: Vec<_> = out.iter().map(|r| r.watch_id.as_str()).collect();
     assert_eq!(ids, ["early", "late"]);
     assert_eq!(q.ready_len(), 0);

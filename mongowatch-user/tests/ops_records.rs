@@ -937,6 +937,14 @@ fn tracker_bounds_open_operations_and_handles_reused_cursor_ids() {
         },
         WatchIds::new([0; 5]),
     );
+    let ended = |out: &[Emit]| -> Vec<mongowatch::record::Record> {
+        out.iter()
+            .filter_map(|e| match e {
+                Emit::Ended(r) => Some(r.clone()),
+                Emit::Changed { .. } => None,
+            })
+            .collect()
+    };
     let c = conn(1, 1);
     let mut out: Vec<Emit> = Vec::new();
     let open = |id: i64, at: u64| {
@@ -954,11 +962,11 @@ fn tracker_bounds_open_operations_and_handles_reused_cursor_ids() {
     out.clear();
     t.handle(&open(3, T0 + MS * 4), &mut out);
     assert_eq!(t.open_operations(), 2);
-    let evicted: Vec<_> = out.iter().filter(|e| e.terminal).collect();
+    let evicted = ended(&out);
     assert_eq!(evicted.len(), 1);
-    assert_eq!(evicted[0].record.state, State::Timeout);
+    assert_eq!(evicted[0].state, State::Timeout);
     assert_eq!(
-        evicted[0].record.cursor_id,
+        evicted[0].cursor_id,
         Some(1),
         "the least recently active one"
     );
@@ -966,8 +974,12 @@ fn tracker_bounds_open_operations_and_handles_reused_cursor_ids() {
     out.clear();
     // Cursor id 3 comes back from a new find: the old operation ended unseen.
     t.handle(&open(3, T0 + MS * 6), &mut out);
-    let ended: Vec<_> = out.iter().filter(|e| e.terminal).collect();
-    assert_eq!(ended.len(), 1);
-    assert_eq!(ended[0].record.cursor_id, Some(3));
+    let gone = ended(&out);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].cursor_id, Some(3));
+    assert!(
+        t.snapshot(&gone[0].watch_id).is_none(),
+        "an ended operation is not held"
+    );
     assert_eq!(t.open_operations(), 2);
 }

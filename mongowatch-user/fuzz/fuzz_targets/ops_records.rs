@@ -752,8 +752,23 @@ fuzz_target!(|data: &[u8]| {
         emits.clear();
         tracker.handle(&input, &mut emits);
         for e in emits.drain(..) {
-            reported.insert(e.record.watch_id.clone());
-            queue.update(e.record, e.terminal, now);
+            reported.insert(e.watch_id().to_owned());
+            match e {
+                Emit::Changed { watch_id } => {
+                    assert!(
+                        tracker.snapshot(&watch_id).is_some(),
+                        "a changed operation is held by the tracker"
+                    );
+                    queue.changed(&watch_id, now);
+                }
+                Emit::Ended(record) => {
+                    assert!(
+                        tracker.snapshot(&record.watch_id).is_none(),
+                        "an ended operation is not held"
+                    );
+                    queue.ended(record, now);
+                }
+            }
         }
         assert!(
             tracker.open_operations() <= max_open,
@@ -764,11 +779,11 @@ fuzz_target!(|data: &[u8]| {
             tracker.open_operations(),
             "the queue holds the tracker's open operations, no more"
         );
-        for r in queue.advance(now) {
+        for r in queue.advance(now, |id| tracker.snapshot(id)) {
             checker.check(&r);
         }
     }
-    for r in queue.flush_all(t.saturating_add(3_600_000 * MS)) {
+    for r in queue.flush_all(t.saturating_add(3_600_000 * MS), |id| tracker.snapshot(id)) {
         checker.check(&r);
     }
     assert_eq!(queue.open_len() + queue.ready_len(), 0);

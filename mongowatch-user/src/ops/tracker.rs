@@ -2,8 +2,9 @@
 //!
 //! A cursor-opening command, its getMores (on any pooled connection of the same process to the
 //! same server) and its killCursors are one operation, keyed by (pid, server, cursor id). Each
-//! round trip yields a snapshot ([`Emit`]); `terminal` says the operation is over. The delay
-//! queue decides when snapshots are written (see `queue`).
+//! round trip yields an [`Emit`]: an open operation changed (its record stays here), or one
+//! ended (its last record goes with it). The delay queue decides when records are written (see
+//! `queue`).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -61,13 +62,27 @@ impl Default for TrackerConfig {
     }
 }
 
-/// A record snapshot of one operation.
+/// What an input did to an operation, for the delay queue.
+// Emits live a moment in a reused Vec; boxing the record would cost an allocation per operation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
-pub struct Emit {
-    pub record: Record,
-    /// The operation is over (final or closed): no further snapshot of this WatchID follows
-    /// from the tracker.
-    pub terminal: bool,
+pub enum Emit {
+    /// An open operation began or took a further batch: its idle deadline starts again. Its
+    /// record stays here ([`Tracker::snapshot`]) so that an open operation is held once, not
+    /// once here and once in the queue.
+    Changed { watch_id: String },
+    /// The operation is over (final, closed, or written as timed out and forgotten): its last
+    /// record. Nothing more of this WatchID follows from the tracker.
+    Ended(Record),
+}
+
+impl Emit {
+    pub fn watch_id(&self) -> &str {
+        match self {
+            Emit::Changed { watch_id } => watch_id,
+            Emit::Ended(r) => &r.watch_id,
+        }
+    }
 }
 
 /// Counters of the ops layer.
@@ -132,6 +147,8 @@ pub struct Tracker {
     ids: WatchIds,
     conns: HashMap<u64, ConnState>,
     open: HashMap<u64, OpenOp>,
+    /// WatchID -> key in `open`, for [`Tracker::snapshot`].
+    by_watch: HashMap<String, u64>,
     cursors: HashMap<CursorKey, u64>,
     next_key: u64,
     stats: OpsStats,
@@ -171,6 +188,7 @@ impl Tracker {
             ids,
             conns: HashMap::new(),
             open: HashMap::new(),
+            by_watch: HashMap::new(),
             cursors: HashMap::new(),
             next_key: 0,
             stats: OpsStats::default(),
@@ -186,7 +204,22 @@ impl Tracker {
         self.open.len()
     }
 
-    /// Feeds one input; snapshots go to `out`. `Tick` does nothing here.
+    /// The current record of an open operation (what a timeout writes).
+    pub fn snapshot(&self, watch_id: &str) -> Option<&Record> {
+        self.by_watch
+            .get(watch_id)
+            .and_then(|k| self.open.get(k))
+            .map(|op| &op.rec)
+    }
+
+    /// Removes an open operation (its cursor key is the caller's to drop).
+    fn take_op(&mut self, op_key: u64) -> Option<OpenOp> {
+        let op = self.open.remove(&op_key)?;
+        self.by_watch.remove(&op.rec.watch_id);
+        Some(op)
+    }
+
+    /// Feeds one input; what it did to operations goes to `out`. `Tick` does nothing here.
     pub fn handle(&mut self, input: &Input, out: &mut Vec<Emit>) {
         match input {
             Input::Exchange { conn, exchange } => {
@@ -234,15 +267,12 @@ impl Tracker {
             .collect();
         keys.sort_unstable();
         for k in keys {
-            if let Some(mut op) = self.open.remove(&k) {
+            if let Some(mut op) = self.take_op(k) {
                 self.cursors.remove(&op.cursor);
                 op.rec.state = State::Closed;
                 op.rec.end_ns = op.rec.end_ns.max(ts);
                 self.stats.closed += 1;
-                out.push(Emit {
-                    record: op.rec,
-                    terminal: true,
-                });
+                out.push(Emit::Ended(op.rec));
             }
         }
     }
@@ -413,10 +443,7 @@ impl Tracker {
             if trip.reply_ts.is_none() && !cmd.more_to_come {
                 rec.state = State::Closed;
             }
-            out.push(Emit {
-                record: rec,
-                terminal: true,
-            });
+            out.push(Emit::Ended(rec));
             return;
         };
         if orphan_get_more {
@@ -439,10 +466,7 @@ impl Tracker {
                 return;
             }
         }
-        out.push(Emit {
-            record: rec,
-            terminal: true,
-        });
+        out.push(Emit::Ended(rec));
     }
 
     fn open_op(
@@ -456,23 +480,20 @@ impl Tracker {
         // A reused id: the old cursor ended unseen (its last getMore or kill was lost).
         // Write what we know of it rather than drop it.
         if let Some(old) = self.cursors.remove(&key) {
-            if let Some(mut op) = self.open.remove(&old) {
+            if let Some(mut op) = self.take_op(old) {
                 op.rec.state = State::Timeout;
-                out.push(Emit {
-                    record: op.rec,
-                    terminal: true,
-                });
+                out.push(Emit::Ended(op.rec));
             }
         }
         if self.open.len() >= self.cfg.max_open.max(1) {
             self.evict_one(out);
         }
-        out.push(Emit {
-            record: rec.clone(),
-            terminal: false,
+        out.push(Emit::Changed {
+            watch_id: rec.watch_id.clone(),
         });
         let op_key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
+        self.by_watch.insert(rec.watch_id.clone(), op_key);
         self.cursors.insert(key.clone(), op_key);
         self.open.insert(
             op_key,
@@ -492,7 +513,7 @@ impl Tracker {
             .min_by_key(|(k, op)| (op.last_ts, **k))
             .map(|(k, _)| *k);
         if let Some(k) = oldest {
-            if let Some(mut op) = self.open.remove(&k) {
+            if let Some(mut op) = self.take_op(k) {
                 self.cursors.remove(&op.cursor);
                 self.stats.evicted += 1;
                 tracing::warn!(
@@ -500,22 +521,16 @@ impl Tracker {
                     "too many open operations; writing the oldest as timed out"
                 );
                 op.rec.state = State::Timeout;
-                out.push(Emit {
-                    record: op.rec,
-                    terminal: true,
-                });
+                out.push(Emit::Ended(op.rec));
             }
         }
     }
 
     fn finish(&mut self, op_key: u64, state: State, out: &mut Vec<Emit>) {
-        if let Some(mut op) = self.open.remove(&op_key) {
+        if let Some(mut op) = self.take_op(op_key) {
             self.cursors.remove(&op.cursor);
             op.rec.state = state;
-            out.push(Emit {
-                record: op.rec,
-                terminal: true,
-            });
+            out.push(Emit::Ended(op.rec));
         }
     }
 
@@ -579,9 +594,8 @@ impl Tracker {
         if next_id == Some(0) {
             self.finish(op_key, State::Final, out);
         } else {
-            out.push(Emit {
-                record: op.rec.clone(),
-                terminal: false,
+            out.push(Emit::Changed {
+                watch_id: op.rec.watch_id.clone(),
             });
         }
     }
@@ -643,9 +657,8 @@ impl Tracker {
                 let m = op.rec.matched.unwrap_or(0);
                 op.rec.matched = Some(m.saturating_add(n.unwrap_or(0)));
             }
-            out.push(Emit {
-                record: op.rec.clone(),
-                terminal: false,
+            out.push(Emit::Changed {
+                watch_id: op.rec.watch_id.clone(),
             });
         }
     }

@@ -130,10 +130,14 @@ impl Auditor {
         let mut emits = std::mem::take(&mut self.emits);
         self.tracker.handle(&input, &mut emits);
         for e in emits.drain(..) {
-            self.queue.update(e.record, e.terminal, now);
+            match e {
+                Emit::Changed { watch_id } => self.queue.changed(&watch_id, now),
+                Emit::Ended(record) => self.queue.ended(record, now),
+            }
         }
         self.emits = emits;
-        let ready = self.queue.advance(now);
+        let tracker = &self.tracker;
+        let ready = self.queue.advance(now, |id| tracker.snapshot(id));
         let mut result = self.rate_tick(now);
         let written = self.write_records(ready, now);
         result = result.and(written);
@@ -146,7 +150,8 @@ impl Auditor {
     /// says the application's connection ended.
     pub fn shutdown(&mut self, now_ns: u64) -> Result<(), AuditError> {
         let now = now_ns.max(self.queue.now_ns());
-        let rest = self.queue.flush_all(now);
+        let tracker = &self.tracker;
+        let rest = self.queue.flush_all(now, |id| tracker.snapshot(id));
         let mut result = self.write_records(rest, now);
         if let Some(summary) = self.rate.as_mut().and_then(|r| r.flush(now)) {
             result = result.and(self.write_rate(&summary));

@@ -1,10 +1,11 @@
 //! The delay queue: pymongowatch's WatchQueue, natively.
 //!
-//! The tracker hands over record snapshots. An open operation's latest snapshot waits here with
-//! an idle deadline (`timeout`, re-armed by every new snapshot); when the deadline passes, the
-//! snapshot is written with `State: "timeout"` and, if the operation goes on, its later
-//! snapshots are written again under the same WatchID with the new totals. A terminal snapshot
-//! (final or closed) is ready at once. Every ready record is held `delay` seconds and records
+//! An open operation waits here as its WatchID and an idle deadline (`timeout`, re-armed each
+//! time the tracker says it changed); its record stays with the tracker, which the caller
+//! reads for us when a deadline passes (`snapshot`), so an open operation is held once. The
+//! snapshot is then written with `State: "timeout"` and, if the operation goes on, its later
+//! records are written again under the same WatchID with the new totals. An ended operation's
+//! record (final or closed) is ready at once. Every ready record is held `delay` seconds and records
 //! leave in `StartTime` order. Time comes only from the inputs, never the wall clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -41,12 +42,8 @@ pub struct QueueStats {
     pub out_of_order: u64,
 }
 
-#[derive(Debug)]
-struct Open {
-    record: Record,
-    /// `None` once the timeout fired and nothing changed since.
-    deadline: Option<u64>,
-}
+/// An open operation: `None` once the timeout fired and nothing changed since.
+type Open = Option<u64>;
 
 #[derive(Debug)]
 struct Ready {
@@ -96,32 +93,27 @@ impl WatchQueue {
         self.now_ns
     }
 
-    /// A snapshot from the tracker at time `now_ns`. `terminal`: the operation is over.
-    pub fn update(&mut self, record: Record, terminal: bool, now_ns: u64) {
+    /// The tracker says the open operation `watch_id` began or changed at `now_ns`: its idle
+    /// deadline starts again.
+    pub fn changed(&mut self, watch_id: &str, now_ns: u64) {
         self.now_ns = self.now_ns.max(now_ns);
-        let id = record.watch_id.clone();
-        let (previous, armed) = if terminal {
-            let previous = self.open.remove(&id);
-            self.push_ready(record);
-            (previous, None)
-        } else {
-            let deadline = self.now_ns.saturating_add(self.cfg.timeout_ns);
-            self.deadlines.insert((deadline, id.clone()));
-            let open = Open {
-                record,
-                deadline: Some(deadline),
-            };
-            (self.open.insert(id.clone(), open), Some(deadline))
-        };
-        // Re-armed or ended: the old deadline no longer counts (unless it is the new one).
-        if let Some(Open {
-            deadline: Some(d), ..
-        }) = previous
-        {
-            if armed != Some(d) {
-                self.deadlines.remove(&(d, id));
+        let deadline = self.now_ns.saturating_add(self.cfg.timeout_ns);
+        let previous = self.open.insert(watch_id.to_owned(), Some(deadline));
+        if let Some(Some(d)) = previous {
+            if d != deadline {
+                self.deadlines.remove(&(d, watch_id.to_owned()));
             }
         }
+        self.deadlines.insert((deadline, watch_id.to_owned()));
+    }
+
+    /// The operation is over: its last record is ready (held for the delay).
+    pub fn ended(&mut self, record: Record, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        if let Some(Some(d)) = self.open.remove(&record.watch_id) {
+            self.deadlines.remove(&(d, record.watch_id.clone()));
+        }
+        self.push_ready(record);
     }
 
     fn push_ready(&mut self, record: Record) {
@@ -141,7 +133,12 @@ impl WatchQueue {
     }
 
     /// Time passes: fires idle timeouts and returns the records now due, in StartTime order.
-    pub fn advance(&mut self, now_ns: u64) -> Vec<Record> {
+    /// `snapshot` gives an open operation's current record (the tracker's).
+    pub fn advance<'a>(
+        &mut self,
+        now_ns: u64,
+        snapshot: impl Fn(&str) -> Option<&'a Record>,
+    ) -> Vec<Record> {
         self.now_ns = self.now_ns.max(now_ns);
         let now = self.now_ns;
         let mut fired: Vec<Record> = Vec::new();
@@ -153,12 +150,16 @@ impl WatchQueue {
                 break;
             };
             if let Some(open) = self.open.get_mut(&id) {
-                if open.deadline == Some(deadline) {
-                    open.deadline = None;
-                    let mut r = open.record.clone();
-                    r.state = State::Timeout;
-                    r.end_ns = r.end_ns.max(deadline);
-                    fired.push(r);
+                if *open == Some(deadline) {
+                    *open = None;
+                    // Every open WatchID here is open in the tracker: both hear of the end
+                    // in the same call.
+                    if let Some(r) = snapshot(&id) {
+                        let mut r = r.clone();
+                        r.state = State::Timeout;
+                        r.end_ns = r.end_ns.max(deadline);
+                        fired.push(r);
+                    }
                 }
             }
         }
@@ -189,22 +190,26 @@ impl WatchQueue {
 
     /// Shutdown: every pending record leaves now, in StartTime order. Open operations with
     /// news since their last record leave with State `timeout` (still open when we stopped).
-    pub fn flush_all(&mut self, now_ns: u64) -> Vec<Record> {
+    pub fn flush_all<'a>(
+        &mut self,
+        now_ns: u64,
+        snapshot: impl Fn(&str) -> Option<&'a Record>,
+    ) -> Vec<Record> {
         self.now_ns = self.now_ns.max(now_ns);
         let now = self.now_ns;
         self.deadlines.clear();
-        let mut open: Vec<Open> = self.open.drain().map(|(_, o)| o).collect();
-        open.sort_by(|a, b| {
-            (a.record.start_ns, &a.record.watch_id).cmp(&(b.record.start_ns, &b.record.watch_id))
-        });
-        for o in open {
-            if o.deadline.is_some() {
-                let mut r = o.record;
-                r.state = State::Timeout;
-                r.end_ns = r.end_ns.max(now);
-                self.stats.timeouts += 1;
-                self.push_ready(r);
-            }
+        let mut open: Vec<Record> = self
+            .open
+            .drain()
+            .filter(|(_, deadline)| deadline.is_some())
+            .filter_map(|(id, _)| snapshot(&id).cloned())
+            .collect();
+        open.sort_by(|a, b| (a.start_ns, &a.watch_id).cmp(&(b.start_ns, &b.watch_id)));
+        for mut r in open {
+            r.state = State::Timeout;
+            r.end_ns = r.end_ns.max(now);
+            self.stats.timeouts += 1;
+            self.push_ready(r);
         }
         let ready = std::mem::take(&mut self.ready);
         ready.into_values().map(|e| self.leave(e.record)).collect()
