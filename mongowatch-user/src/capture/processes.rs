@@ -82,10 +82,9 @@ impl Processes {
     pub fn gone(&self) -> Vec<u32> {
         self.procs
             .iter()
-            .filter(|(pid, p)| {
-                !procfs::alive(**pid)
-                    || p.start
-                        .is_some_and(|s| procfs::start_time(**pid) != Some(s))
+            .filter(|(pid, p)| match procfs::alive_since(**pid) {
+                None => true,
+                Some(now) => p.start.is_some_and(|s| now.start != Some(s)),
             })
             .map(|(pid, _)| *pid)
             .collect()
