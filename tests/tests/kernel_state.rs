@@ -77,8 +77,10 @@ for _ in range(2):
     os.close(w)
     assert os.read(r, 1) == b"1"
     helpers.append(pid)
-# The app itself: 9,500 socketpairs (19,000 sockets) held open while its cursor is.
+# The app itself: 9,500 socketpairs (19,000 sockets) held open while its cursor is, long
+# enough for a few of mongowatch's stats lines to count the kernel's maps.
 pairs = hold_socketpairs(9500)
+time.sleep(3)
 seen += list(cur)
 assert len(seen) == 100, len(seen)
 c.close()
@@ -87,7 +89,32 @@ for pid in helpers:
     os.waitpid(pid, 0)
 "#;
     // The busy sockets keep the cursor waiting for seconds: no interim `timeout` record.
-    let (records, stats, _) = audit_python(app, &[&server.uri()], &["--timeout", "600"])?;
+    let (records, stats, stderr) = audit_python(
+        app,
+        &[&server.uri()],
+        &["--timeout", "600", "--stats-interval", "1"],
+    )?;
+    // The kernel's half of the fix: the other sockets fill only the candidates' LRU; the map
+    // of MongoDB connections holds the client's few connections. With one map for every socket
+    // (the old layout) it filled up with the socketpairs.
+    let most = |key: &str| {
+        stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["kernel_maps"][key].as_u64())
+            .max()
+    };
+    let (connections, candidates) = (most("connections"), most("candidates"));
+    ensure!(
+        candidates.is_some_and(|n| n >= 4096),
+        "the socketpairs were not seen by the kernel while held (candidates at most \
+         {candidates:?}): the test did not load the maps ({stats})"
+    );
+    ensure!(
+        connections.is_some_and(|n| (1..=64).contains(&n)),
+        "the map of MongoDB connections held {connections:?} entries at most: only the \
+         client's connections belong there ({stats})"
+    );
     let finds: Vec<&Value> = records
         .iter()
         .filter(|r| r["Operation"] == "find")

@@ -9,7 +9,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use mongowatch_common::{
-    Config, Counters, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAP_SCRATCH, MAP_WATCHED,
+    Config, ConnState, Counters, MAP_CANDIDATES, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS,
+    MAP_SCRATCH, MAP_WATCHED, MAX_CANDIDATES, MAX_CONNS,
 };
 
 use super::btf::{kernel_offsets_from, read_btf, tracepoint_args, KernelFeatures, VMLINUX_BTF};
@@ -43,10 +44,22 @@ pub struct KernelCounters {
     pub gap_events: u64,
 }
 
+/// How full the kernel's socket maps are. Counted by walking their keys: cheap enough for a
+/// stats line, not for every tick.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct KernelMaps {
+    /// MongoDB connections the kernel follows (`CONNS`, at most `MAX_CONNS`).
+    pub connections: u64,
+    /// Other sockets: not classified yet, or known not to be MongoDB (`CANDIDATES`, an LRU of
+    /// `MAX_CANDIDATES`).
+    pub candidates: u64,
+}
+
 /// Loaded and attached programs. Dropping it detaches them.
 pub struct Probes {
-    // Held for its links: dropping the Ebpf detaches every program.
-    _ebpf: Ebpf,
+    /// Holds the links (dropping it detaches every program) and the socket maps read by
+    /// [`Probes::maps`].
+    ebpf: Ebpf,
     /// The kernel's bitmap of watched tgids.
     watched: Array<MapData, u64>,
     counters: PerCpuArray<MapData, Counters>,
@@ -202,12 +215,35 @@ impl Probes {
         let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)?;
         Ok((
             Self {
-                _ebpf: ebpf,
+                ebpf,
                 watched,
                 counters,
             },
             ring,
         ))
+    }
+
+    /// Entries in the socket maps now (see [`KernelMaps`]).
+    pub fn maps(&self) -> KernelMaps {
+        KernelMaps {
+            connections: self.entries(MAP_CONNS, MAX_CONNS),
+            candidates: self.entries(MAP_CANDIDATES, MAX_CANDIDATES),
+        }
+    }
+
+    fn entries(&self, name: &str, max: u32) -> u64 {
+        let Some(map) = self.ebpf.map(name) else {
+            return 0;
+        };
+        let Ok(map) = HashMap::<_, u64, ConnState>::try_from(map) else {
+            return 0;
+        };
+        // The kernel changes the map while we walk it, and a walk that loses its place starts
+        // over: bound it by the map's size.
+        map.keys()
+            .take(2 * max as usize)
+            .filter(Result::is_ok)
+            .count() as u64
     }
 
     /// Starts copying the bytes of process `pid` (and, from now on, of its children). Also

@@ -373,6 +373,7 @@ impl Pipeline {
         capture.watched_processes = self.processes.len() as u64;
         Stats {
             kernel: self.probes.counters(),
+            kernel_maps: self.probes.maps(),
             capture,
             stream: self.conns.stats(),
             wire: self.conns.wire_stats(),

@@ -4,13 +4,19 @@
 use serde::Serialize;
 
 use super::audit::AuditStats;
-use crate::{capture::probes::KernelCounters, stream::TableStats, wire::WireStats};
+use crate::{
+    capture::probes::{KernelCounters, KernelMaps},
+    stream::TableStats,
+    wire::WireStats,
+};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Stats {
     /// The kernel programs' counters (events and bytes lost to a full ring, copy failures,
     /// bytes not copied, sockets classified as not MongoDB), summed over the CPUs.
     pub kernel: KernelCounters,
+    /// Entries in the kernel's socket maps: MongoDB connections, and the other sockets.
+    pub kernel_maps: KernelMaps,
     /// Reading the ring and following the watched processes.
     pub capture: CaptureStats,
     /// The connection table: events, bytes, connections, gaps, messages, TLS.
