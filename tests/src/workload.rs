@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::{paths, process::ChildGuard};
+use crate::{paths, process::ChildGuard, Mongowatch};
 
 /// Which driver runs the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,10 +356,31 @@ pub fn mongosh_command(uri: &str, script: &str) -> Command {
     cmd
 }
 
+/// Python functions every gated program has, for tests that speak the wire protocol
+/// themselves: `op_msg(request_id, doc)` builds an OP_MSG, `read_msg(sock)` reads one whole
+/// message (header included), `msg_doc(message)` decodes an OP_MSG's body document.
+pub const PY_WIRE_HELPERS: &str = r#"
+import struct
+def op_msg(rid, doc):
+    import bson
+    body = struct.pack("<I", 0) + b"\x00" + bson.encode(doc)
+    return struct.pack("<iiii", 16 + len(body), rid, 0, 2013) + body
+def read_msg(s):
+    head = b""
+    while len(head) < 16: head += s.recv(16 - len(head))
+    n = struct.unpack("<i", head[:4])[0]
+    body = b""
+    while len(body) < n - 16: body += s.recv(n - 16 - len(body))
+    return head + body
+def msg_doc(m):
+    import bson
+    return bson.decode(m[21:])
+"#;
+
 /// A small Python program (the cache's venv: pymongo is there) held back until
 /// [`GatedPython::release`], so that mongowatch can watch its PID before it connects. It waits
 /// for a file of its own temporary directory, then runs `code` with `sys.argv[1:]` = `args`
-/// (`os`, `sys` and `time` are imported).
+/// (`os`, `sys` and `time` are imported, and the wire helpers of [`PY_WIRE_HELPERS`] defined).
 pub struct GatedPython {
     pub app: ChildGuard,
     start: PathBuf,
@@ -373,7 +394,8 @@ impl GatedPython {
             .tempdir()?;
         let start = dir.path().join("start");
         let gate = format!(
-            "import os, sys, time\nwhile not os.path.exists({start:?}): time.sleep(0.01)\n",
+            "import os, sys, time\n{PY_WIRE_HELPERS}\nwhile not os.path.exists({start:?}): \
+             time.sleep(0.01)\n",
             start = start.display().to_string()
         );
         let app = ChildGuard::spawn(
@@ -398,5 +420,27 @@ impl GatedPython {
     /// Lets the program run.
     pub fn release(&self) -> Result<()> {
         fs::write(&self.start, b"").context("releasing the gated program")
+    }
+
+    /// Runs `code` under `mongowatch --stats <mw_args>` from its first line: mongowatch watches
+    /// it, the program runs and must succeed, and mongowatch exits with it. The returned
+    /// mongowatch has exited: read its records, stdout, stats and stderr.
+    pub fn run_watched(code: &str, args: &[&str], mw_args: &[&str]) -> Result<Mongowatch> {
+        let mut gated = GatedPython::spawn("python app", code, args)?;
+        let mut mw = Mongowatch::watch_pid(gated.pid(), &[mw_args, &["--stats"]].concat())?;
+        mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+        gated.release()?;
+        let status = gated
+            .app
+            .wait_timeout(Duration::from_secs(180))?
+            .context("the app did not finish")?;
+        if !status.success() {
+            bail!(
+                "the app failed ({status}); mongowatch said: {}",
+                mw.stderr()
+            );
+        }
+        mw.wait_exit(Duration::from_secs(60))?;
+        Ok(mw)
     }
 }

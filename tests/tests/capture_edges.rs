@@ -98,23 +98,13 @@ fn watch_python_with(
     args: &[&str],
     mw_args: &[&str],
 ) -> Result<(Vec<Value>, Value, String)> {
-    let mut gated = GatedPython::spawn("python app", code, args)?;
-    let mut mw = Mongowatch::watch_pid(gated.pid(), &[mw_args, &["--stats"]].concat())?;
-    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
-    gated.release()?;
-    let status = gated
-        .app
-        .wait_timeout(Duration::from_secs(120))?
-        .context("the app did not finish")?;
-    ensure!(status.success(), "the app failed");
-    mw.wait_exit(Duration::from_secs(60))?;
+    let mw = GatedPython::run_watched(code, args, mw_args)?;
     let lines: Vec<Value> = mw
         .stdout()
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    let stats = mw.stats()?;
-    Ok((lines, stats, mw.stderr()))
+    Ok((lines, mw.stats()?, mw.stderr()))
 }
 
 const PYMONGO_APP: &str = r#"
@@ -230,22 +220,14 @@ fn tls_connections_are_reported_not_garbled() -> Result<()> {
     Ok(())
 }
 
+/// Bytes the kernel cannot copy (a request sent with sendfile) are an explicit gap, counted
+/// and warned about when they happen, naming the connection, not only in the exit summary.
 #[test]
 fn sendfile_bytes_are_an_explicit_gap() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
     let server = Server::start(ServerKind::SecantusPy)?;
     let app = r#"
-import socket, struct, tempfile, bson
-def op_msg(rid, doc):
-    body = struct.pack("<I", 0) + b"\x00" + bson.encode(doc)
-    return struct.pack("<iiii", 16 + len(body), rid, 0, 2013) + body
-def read_msg(s):
-    head = b""
-    while len(head) < 16: head += s.recv(16 - len(head))
-    n = struct.unpack("<i", head[:4])[0]
-    body = b""
-    while len(body) < n - 16: body += s.recv(n - 16 - len(body))
-    return head + body
+import socket, tempfile
 host, port = sys.argv[1], int(sys.argv[2])
 s = socket.create_connection((host, port))
 s.sendall(op_msg(1, {"ping": 1, "$db": "admin"})); read_msg(s)
@@ -259,7 +241,11 @@ s.close()
 print(len(msg))
 "#;
     let addr = server.addr();
-    let (lines, stats) = watch_python(app, &[&addr.ip().to_string(), &addr.port().to_string()])?;
+    let (lines, stats, stderr) = watch_python_with(
+        app,
+        &[&addr.ip().to_string(), &addr.port().to_string()],
+        &["--messages"],
+    )?;
     let requests: Vec<i64> = lines
         .iter()
         .filter(|l| l["Direction"] == "request")
@@ -278,6 +264,15 @@ print(len(msg))
         "the gap is the whole message: {stats}"
     );
     ensure!(stats["stream"]["decode_errors"] == 0, "{stats}");
+    ensure!(stats["kernel"]["gap_events"] == 1, "one gap event: {stats}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("could not be copied"))
+        .with_context(|| format!("no gap warning: {stderr}"))?;
+    ensure!(
+        warning.contains(&format!("server={addr}")) && warning.contains("pid="),
+        "the warning names the connection: {warning}"
+    );
     Ok(())
 }
 
