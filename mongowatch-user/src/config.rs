@@ -150,6 +150,10 @@ pub struct AuditArgs {
     /// messages, counted and logged.
     #[arg(long, value_name = "SIZE")]
     pub memory_budget: Option<ByteSize>,
+
+    /// Serve /healthz, /readyz and Prometheus /metrics over HTTP on ADDR (e.g. 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The keys of the config file: every option above but `config` (any other key is an error).
@@ -169,6 +173,7 @@ pub const FILE_KEYS: &[&str] = &[
     "delay",
     "include-heartbeats",
     "memory-budget",
+    "listen",
 ];
 
 impl AuditArgs {
@@ -209,6 +214,7 @@ impl AuditArgs {
             delay: self.delay.or(file.delay),
             include_heartbeats: self.include_heartbeats.or(file.include_heartbeats),
             memory_budget: self.memory_budget.or(file.memory_budget),
+            listen: self.listen.or(file.listen),
         }
     }
 
@@ -287,6 +293,8 @@ pub struct AuditConfig {
     pub include_heartbeats: bool,
     /// Bytes the stream buffers of all connections may hold together.
     pub memory_budget: usize,
+    /// `--listen`: where /healthz, /readyz and /metrics are served.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for AuditConfig {
@@ -309,6 +317,7 @@ impl Default for AuditConfig {
             delay_secs: 0.0,
             include_heartbeats: false,
             memory_budget: crate::stream::DEFAULT_MEMORY_BUDGET,
+            listen: None,
         }
     }
 }
@@ -391,6 +400,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             delay_secs: secs_ok("delay", a.delay.unwrap_or(d.delay_secs), true)?,
             include_heartbeats: a.include_heartbeats.unwrap_or(d.include_heartbeats),
             memory_budget,
+            listen: a.listen,
         };
         // Fail at startup, not on the first record.
         cfg.formatter()?;

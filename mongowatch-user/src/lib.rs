@@ -14,6 +14,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod queue;
 pub mod record;
+pub mod serve;
 pub mod sink;
 pub mod stream;
 pub mod wire;

@@ -41,8 +41,12 @@ pub struct AuditStats {
     pub queue: QueueStats,
 }
 
+/// Called with every record as it leaves the delay queue, before any filter (metrics).
+pub type RecordTap = Box<dyn FnMut(&Record) + Send>;
+
 pub struct Auditor {
     tracker: Tracker,
+    observer: Option<RecordTap>,
     queue: WatchQueue,
     filter: RecordFilter,
     sink: Sink,
@@ -112,6 +116,7 @@ impl Auditor {
         });
         Ok(Self {
             tracker,
+            observer: None,
             queue,
             filter,
             sink: Sink::new(formatter, out),
@@ -154,6 +159,11 @@ impl Auditor {
         result.and(self.sink.flush().map_err(AuditError::from))
     }
 
+    /// Sees every record before the filter: what happened, whatever the output keeps.
+    pub fn set_observer(&mut self, tap: RecordTap) {
+        self.observer = Some(tap);
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> AuditStats {
         let mut s = self.stats.clone();
@@ -186,6 +196,9 @@ impl Auditor {
         }
         let mut first_err = None;
         for mut r in records {
+            if let Some(observe) = self.observer.as_mut() {
+                observe(&r);
+            }
             if self.filter.check(&r) == Verdict::Drop {
                 self.stats.records_filtered += 1;
                 continue;
