@@ -28,6 +28,8 @@ pub enum ConfigError {
     Sink(#[from] crate::sink::SinkError),
     #[error(transparent)]
     Filter(#[from] crate::filter::FilterError),
+    #[error(transparent)]
+    Otlp(#[from] crate::sink::otlp::OtlpError),
 }
 
 /// A size in bytes: a number, or a string with a K, M or G suffix (powers of 1024).
@@ -154,6 +156,15 @@ pub struct AuditArgs {
     /// Serve /healthz, /readyz and Prometheus /metrics over HTTP on ADDR (e.g. 0.0.0.0:9090).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+
+    /// Also export every record as an OTLP log record to this collector URL (e.g.
+    /// http://localhost:4318); the OTEL_EXPORTER_OTLP_* variables are honoured too.
+    #[arg(id = "otlp-endpoint", long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: http/protobuf (the default, port 4318) or grpc (port 4317).
+    #[arg(id = "otlp-protocol", long, value_enum, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<crate::sink::otlp::Protocol>,
 }
 
 /// The keys of the config file: every option above but `config` (any other key is an error).
@@ -174,6 +185,8 @@ pub const FILE_KEYS: &[&str] = &[
     "include-heartbeats",
     "memory-budget",
     "listen",
+    "otlp-endpoint",
+    "otlp-protocol",
 ];
 
 impl AuditArgs {
@@ -215,6 +228,8 @@ impl AuditArgs {
             include_heartbeats: self.include_heartbeats.or(file.include_heartbeats),
             memory_budget: self.memory_budget.or(file.memory_budget),
             listen: self.listen.or(file.listen),
+            otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
+            otlp_protocol: self.otlp_protocol.or(file.otlp_protocol),
         }
     }
 
@@ -249,6 +264,8 @@ impl AuditArgs {
             self.timeout.is_some(),
             self.delay.is_some(),
             self.include_heartbeats.is_some(),
+            self.otlp_endpoint.is_some(),
+            self.otlp_protocol.is_some(),
         ];
         RECORD_OPTIONS
             .iter()
@@ -261,7 +278,7 @@ impl AuditArgs {
 
 /// The options that shape records, by their config-file names, in the order of
 /// [`AuditArgs::record_options_set`]; they are the clap ids of these options too.
-pub const RECORD_OPTIONS: [&str; 11] = [
+pub const RECORD_OPTIONS: [&str; 13] = [
     "format",
     "fields",
     "template",
@@ -273,6 +290,8 @@ pub const RECORD_OPTIONS: [&str; 11] = [
     "timeout",
     "delay",
     "include-heartbeats",
+    "otlp-endpoint",
+    "otlp-protocol",
 ];
 
 /// The checked audit configuration.
@@ -295,6 +314,8 @@ pub struct AuditConfig {
     pub memory_budget: usize,
     /// `--listen`: where /healthz, /readyz and /metrics are served.
     pub listen: Option<std::net::SocketAddr>,
+    /// OTLP logs beside the output (`--otlp-endpoint` or the OTEL_* variables).
+    pub otlp: Option<crate::sink::otlp::OtlpConfig>,
 }
 
 impl Default for AuditConfig {
@@ -318,6 +339,7 @@ impl Default for AuditConfig {
             include_heartbeats: false,
             memory_budget: crate::stream::DEFAULT_MEMORY_BUDGET,
             listen: None,
+            otlp: None,
         }
     }
 }
@@ -401,6 +423,11 @@ impl TryFrom<AuditArgs> for AuditConfig {
             include_heartbeats: a.include_heartbeats.unwrap_or(d.include_heartbeats),
             memory_budget,
             listen: a.listen,
+            otlp: crate::sink::otlp::OtlpConfig::resolve(
+                a.otlp_endpoint.as_deref(),
+                a.otlp_protocol,
+                &|k| std::env::var(k).ok(),
+            )?,
         };
         // Fail at startup, not on the first record.
         cfg.formatter()?;

@@ -103,7 +103,7 @@ fn run(cli: Cli) -> Result<()> {
         // Reads --config too; the command line wins over the file.
         let config = cli.audit.clone().resolve()?;
         let (memory_budget, listen) = (config.memory_budget, config.listen);
-        (Mode::Audit(config), memory_budget, listen)
+        (Mode::Audit(Box::new(config)), memory_budget, listen)
     };
     let hooks = match listen {
         Some(addr) => {

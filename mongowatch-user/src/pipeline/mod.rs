@@ -39,8 +39,8 @@ use crate::{
 
 /// What the daemon writes.
 pub enum Mode {
-    /// Audit records (the default).
-    Audit(AuditConfig),
+    /// Audit records (the default). Boxed: the configuration is large.
+    Audit(Box<AuditConfig>),
     /// `--messages`: one line per wire message.
     Messages {
         output: OutputSpec,

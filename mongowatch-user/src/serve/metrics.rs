@@ -325,6 +325,9 @@ impl Collector for StatsCollector {
                 written.metric_type(),
             )?;
             written.encode(m.encode_family(&[("output", "main")])?)?;
+            if let Some(o) = &a.otlp {
+                ConstCounter::new(o.exported).encode(m.encode_family(&[("output", "otlp")])?)?;
+            }
             let mut m = enc.encode_descriptor(
                 "mongowatch_records_dropped",
                 "Audit records not written, by output and reason",
@@ -337,6 +340,16 @@ impl Collector for StatsCollector {
             ] {
                 ConstCounter::new(v)
                     .encode(m.encode_family(&[("output", "main"), ("reason", reason)])?)?;
+            }
+            if let Some(o) = &a.otlp {
+                for (reason, v) in [
+                    ("queue_full", o.dropped_queue_full),
+                    ("rejected", o.rejected),
+                    ("unsent_at_exit", o.unsent_at_exit),
+                ] {
+                    ConstCounter::new(v)
+                        .encode(m.encode_family(&[("output", "otlp"), ("reason", reason)])?)?;
+                }
             }
             gauge(
                 &mut enc,
