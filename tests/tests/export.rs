@@ -3,6 +3,12 @@
 //! audit workload (`tests/workloads/audit_pymongo.py`), whose `CommandListener` oracle says
 //! which operations happened ([`oracle_ops::group_operations`]).
 //!
+//! The OTLP receiver is `tests/workloads/otlp_receiver.py`: PyPI's `opentelemetry-proto`
+//! `LogsServiceServicer` on grpcio for gRPC, and an `http.server` decoding
+//! `ExportLogsServiceRequest` with the same messages for http/protobuf. Each LogRecord it gets
+//! must carry the whole record as its body (equal to the JSON line on stdout, and matching the
+//! oracle one to one), and the semantic-convention attributes, checked against the oracle.
+//!
 //! mongowatch also watches an idle `sleep`, so it keeps serving after the workload exits and
 //! the last scrape (or export) can be waited for.
 
@@ -19,7 +25,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use mongowatch_tests::{
-    oracle_ops::{self, ExpectedOp},
+    oracle_ops::{self, match_records, ExpectedOp, ProcessOracle},
     paths,
     server::free_port,
     skip_unless, ChildGuard, Driver, Mongowatch, Need, Server, ServerKind,
@@ -86,7 +92,7 @@ fn url_encode(s: &str) -> String {
 /// The pymongo audit workload (gated on a start file), an idle process beside it, and
 /// mongowatch watching both with `extra` arguments (and `env`).
 struct Run {
-    _server: Server,
+    server: Server,
     _dir: tempfile::TempDir,
     workload: ChildGuard,
     _keeper: ChildGuard,
@@ -94,6 +100,8 @@ struct Run {
     start: PathBuf,
     stderr: PathBuf,
     mw: Mongowatch,
+    /// When the workload was let go (its first operation follows at once).
+    released: Option<Instant>,
 }
 
 impl Run {
@@ -130,7 +138,7 @@ impl Run {
         args.extend(extra.iter().map(|s| s.to_string()));
         let mw = Mongowatch::spawn_with_env(args, env)?;
         Ok(Run {
-            _server: server,
+            server,
             _dir: dir,
             workload,
             _keeper: keeper,
@@ -138,6 +146,7 @@ impl Run {
             start,
             stderr,
             mw,
+            released: None,
         })
     }
 
@@ -147,6 +156,7 @@ impl Run {
         self.mw
             .wait_for_stderr("watching", Duration::from_secs(60))?;
         fs::write(&self.start, b"")?;
+        self.released = Some(Instant::now());
         let status = self.workload.wait_exit(Duration::from_secs(240))?;
         ensure!(
             status.success(),
@@ -379,4 +389,303 @@ fn prometheus_scrapes_one_observation_per_operation() -> Result<()> {
         metrics.len()
     );
     Ok(())
+}
+
+/// The OTLP receiver (see the module doc), started on `port`.
+struct Receiver {
+    _guard: ChildGuard,
+    out: PathBuf,
+}
+
+impl Receiver {
+    fn start(protocol: &str, port: u16, dir: &std::path::Path) -> Result<Receiver> {
+        let out = dir.join(format!("otlp-{protocol}.jsonl"));
+        let ready = dir.join(format!("otlp-{protocol}.ready"));
+        let _ = fs::remove_file(&ready);
+        let mut cmd = Command::new(paths::venv_python());
+        cmd.arg(paths::workloads_dir().join("otlp_receiver.py"))
+            .args(["--protocol", protocol, "--port", &port.to_string()])
+            .arg("--out")
+            .arg(&out)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(
+                dir.join(format!("otlp-{protocol}.stderr")),
+            )?);
+        let mut guard = ChildGuard::spawn(format!("OTLP {protocol} receiver"), &mut cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            ensure!(
+                guard.is_running() && Instant::now() < deadline,
+                "the OTLP receiver did not start: {}",
+                fs::read_to_string(dir.join(format!("otlp-{protocol}.stderr"))).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Receiver { _guard: guard, out })
+    }
+
+    fn log_records(&self) -> Result<Vec<Value>> {
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).with_context(|| l.to_string()))
+            .collect()
+    }
+
+    fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.log_records()?;
+            if got.len() >= n || Instant::now() > deadline {
+                return Ok(got);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 UTC time with microseconds, as records have.
+fn rfc3339_us_to_ns(t: &str) -> Option<u64> {
+    let (date, time) = t.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.')?;
+    let mut h = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let us: i64 = frac.parse().ok()?;
+    u64::try_from(secs * 1_000_000_000 + us * 1000).ok()
+}
+
+/// The pymongo workload exported over `protocol` ("grpc" or "http"); with `down_for`, the
+/// receiver only starts that long after the workload's first operation.
+fn otlp_suite(protocol: &str, down_for: Option<Duration>) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("mongowatch-otlp-")
+        .tempdir()?;
+    let port = free_port()?;
+    let mut receiver = match down_for {
+        None => Some(Receiver::start(protocol, port, dir.path())?),
+        Some(_) => None,
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let wire = if protocol == "grpc" {
+        "grpc"
+    } else {
+        "http/protobuf"
+    };
+    let mut run = Run::start(
+        &["--otlp-endpoint", &endpoint, "--otlp-protocol", wire],
+        &[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "k8s.node.name=node-1,deployment.environment.name=e2e",
+        )],
+    )?;
+    let comm = fs::read_to_string(format!("/proc/{}/comm", run.workload.pid()))?
+        .trim()
+        .to_string();
+    let pid = run.workload.pid();
+    let (ops, records) = run.run_workload()?;
+    if let Some(down) = down_for {
+        // Down from before the first operation until `down` after it.
+        let since = run.released.context("not released")?.elapsed();
+        thread::sleep(down.saturating_sub(since));
+        receiver = Some(Receiver::start(protocol, port, dir.path())?);
+    }
+    let receiver = receiver.context("no receiver")?;
+    let logs = receiver.wait_for(ops.len(), Duration::from_secs(30))?;
+    run.mw.stop()?;
+    let stats = run.mw.stats()?;
+    let otlp = &stats["audit"]["otlp"];
+    ensure!(
+        logs.len() == ops.len(),
+        "{} LogRecords for {} operations; OTLP stats {otlp}",
+        logs.len(),
+        ops.len()
+    );
+    ensure!(
+        otlp["exported"] == ops.len() as u64
+            && otlp["dropped_queue_full"] == 0
+            && otlp["rejected"] == 0
+            && otlp["unsent_at_exit"] == 0,
+        "OTLP stats {otlp}"
+    );
+    if down_for.is_some() {
+        ensure!(
+            otlp["retries"].as_u64() >= Some(1),
+            "no retry while the receiver was down: {otlp}"
+        );
+    }
+    // The body is the whole record: equal to the JSON line on stdout with its WatchID.
+    let by_id: BTreeMap<&str, &Value> = records
+        .iter()
+        .map(|r| (r["WatchID"].as_str().unwrap_or(""), r))
+        .collect();
+    let bodies: Vec<Value> = logs.iter().map(|l| l["body"].clone()).collect();
+    for b in &bodies {
+        let id = b["WatchID"].as_str().unwrap_or("");
+        ensure!(
+            by_id.get(id) == Some(&b),
+            "a LogRecord body differs from its record:\n{b}\n{:?}",
+            by_id.get(id)
+        );
+    }
+    // One to one with the driver's own monitoring.
+    let matched = match_records(
+        &[ProcessOracle {
+            pid,
+            ops: ops.clone(),
+            killed: false,
+        }],
+        &bodies,
+        Some(None),
+    )?;
+    ensure!(
+        matched.len() == ops.len(),
+        "{} matched of {}",
+        matched.len(),
+        ops.len()
+    );
+    let log_of: BTreeMap<&str, &Value> = logs
+        .iter()
+        .map(|l| {
+            (
+                l["attributes"]["mongowatch.watch_id"]
+                    .as_str()
+                    .unwrap_or(""),
+                l,
+            )
+        })
+        .collect();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_string();
+    let server_port = run.server.addr().port();
+    for m in &matched {
+        let l = log_of
+            .get(m.chain.watch_id.as_str())
+            .with_context(|| format!("no LogRecord for {}", m.chain.watch_id))?;
+        let a = &l["attributes"];
+        let op = &m.op;
+        let mut want = serde_json::json!({
+            "db.system.name": "mongodb",
+            "db.namespace": op.db,
+            "db.operation.name": op.operation,
+            "server.address": "127.0.0.1",
+            "server.port": server_port,
+            "client.address": "127.0.0.1",
+            "process.pid": pid,
+            "process.executable.name": comm,
+        });
+        if let Some(c) = &op.collection {
+            want["db.collection.name"] = c.as_str().into();
+        }
+        if let Some(n) = op.matched {
+            want["db.response.returned_rows"] = n.into();
+        }
+        if let Some(e) = &op.error {
+            if let Some(code) = e.code {
+                want["db.response.status_code"] = code.to_string().into();
+            }
+            want["error.type"] = match (&e.code_name, e.code) {
+                (Some(n), _) => n.clone(),
+                (None, Some(c)) => c.to_string(),
+                (None, None) => "_OTHER".into(),
+            }
+            .into();
+        }
+        for (k, v) in want.as_object().unwrap() {
+            ensure!(
+                &a[k] == v,
+                "{}: {k} is {}, the oracle says {v}; {l}",
+                op.summary(),
+                a[k]
+            );
+        }
+        for k in [
+            "db.collection.name",
+            "error.type",
+            "db.response.status_code",
+            "user.name",
+        ] {
+            ensure!(
+                want.get(k).is_some() || a.get(k).is_none(),
+                "{}: {k} should be absent: {l}",
+                op.summary()
+            );
+        }
+        ensure!(
+            l["severity_text"] == if op.error.is_some() { "ERROR" } else { "INFO" },
+            "severity of {}: {l}",
+            op.summary()
+        );
+        let start =
+            rfc3339_us_to_ns(l["body"]["StartTime"].as_str().unwrap_or("")).context("StartTime")?;
+        let t = l["time_unix_nano"].as_u64().unwrap_or(0);
+        ensure!(
+            t / 1000 * 1000 == start,
+            "time_unix_nano {t} is not StartTime {start}"
+        );
+        let r = &l["resource"];
+        ensure!(
+            r["service.name"] == "mongowatch"
+                && r["host.name"] == host.as_str()
+                && r["k8s.node.name"] == "node-1"
+                && r["deployment.environment.name"] == "e2e"
+                && l["scope"] == "mongowatch",
+            "resource {r}"
+        );
+    }
+    let errors = matched.iter().filter(|m| m.op.error.is_some()).count();
+    ensure!(errors > 0, "the workload made no failing operation");
+    eprintln!(
+        "OTLP {protocol}{}: {} LogRecords for {} operations ({errors} failed); stats {otlp}",
+        down_for
+            .map(|d| format!(" (receiver down {d:?})"))
+            .unwrap_or_default(),
+        logs.len(),
+        ops.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn otlp_grpc_one_log_record_per_operation() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo,
+        Need::PyModule("grpc"), Need::PyModule("opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc"));
+    otlp_suite("grpc", None)
+}
+
+#[test]
+fn otlp_http_one_log_record_per_operation() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo,
+        Need::PyModule("opentelemetry.proto.collector.logs.v1.logs_service_pb2"));
+    otlp_suite("http", None)
+}
+
+/// The receiver is down from before the workload's first operation until 10 s after it, then
+/// comes up: the exporter held the records and retried, and nothing is lost.
+#[test]
+fn otlp_receiver_down_for_10s_loses_nothing() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo,
+        Need::PyModule("grpc"), Need::PyModule("opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc"));
+    otlp_suite("grpc", Some(Duration::from_secs(10)))
+}
+
+#[test]
+fn rfc3339_parsing() {
+    assert_eq!(
+        rfc3339_us_to_ns("2026-11-24T15:29:00.123456Z"),
+        Some(1_795_534_140_123_456_000)
+    );
 }
