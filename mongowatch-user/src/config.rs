@@ -28,6 +28,8 @@ pub enum ConfigError {
     Sink(#[from] crate::sink::SinkError),
     #[error(transparent)]
     Filter(#[from] crate::filter::FilterError),
+    #[error(transparent)]
+    Otlp(#[from] crate::sink::otlp::OtlpError),
 }
 
 /// A size in bytes: a number, or a string with a K, M or G suffix (powers of 1024).
@@ -150,6 +152,19 @@ pub struct AuditArgs {
     /// messages, counted and logged.
     #[arg(long, value_name = "SIZE")]
     pub memory_budget: Option<ByteSize>,
+
+    /// Serve /healthz, /readyz and Prometheus /metrics over HTTP on ADDR (e.g. 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Also export every record as an OTLP log record to this collector URL (e.g.
+    /// http://localhost:4318); the OTEL_EXPORTER_OTLP_* variables are honoured too.
+    #[arg(id = "otlp-endpoint", long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: http/protobuf (the default, port 4318) or grpc (port 4317).
+    #[arg(id = "otlp-protocol", long, value_enum, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<crate::sink::otlp::Protocol>,
 }
 
 /// The keys of the config file: every option above but `config` (any other key is an error).
@@ -169,6 +184,9 @@ pub const FILE_KEYS: &[&str] = &[
     "delay",
     "include-heartbeats",
     "memory-budget",
+    "listen",
+    "otlp-endpoint",
+    "otlp-protocol",
 ];
 
 impl AuditArgs {
@@ -209,6 +227,9 @@ impl AuditArgs {
             delay: self.delay.or(file.delay),
             include_heartbeats: self.include_heartbeats.or(file.include_heartbeats),
             memory_budget: self.memory_budget.or(file.memory_budget),
+            listen: self.listen.or(file.listen),
+            otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
+            otlp_protocol: self.otlp_protocol.or(file.otlp_protocol),
         }
     }
 
@@ -243,6 +264,8 @@ impl AuditArgs {
             self.timeout.is_some(),
             self.delay.is_some(),
             self.include_heartbeats.is_some(),
+            self.otlp_endpoint.is_some(),
+            self.otlp_protocol.is_some(),
         ];
         RECORD_OPTIONS
             .iter()
@@ -255,7 +278,7 @@ impl AuditArgs {
 
 /// The options that shape records, by their config-file names, in the order of
 /// [`AuditArgs::record_options_set`]; they are the clap ids of these options too.
-pub const RECORD_OPTIONS: [&str; 11] = [
+pub const RECORD_OPTIONS: [&str; 13] = [
     "format",
     "fields",
     "template",
@@ -267,6 +290,8 @@ pub const RECORD_OPTIONS: [&str; 11] = [
     "timeout",
     "delay",
     "include-heartbeats",
+    "otlp-endpoint",
+    "otlp-protocol",
 ];
 
 /// The checked audit configuration.
@@ -287,6 +312,10 @@ pub struct AuditConfig {
     pub include_heartbeats: bool,
     /// Bytes the stream buffers of all connections may hold together.
     pub memory_budget: usize,
+    /// `--listen`: where /healthz, /readyz and /metrics are served.
+    pub listen: Option<std::net::SocketAddr>,
+    /// OTLP logs beside the output (`--otlp-endpoint` or the OTEL_* variables).
+    pub otlp: Option<crate::sink::otlp::OtlpConfig>,
 }
 
 impl Default for AuditConfig {
@@ -309,6 +338,8 @@ impl Default for AuditConfig {
             delay_secs: 0.0,
             include_heartbeats: false,
             memory_budget: crate::stream::DEFAULT_MEMORY_BUDGET,
+            listen: None,
+            otlp: None,
         }
     }
 }
@@ -391,6 +422,12 @@ impl TryFrom<AuditArgs> for AuditConfig {
             delay_secs: secs_ok("delay", a.delay.unwrap_or(d.delay_secs), true)?,
             include_heartbeats: a.include_heartbeats.unwrap_or(d.include_heartbeats),
             memory_budget,
+            listen: a.listen,
+            otlp: crate::sink::otlp::OtlpConfig::resolve(
+                a.otlp_endpoint.as_deref(),
+                a.otlp_protocol,
+                &|k| std::env::var(k).ok(),
+            )?,
         };
         // Fail at startup, not on the first record.
         cfg.formatter()?;

@@ -5,7 +5,8 @@
 //! messages, paired) -> `ops` (commands, cursors, operations) -> `queue` (the delay queue) ->
 //! `sink` (formats and outputs). `record` is the audit record they share, `filter` decides
 //! which records are written, `config` reads the options, and `pipeline` owns the daemon loop
-//! and drives each layer in turn. Everything below `capture` is pure code that needs no root.
+//! and drives each layer in turn. `serve` is the `--listen` HTTP listener (health, metrics),
+//! fed by the pipeline's hooks. Everything below `capture` is pure code that needs no root.
 
 pub mod capture;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod queue;
 pub mod record;
+pub mod serve;
 pub mod sink;
 pub mod stream;
 pub mod wire;

@@ -2,14 +2,15 @@
 //! kernel, with no change to the application, its driver or the network. This file reads the
 //! command line; `pipeline` does the work.
 
-use std::{io, process::ExitCode, time::Duration};
+use std::{io, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{bail, Result};
 use clap::Parser;
 use mongowatch::{
     capture::procfs,
     config::{AuditArgs, RECORD_OPTIONS},
-    pipeline::{self, Mode, Options, Stop},
+    pipeline::{self, Hooks, Mode, Options, Stop},
+    serve::{self, Health, Listener, Metrics},
 };
 
 /// Audits the MongoDB operations of running processes, from the kernel (eBPF).
@@ -85,7 +86,7 @@ fn run(cli: Cli) -> Result<()> {
             bail!("no running process has pid {pid}");
         }
     }
-    let (mode, memory_budget) = if cli.messages {
+    let (mode, memory_budget, listen) = if cli.messages {
         // The config file may set the output; options that shape records would be ignored
         // here, so they are refused instead (clap refuses them on the command line).
         let args = cli.audit.clone().merged()?;
@@ -97,12 +98,20 @@ fn run(cli: Cli) -> Result<()> {
             output: config.output,
             with_bytes: cli.message_bytes,
         };
-        (mode, config.memory_budget)
+        (mode, config.memory_budget, config.listen)
     } else {
         // Reads --config too; the command line wins over the file.
         let config = cli.audit.clone().resolve()?;
-        let memory_budget = config.memory_budget;
-        (Mode::Audit(config), memory_budget)
+        let (memory_budget, listen) = (config.memory_budget, config.listen);
+        (Mode::Audit(Box::new(config)), memory_budget, listen)
+    };
+    let hooks = match listen {
+        Some(addr) => {
+            let (health, metrics) = (Arc::new(Health::new()), Arc::new(Metrics::new()));
+            Listener::start(addr, health.clone(), metrics.clone())?;
+            serve::pipeline_hooks(health, metrics)
+        }
+        None => Hooks::default(),
     };
     let report = pipeline::run(Options {
         pids: cli.pids,
@@ -110,6 +119,7 @@ fn run(cli: Cli) -> Result<()> {
         mode,
         stats_interval: cli.stats_interval,
         memory_budget,
+        hooks,
     })?;
     if cli.stats {
         eprintln!("{}", report.stats.to_json_line());

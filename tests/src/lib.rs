@@ -96,6 +96,8 @@ pub enum Need {
     EbpfPrograms,
     /// Root (loading eBPF programs).
     Root,
+    /// A program on PATH that `cargo xtask setup` installs from Debian (e.g. `prometheus`).
+    Program(&'static str),
 }
 
 impl Need {
@@ -162,6 +164,11 @@ impl Need {
                 }
             }),
             Need::Root => (!is_root()).then(|| "not running as root (eBPF needs it)".to_string()),
+            Need::Program(name) => {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                let found = std::env::split_paths(&path).any(|d| d.join(name).is_file());
+                (!found).then(|| format!("`{name}` not found on PATH (run `cargo xtask setup`)"))
+            }
         }
     }
 }

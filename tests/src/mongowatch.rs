@@ -27,6 +27,15 @@ impl Mongowatch {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// Like [`Mongowatch::spawn`], with variables added to its environment.
+    pub fn spawn_with_env<I, S>(args: I, env: &[(&str, &str)]) -> Result<Mongowatch>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let bin = paths::mongowatch_bin();
         if !bin.is_file() {
             bail!(
@@ -37,6 +46,7 @@ impl Mongowatch {
         let dir = paths::temp_dir("mongowatch-run-")?;
         let mut cmd = Command::new(&bin);
         cmd.args(args)
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(File::create(dir.path().join("stdout.jsonl"))?)

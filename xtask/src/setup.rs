@@ -11,7 +11,7 @@
 //! | venv        | SecantusDB (secantusd-py) + pymongo, tests/requirements.txt | <cache>/venv     |
 //! | node        | mongodb 7 + mongosh 2, `npm ci` of tests/node's lock        | <cache>/node     |
 //! | secantusd-rs| secantus-mdb from crates.io (about 5 min, 1 GB peak)        | <cache>/tools    |
-//! | test-tools  | iproute2 and openssl (Debian packages) for the e2e tests    | the system       |
+//! | test-tools  | iproute2, openssl, prometheus (Debian packages), e2e tests  | the system       |
 //!
 //! `setup`, `test` and `bench` set up every part; `demo` only the parts it uses
 //! ([`Part::DEMO`]), so a first demo does not wait for the test servers and drivers.
@@ -60,6 +60,7 @@ pub enum Part {
     SecantusdRs,
     /// iproute2 (tests across network namespaces) and openssl (the TLS tests' certificates);
     /// they come with this machine kind's image, listed so another Debian gets them too.
+    /// prometheus (and its promtool) scrapes `/metrics` for real in the export tests.
     TestTools,
 }
 
@@ -84,7 +85,7 @@ impl Part {
             Part::Venv => &["python3-venv"],
             // secantus-mdb builds WiredTiger with them.
             Part::SecantusdRs => &["cmake", "ninja-build"],
-            Part::TestTools => &["iproute2", "openssl"],
+            Part::TestTools => &["iproute2", "openssl", "prometheus"],
         }
     }
 }
@@ -327,7 +328,9 @@ fn apt_install(packages: &[&str]) -> Result<String> {
         );
     }
     let apt = |args: &[&str]| -> Result<()> {
+        // Waits for another apt-get (another setup, or the system's) instead of failing.
         run(Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600"])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .env("NEEDRESTART_MODE", "a"))
@@ -561,7 +564,7 @@ mod tests {
                 "python3-venv"
             ]
         );
-        assert_eq!(apt_packages(Part::ALL).len(), 9);
+        assert_eq!(apt_packages(Part::ALL).len(), 10);
     }
 
     #[test]

@@ -11,7 +11,11 @@ use crate::{
     ops::{Emit, Input, OpsStats, Tracker, TrackerConfig},
     queue::{QueueConfig, QueueStats, WatchQueue},
     record::{Record, WatchIds},
-    sink::{open_output, Output, Sink, SinkError},
+    sink::{
+        open_output,
+        otlp::{OtlpSink, OtlpStats},
+        Output, Sink, SinkError,
+    },
     wire::Exchange,
 };
 
@@ -23,6 +27,8 @@ pub enum AuditError {
     Filter(#[from] crate::filter::FilterError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Otlp(#[from] crate::sink::otlp::OtlpError),
 }
 
 /// Counters for a stats line.
@@ -39,13 +45,25 @@ pub struct AuditStats {
     pub open_operations: usize,
     pub ops: OpsStats,
     pub queue: QueueStats,
+    /// The OTLP output beside the main one (`--otlp-endpoint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpStats>,
 }
+
+/// How long the OTLP exporter may go on sending at exit.
+const OTLP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Called with every record as it leaves the delay queue, before any filter (metrics).
+pub type RecordTap = Box<dyn FnMut(&Record) + Send>;
 
 pub struct Auditor {
     tracker: Tracker,
+    observer: Option<RecordTap>,
     queue: WatchQueue,
     filter: RecordFilter,
     sink: Sink,
+    /// OTLP logs beside `sink`: the same records, after the same filter and mask.
+    otlp: Option<OtlpSink>,
     rate: Option<RateCounter>,
     rate_out: Box<dyn Write + Send>,
     stats: AuditStats,
@@ -112,9 +130,11 @@ impl Auditor {
         });
         Ok(Self {
             tracker,
+            observer: None,
             queue,
             filter,
             sink: Sink::new(formatter, out),
+            otlp: config.otlp.clone().map(OtlpSink::open).transpose()?,
             rate: config.rate.map(RateCounter::new),
             rate_out,
             stats: AuditStats::default(),
@@ -156,7 +176,15 @@ impl Auditor {
         if let Some(summary) = self.rate.as_mut().and_then(|r| r.flush(now)) {
             result = result.and(self.write_rate(&summary));
         }
+        if let Some(otlp) = self.otlp.as_mut() {
+            otlp.shutdown(OTLP_GRACE);
+        }
         result.and(self.sink.flush().map_err(AuditError::from))
+    }
+
+    /// Sees every record before the filter: what happened, whatever the output keeps.
+    pub fn set_observer(&mut self, tap: RecordTap) {
+        self.observer = Some(tap);
     }
 
     /// Counters so far.
@@ -166,6 +194,7 @@ impl Auditor {
         s.open_operations = self.tracker.open_operations();
         s.ops = self.tracker.stats().clone();
         s.queue = self.queue.stats().clone();
+        s.otlp = self.otlp.as_ref().map(OtlpSink::stats);
         s
     }
 
@@ -191,6 +220,9 @@ impl Auditor {
         }
         let mut first_err = None;
         for mut r in records {
+            if let Some(observe) = self.observer.as_mut() {
+                observe(&r);
+            }
             if self.filter.check(&r) == Verdict::Drop {
                 self.stats.records_filtered += 1;
                 continue;
@@ -199,6 +231,9 @@ impl Auditor {
                 rate.observe(&r, now);
             }
             self.filter.mask(&mut r);
+            if let Some(otlp) = &self.otlp {
+                otlp.send(&r);
+            }
             match self.sink.write(&r) {
                 Ok(()) => self.stats.records_written += 1,
                 Err(e) => {

@@ -39,8 +39,8 @@ use crate::{
 
 /// What the daemon writes.
 pub enum Mode {
-    /// Audit records (the default).
-    Audit(AuditConfig),
+    /// Audit records (the default). Boxed: the configuration is large.
+    Audit(Box<AuditConfig>),
     /// `--messages`: one line per wire message.
     Messages {
         output: OutputSpec,
@@ -57,7 +57,28 @@ pub struct Options {
     pub stats_interval: Option<Duration>,
     /// Bytes the connections' stream buffers may hold together.
     pub memory_budget: usize,
+    /// Who else hears how the daemon is doing (the `--listen` listener).
+    pub hooks: Hooks,
 }
+
+/// Callbacks for those who report on the daemon (health, metrics); the pipeline knows
+/// nothing of them.
+#[derive(Default)]
+pub struct Hooks {
+    /// `true` once the probes are attached, `false` when they are detached at the end.
+    pub attached: Option<Box<dyn Fn(bool) + Send>>,
+    /// Every layer's counters, at most once a second, from the loop's tick: a call that stops
+    /// coming means the loop is stuck.
+    pub tick: Option<StatsTap>,
+    /// Every audit record, before any filter (audit mode).
+    pub record: Option<audit::RecordTap>,
+}
+
+/// Called with every layer's counters.
+pub type StatsTap = Box<dyn FnMut(&Stats) + Send>;
+
+/// How often [`Hooks::tick`] is called.
+const HOOK_TICK: Duration = Duration::from_secs(1);
 
 /// Why the loop ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,8 +104,11 @@ const DRAIN_BYTES: usize = 4 << 20;
 const FINAL_DRAIN: Duration = Duration::from_secs(1);
 
 /// Loads the probes, watches `opts.pids` and runs until they exit, a signal, or a dead output.
-pub fn run(opts: Options) -> Result<Report> {
-    let outlet = Outlet::open(opts.mode)?;
+pub fn run(mut opts: Options) -> Result<Report> {
+    let mut outlet = Outlet::open(opts.mode)?;
+    if let (OutletKind::Audit(auditor), Some(tap)) = (&mut outlet.kind, opts.hooks.record.take()) {
+        auditor.set_observer(tap);
+    }
     let (mut probes, ring) = Probes::load(&opts.ports)?;
     let mut processes = Processes::new();
     let mut watch = |pid: u32, processes: &mut Processes| -> Result<bool> {
@@ -111,6 +135,9 @@ pub fn run(opts: Options) -> Result<Report> {
         }
     }
     info!(pids = ?opts.pids, processes = processes.len(), "watching");
+    if let Some(attached) = &opts.hooks.attached {
+        attached(true);
+    }
     let pipeline = Pipeline {
         probes,
         watched: processes.pids().collect(),
@@ -127,6 +154,8 @@ pub fn run(opts: Options) -> Result<Report> {
         outlet,
         last_counters: KernelCounters::default(),
         capture: CaptureStats::default(),
+        hooks: opts.hooks,
+        last_hook_tick: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,6 +174,8 @@ struct Pipeline {
     watched_version: u64,
     last_counters: KernelCounters,
     capture: CaptureStats,
+    hooks: Hooks,
+    last_hook_tick: Option<Instant>,
 }
 
 impl Pipeline {
@@ -230,6 +261,12 @@ impl Pipeline {
             events_lost = kernel.ring_full_events,
             "detaching"
         );
+        if let Some(tick) = self.hooks.tick.as_mut() {
+            tick(&stats);
+        }
+        if let Some(attached) = &self.hooks.attached {
+            attached(false);
+        }
         // Dropping the probes (with self) detaches the programs.
         Ok(Report { stop, stats })
     }
@@ -318,6 +355,14 @@ impl Pipeline {
         let counters = self.probes.counters();
         self.report_loss(&counters);
         self.outlet.flush();
+        let due = self.last_hook_tick.is_none_or(|t| t.elapsed() >= HOOK_TICK);
+        if self.hooks.tick.is_some() && due {
+            self.last_hook_tick = Some(Instant::now());
+            let stats = self.stats();
+            if let Some(tick) = self.hooks.tick.as_mut() {
+                tick(&stats);
+            }
+        }
     }
 
     /// The kernel's watched set follows `processes`: children the kernel reported are set

@@ -1,9 +1,11 @@
 //! Sink layer: formats records and writes them to stdout or a file (append, mode 0600,
-//! rotation by size); [`messages`] formats the `--messages` lines. Audit records only ever go
+//! rotation by size); [`otlp`] exports them as OTLP logs; [`messages`] formats the
+//! `--messages` lines. Audit records only ever go
 //! here, never to the diagnostic log.
 
 mod format;
 pub mod messages;
+pub mod otlp;
 
 use std::{
     fs::OpenOptions,
