@@ -9,7 +9,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use mongowatch_common::{
-    Config, Counters, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAP_SCRATCH, MAP_WATCHED,
+    Config, Counters, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAP_SCRATCH, MAP_WATCHED, SCRATCH_SLOTS,
 };
 
 use super::btf::{kernel_offsets_from, read_btf, tracepoint_args, KernelFeatures, VMLINUX_BTF};
@@ -41,12 +41,17 @@ pub struct KernelCounters {
     pub lifecycle_lost: u64,
     /// Gap events: calls (or parts) whose bytes could not be copied.
     pub gap_events: u64,
+    /// TLS library calls whose plaintext was copied; those whose socket could not be told;
+    /// those skipped because the CPU's TLS copy slot was busy.
+    pub tls_calls: u64,
+    pub tls_unmapped: u64,
+    pub tls_busy: u64,
 }
 
 /// Loaded and attached programs. Dropping it detaches them.
 pub struct Probes {
     // Held for its links: dropping the Ebpf detaches every program.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     /// The kernel's bitmap of watched tgids.
     watched: Array<MapData, u64>,
     counters: PerCpuArray<MapData, Counters>,
@@ -165,7 +170,7 @@ impl Probes {
             as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
-            .map_max_entries(MAP_SCRATCH, cpus)
+            .map_max_entries(MAP_SCRATCH, cpus * SCRATCH_SLOTS)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 let hint = if e.to_string().contains("ring") {
@@ -202,7 +207,7 @@ impl Probes {
         let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)?;
         Ok((
             Self {
-                _ebpf: ebpf,
+                ebpf,
                 watched,
                 counters,
             },
@@ -232,6 +237,11 @@ impl Probes {
         Ok(())
     }
 
+    /// The loaded object, for the TLS library probes (`tls.rs`), attached as libraries turn up.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     pub fn counters(&self) -> KernelCounters {
         let mut total = KernelCounters::default();
         if let Ok(per_cpu) = self.counters.get(&0, 0) {
@@ -244,6 +254,9 @@ impl Probes {
                 total.data_events += c.data_events;
                 total.lifecycle_lost += c.lifecycle_lost;
                 total.gap_events += c.gap_events;
+                total.tls_calls += c.tls_calls;
+                total.tls_unmapped += c.tls_unmapped;
+                total.tls_busy += c.tls_busy;
             }
         }
         total
