@@ -30,6 +30,7 @@ use crate::{
         probes::{KernelCounters, Probes},
         processes::Processes,
         procfs,
+        tls::{Reach, TlsHooks},
     },
     config::AuditConfig,
     ops::Input,
@@ -127,6 +128,8 @@ pub fn run(opts: Options) -> Result<Report> {
         outlet,
         last_counters: KernelCounters::default(),
         capture: CaptureStats::default(),
+        tls: TlsHooks::default(),
+        ticks: 0,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,7 +148,14 @@ struct Pipeline {
     watched_version: u64,
     last_counters: KernelCounters,
     capture: CaptureStats,
+    /// The TLS libraries of the watched processes, hooked as they turn up.
+    tls: TlsHooks,
+    ticks: u64,
 }
+
+/// Ticks between two scans of every watched process for TLS libraries mapped late (Python
+/// maps libssl when it imports `ssl`).
+const TLS_RESCAN_TICKS: u64 = 5;
 
 impl Pipeline {
     async fn run(
@@ -154,6 +164,9 @@ impl Pipeline {
         stats_interval: Option<Duration>,
     ) -> Result<Report> {
         self.sync_watched();
+        for pid in self.watched.clone() {
+            self.scan_tls(pid);
+        }
         // The AsyncFd owns the ring buffer, and with it the fd it polls, for the whole loop.
         #[allow(deprecated)]
         let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
@@ -315,6 +328,12 @@ impl Pipeline {
         conns.expire(now, &mut |ev| outlet.deliver(ev));
         outlet.input(Input::Tick { now_ns: now });
         self.sync_watched();
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(TLS_RESCAN_TICKS) {
+            for pid in self.watched.clone() {
+                self.scan_tls(pid);
+            }
+        }
         let counters = self.probes.counters();
         self.report_loss(&counters);
         self.outlet.flush();
@@ -330,13 +349,32 @@ impl Pipeline {
         let alive: HashSet<u32> = self.processes.pids().collect();
         for pid in self.watched.difference(&alive) {
             self.probes.unwatch(*pid);
+            self.tls.forget(*pid);
         }
-        for pid in alive.difference(&self.watched) {
+        let new: Vec<u32> = alive.difference(&self.watched).copied().collect();
+        for pid in &new {
             if let Err(e) = self.probes.watch(*pid) {
                 warn!("{e:#}");
             }
         }
         self.watched = alive;
+        for pid in new {
+            self.scan_tls(pid);
+        }
+    }
+
+    /// Hooks the TLS libraries `pid` maps that are not hooked yet, and tells the connection
+    /// table whether its TLS connections can be read.
+    fn scan_tls(&mut self, pid: u32) {
+        if let Some(reach) = self.tls.scan(self.probes.ebpf_mut(), pid) {
+            self.conns.set_tls_unreadable(
+                pid,
+                match reach {
+                    Reach::Hooked => None,
+                    Reach::Not(why) => Some(why),
+                },
+            );
+        }
     }
 
     /// Loss is never silent: every new ring-full drop is logged with its size.
@@ -375,6 +413,7 @@ impl Pipeline {
             kernel: self.probes.counters(),
             capture,
             stream: self.conns.stats(),
+            tls: self.tls.stats(),
             wire: self.conns.wire_stats(),
             audit: match &self.outlet.kind {
                 OutletKind::Audit(a) => Some(a.stats()),

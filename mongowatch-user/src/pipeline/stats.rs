@@ -4,7 +4,11 @@
 use serde::Serialize;
 
 use super::audit::AuditStats;
-use crate::{capture::probes::KernelCounters, stream::TableStats, wire::WireStats};
+use crate::{
+    capture::{probes::KernelCounters, tls::TlsStats},
+    stream::TableStats,
+    wire::WireStats,
+};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Stats {
@@ -15,6 +19,8 @@ pub struct Stats {
     pub capture: CaptureStats,
     /// The connection table: events, bytes, connections, gaps, messages, TLS.
     pub stream: TableStats,
+    /// The TLS library hooks: files attached, failures, scans.
+    pub tls: TlsStats,
     /// Framing (resyncs, drops by reason), decoding (errors by kind) and pairing, summed over
     /// every connection.
     pub wire: WireStats,
