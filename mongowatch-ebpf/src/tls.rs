@@ -8,9 +8,13 @@
 //! versions): while an `SSL_*` call is active on a thread, the socket tracepoint that fires on
 //! that thread (`on_socket_bytes`) is its socket. Reads and writes have a map each, since Node
 //! calls `SSL_write` from inside `SSL_read`. What is learnt goes in `SSL_SOCKS`, because a read
-//! served from OpenSSL's own buffer makes no syscall at all. Memory-BIO users (Node) make no
-//! syscall inside the call either: a read takes the last socket the thread received on (the
-//! ciphertext came first), a write waits for the thread's next send (the ciphertext follows).
+//! served from OpenSSL's own buffer makes no syscall at all; `SOCK_SSLS` is the reverse map.
+//! Memory-BIO users (Node) make no syscall inside the call either: a call on an `SSL*` not
+//! known yet is left pending on its thread, and the thread's next send from a socket not known
+//! yet is its socket (Node sends the ClientHello right after the `SSL_read` that made it, and
+//! a write's ciphertext right after the `SSL_write`); a read with data and no pending call takes
+//! the last socket the thread received on (the ciphertext came first), unless that socket
+//! belongs to another `SSL*`.
 //!
 //! Once a socket is known to carry TLS its bytes never leave the kernel: its offsets restart at
 //! 0 for the plaintext, and userspace drops whatever ciphertext it saw before.
@@ -55,13 +59,22 @@ pub struct SockRef {
     cookie: u64,
 }
 
-/// Plaintext a memory-BIO write produced before its socket was known.
+/// A call on an `SSL*` whose socket is not known yet, waiting for the thread's next send:
+/// with the plaintext of a write (`len` 0 for a handshake step or a read without data).
 #[repr(C)]
 #[derive(Copy, Clone)]
-pub struct PendingWrite {
+pub struct Pending {
     ssl: u64,
     buf: u64,
     len: u64,
+}
+
+/// A socket's `SSL*` (the reverse of `SSL_SOCKS`), with the socket's cookie.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct SslRef {
+    ssl: u64,
+    cookie: u64,
 }
 
 #[repr(C)]
@@ -85,12 +98,15 @@ static TLS_HANDSHAKES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384
 /// (tgid, `SSL*`) -> its socket.
 #[map]
 static SSL_SOCKS: LruHashMap<SslKey, SockRef> = LruHashMap::with_max_entries(65536, 0);
+/// Socket -> its `SSL*`.
+#[map]
+static SOCK_SSLS: LruHashMap<u64, SslRef> = LruHashMap::with_max_entries(65536, 0);
 /// The last socket each thread of a watched process received on (memory-BIO reads).
 #[map]
 static LAST_RECV: LruHashMap<u64, SockRef> = LruHashMap::with_max_entries(16384, 0);
-/// A memory-BIO write waiting for the thread's next send.
+/// A memory-BIO call waiting for the thread's next send.
 #[map]
-static PENDING_WRITES: LruHashMap<u64, PendingWrite> = LruHashMap::with_max_entries(16384, 0);
+static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
 /// Per-CPU: non-zero while a probe copies in `SLOT_TLS`.
 #[map]
 static TLS_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
@@ -158,8 +174,19 @@ pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_do_handshake_ret(_ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if is_watched((pid_tgid >> 32) as u32) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_watched(tgid) {
+        return 0;
+    }
+    // SAFETY: map lookup by value.
+    if let Some(ssl) = unsafe { TLS_HANDSHAKES.get(&pid_tgid) }.copied() {
         let _ = TLS_HANDSHAKES.remove(&pid_tgid);
+        let key = SslKey { tgid, _pad: 0, ssl };
+        // SAFETY: map lookup by value.
+        if unsafe { SSL_SOCKS.get(&key) }.is_none() {
+            // A memory BIO: the handshake's bytes go out next.
+            pend(pid_tgid, ssl, 0, 0);
+        }
     }
     0
 }
@@ -177,8 +204,49 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
         _pad: 0,
         ssl: ctx.arg(0).unwrap_or(0),
     };
+    // SAFETY: map lookup by value.
+    if let Some(sock) = unsafe { SSL_SOCKS.get(&key) }.copied() {
+        let _ = SOCK_SSLS.remove(&sock.sk);
+    }
     let _ = SSL_SOCKS.remove(&key);
     0
+}
+
+/// Remembers that `ssl` is `sock`'s, both ways.
+#[inline(always)]
+fn learn(tgid: u32, ssl: u64, sock: &SockRef) {
+    let key = SslKey { tgid, _pad: 0, ssl };
+    let _ = SSL_SOCKS.insert(&key, sock, 0);
+    let back = SslRef {
+        ssl,
+        cookie: sock.cookie,
+    };
+    let _ = SOCK_SSLS.insert(&sock.sk, &back, 0);
+}
+
+/// The `SSL*` a socket is known to belong to (none for a socket reused since).
+#[inline(always)]
+fn ssl_of(sock: &SockRef) -> Option<u64> {
+    // SAFETY: map lookup by value.
+    let back = unsafe { SOCK_SSLS.get(&sock.sk) }.copied()?;
+    (back.cookie == sock.cookie).then_some(back.ssl)
+}
+
+/// Leaves a call on an unknown `SSL*` pending on its thread. A pending write's plaintext is
+/// not given up for a later call's: that one is counted as lost instead.
+#[inline(always)]
+fn pend(pid_tgid: u64, ssl: u64, buf: u64, len: u64) {
+    // SAFETY: map lookup by value.
+    if let Some(old) = unsafe { PENDING.get(&pid_tgid) }.copied() {
+        if old.len != 0 && old.ssl != ssl {
+            if len != 0 {
+                unmapped();
+            }
+            return;
+        }
+    }
+    let pending = Pending { ssl, buf, len };
+    let _ = PENDING.insert(&pid_tgid, &pending, 0);
 }
 
 #[inline(always)]
@@ -212,22 +280,20 @@ fn exit(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, direction: u8) 
     let _ = calls.remove(&pid_tgid);
     let ret: i64 = ctx.ret();
     let ret = ret as i32;
+    // Plaintext bytes the call moved (0 for none, or a failed call).
     let len = if call.len_ptr == 0 {
-        if ret <= 0 {
-            return;
+        if ret > 0 {
+            ret as u64
+        } else {
+            0
         }
-        ret as u64
-    } else {
-        if ret != 1 {
-            return;
-        }
+    } else if ret == 1 {
         // SAFETY: user pointer read with probe_read_user.
-        match unsafe { bpf_probe_read_user(call.len_ptr as *const u64) } {
-            Ok(n) => n,
-            Err(_) => return,
-        }
+        unsafe { bpf_probe_read_user(call.len_ptr as *const u64) }.unwrap_or(0)
+    } else {
+        0
     };
-    if len == 0 || len > u32::MAX as u64 {
+    if len > u32::MAX as u64 {
         return;
     }
     let key = SslKey {
@@ -240,29 +306,33 @@ fn exit(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, direction: u8) 
             sk: call.sk,
             cookie: call.cookie,
         };
-        let _ = SSL_SOCKS.insert(&key, &sock, 0);
+        learn(tgid, call.ssl, &sock);
         sock
     } else if let Some(sock) = unsafe { SSL_SOCKS.get(&key) }.copied() {
         sock
-    } else if direction == DIR_INGRESS {
-        // Memory BIO: the ciphertext was received on this thread just before.
+    } else if direction == DIR_INGRESS && len != 0 {
+        // Memory BIO: the ciphertext was received on this thread just before, unless that
+        // socket is another SSL*'s.
         // SAFETY: map lookup by value.
         let Some(sock) = (unsafe { LAST_RECV.get(&pid_tgid) }).copied() else {
             unmapped();
             return;
         };
-        let _ = SSL_SOCKS.insert(&key, &sock, 0);
+        if ssl_of(&sock).is_some_and(|ssl| ssl != call.ssl) {
+            unmapped();
+            return;
+        }
+        learn(tgid, call.ssl, &sock);
         sock
     } else {
-        // Memory BIO: the ciphertext goes out on this thread's next send.
-        let pending = PendingWrite {
-            ssl: call.ssl,
-            buf: call.buf,
-            len,
-        };
-        let _ = PENDING_WRITES.insert(&pid_tgid, &pending, 0);
+        // Memory BIO: what this call made goes out on this thread's next send.
+        let plaintext = if direction == DIR_EGRESS { len } else { 0 };
+        pend(pid_tgid, call.ssl, call.buf, plaintext);
         return;
     };
+    if len == 0 {
+        return;
+    }
     let Some(state) = conn_of(&sock) else {
         unmapped();
         return;
@@ -311,32 +381,32 @@ pub fn on_socket_bytes(sk: u64, state: &mut ConnState, direction: u8, pid_tgid: 
     };
     // SAFETY: map lookup by value.
     if let Some(ssl) = unsafe { TLS_HANDSHAKES.get(&pid_tgid) }.copied() {
-        let key = SslKey { tgid, _pad: 0, ssl };
-        let _ = SSL_SOCKS.insert(&key, &sock, 0);
+        learn(tgid, ssl, &sock);
         mark_tls(state);
         return true;
     }
     if direction == DIR_INGRESS {
         let _ = LAST_RECV.insert(&pid_tgid, &sock, 0);
-    } else if let Some(pending) = unsafe { PENDING_WRITES.get(&pid_tgid) }.copied() {
-        let _ = PENDING_WRITES.remove(&pid_tgid);
-        let key = SslKey {
-            tgid,
-            _pad: 0,
-            ssl: pending.ssl,
-        };
-        let _ = SSL_SOCKS.insert(&key, &sock, 0);
-        // A tracepoint is not preempted: the socket slot is free (nothing copied yet).
-        emit(
-            SLOT_SOCKET,
-            sk,
-            state,
-            DIR_EGRESS,
-            pid_tgid,
-            pending.buf,
-            pending.len,
-        );
-        return true;
+    } else if let Some(pending) = unsafe { PENDING.get(&pid_tgid) }.copied() {
+        // Only a socket no SSL* is known for can be the pending call's.
+        if ssl_of(&sock).is_none() {
+            let _ = PENDING.remove(&pid_tgid);
+            learn(tgid, pending.ssl, &sock);
+            mark_tls(state);
+            if pending.len != 0 {
+                // A tracepoint is not preempted: the socket slot is free (nothing copied yet).
+                emit(
+                    SLOT_SOCKET,
+                    sk,
+                    state,
+                    DIR_EGRESS,
+                    pid_tgid,
+                    pending.buf,
+                    pending.len,
+                );
+            }
+            return true;
+        }
     }
     state.tls != 0
 }

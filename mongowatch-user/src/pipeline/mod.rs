@@ -111,8 +111,15 @@ pub fn run(opts: Options) -> Result<Report> {
             break;
         }
     }
+    // The TLS libraries they map are hooked before "watching" is said: connections opened
+    // from then on are read from their handshake.
+    let mut tls = TlsHooks::default();
+    let reach: Vec<(u32, Reach)> = processes
+        .pids()
+        .filter_map(|pid| Some((pid, tls.scan(probes.ebpf_mut(), pid)?)))
+        .collect();
     info!(pids = ?opts.pids, processes = processes.len(), "watching");
-    let pipeline = Pipeline {
+    let mut pipeline = Pipeline {
         probes,
         watched: processes.pids().collect(),
         watched_version: processes.version(),
@@ -128,9 +135,12 @@ pub fn run(opts: Options) -> Result<Report> {
         outlet,
         last_counters: KernelCounters::default(),
         capture: CaptureStats::default(),
-        tls: TlsHooks::default(),
+        tls,
         ticks: 0,
     };
+    for (pid, reach) in reach {
+        pipeline.tell_tls(pid, reach);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -164,9 +174,6 @@ impl Pipeline {
         stats_interval: Option<Duration>,
     ) -> Result<Report> {
         self.sync_watched();
-        for pid in self.watched.clone() {
-            self.scan_tls(pid);
-        }
         // The AsyncFd owns the ring buffer, and with it the fd it polls, for the whole loop.
         #[allow(deprecated)]
         let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
@@ -367,14 +374,18 @@ impl Pipeline {
     /// table whether its TLS connections can be read.
     fn scan_tls(&mut self, pid: u32) {
         if let Some(reach) = self.tls.scan(self.probes.ebpf_mut(), pid) {
-            self.conns.set_tls_unreadable(
-                pid,
-                match reach {
-                    Reach::Hooked => None,
-                    Reach::Not(why) => Some(why),
-                },
-            );
+            self.tell_tls(pid, reach);
         }
+    }
+
+    fn tell_tls(&mut self, pid: u32, reach: Reach) {
+        self.conns.set_tls_unreadable(
+            pid,
+            match reach {
+                Reach::Hooked => None,
+                Reach::Not(why) => Some(why),
+            },
+        );
     }
 
     /// Loss is never silent: every new ring-full drop is logged with its size.
