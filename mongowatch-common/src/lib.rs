@@ -30,6 +30,9 @@ pub const MAP_PORTS: &str = "PORTS";
 /// Scratch space where an event is assembled before it is written to the ring: one entry per
 /// possible CPU (the loader sets the size), indexed by the running CPU.
 pub const MAP_SCRATCH: &str = "SCRATCH";
+/// Scratch entries per CPU: one for the socket tracepoints, one for the TLS library probes
+/// (uprobes can be preempted, tracepoints cannot, so they must not share a slot).
+pub const SCRATCH_SLOTS: u32 = 2;
 
 /// Payload bytes carried by one data event at most. Larger reads and writes are split.
 pub const CHUNK_SIZE: usize = 16384;
@@ -125,8 +128,14 @@ pub struct EventHeader {
     pub syscall: i32,
     pub kind: u8,
     pub direction: u8,
-    pub _pad: [u8; 6],
+    /// `EVENT_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 5],
 }
+
+/// The payload is plaintext read from a TLS library's `SSL_read`/`SSL_write`, not the bytes
+/// on the socket.
+pub const EVENT_FLAG_TLS: u8 = 1;
 
 pub const EVENT_HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
 
@@ -192,7 +201,10 @@ pub struct ConnState {
     pub class: u8,
     /// Data events seen while `class` was unknown.
     pub strikes: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero once a TLS library call was seen on this socket: its socket bytes are
+    /// ciphertext and never leave the kernel; the plaintext comes from the library's probes.
+    pub tls: u8,
+    pub _pad: u8,
 }
 
 /// Per-CPU counters. Userspace sums the CPUs.
@@ -215,6 +227,15 @@ pub struct Counters {
     pub lifecycle_lost: u64,
     /// Gap events written (bytes that moved through a socket but could not be copied).
     pub gap_events: u64,
+    /// TLS library calls whose plaintext was emitted (`SSL_read*` / `SSL_write*` of watched
+    /// processes).
+    pub tls_calls: u64,
+    /// TLS library calls of watched processes whose socket could not be told (no nested socket
+    /// call, no earlier mapping, no fallback): their plaintext is lost, counted here.
+    pub tls_unmapped: u64,
+    /// TLS plaintext copies skipped because this CPU's TLS copy slot was busy (a probe
+    /// preempted by another on the same CPU).
+    pub tls_busy: u64,
 }
 
 /// Offsets into kernel structures, read from the running kernel's BTF by userspace and set as

@@ -19,6 +19,8 @@
 #![no_std]
 #![no_main]
 
+mod tls;
+
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -40,7 +42,7 @@ use mongowatch_common::{
     plausible_header, Config, SocketInfo, ConnState, Counters, EventHeader, EventKind, AF_INET,
     AF_INET6, AF_UNIX, CHUNK_SIZE, CLASSIFY_STRIKES, CLASS_MONGO, CLASS_OTHER, CLASS_UNKNOWN,
     DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, MAX_CANDIDATES, MAX_CONNS, RING_SIZE, UIO_MAXIOV,
-    WATCHED_WORDS,
+    SCRATCH_SLOTS, WATCHED_WORDS,
 };
 
 /// Set by the loader from the running kernel's BTF (see `KernelOffsets`).
@@ -84,13 +86,21 @@ pub struct Scratch {
     payload: [u8; 2 * CHUNK_SIZE],
 }
 
-/// One `Scratch` per CPU, indexed by the running CPU. Not a per-CPU array: a per-CPU value is
-/// limited to 32 KiB, and a `Scratch` is larger. The loader sizes it to the possible CPUs.
+/// `SCRATCH_SLOTS` `Scratch` per CPU, indexed by the running CPU and the slot. Not a per-CPU
+/// array: a per-CPU value is limited to 32 KiB, and a `Scratch` is larger. The loader sizes it
+/// to the possible CPUs.
 #[map]
-static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
+static SCRATCH: Array<Scratch> = Array::with_max_entries(SCRATCH_SLOTS, 0);
 
+/// One copy state per slot (see `SLOT_SOCKET`, `SLOT_TLS`).
 #[map]
-static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
+static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// The slot of the socket tracepoints: they run with preemption disabled, so never two at
+/// once on one CPU.
+const SLOT_SOCKET: u32 = 0;
+/// The slot of the TLS uprobes, which can be preempted (see `tls.rs`).
+const SLOT_TLS: u32 = 1;
 
 const MSG_PEEK: i32 = 2;
 const MSG_TRUNC: i32 = 0x20;
@@ -168,6 +178,10 @@ pub struct CopyState {
     orig_len: u32,
     syscall: i32,
     direction: u8,
+    /// `EVENT_FLAG_*` of the events.
+    flags: u8,
+    /// The `SCRATCH`/`COPY` slot this copy runs in.
+    slot: u8,
 }
 
 #[inline(always)]
@@ -190,14 +204,23 @@ fn counters() -> Option<&'static mut Counters> {
     COUNTERS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// This CPU's scratch space.
+/// This CPU's scratch space of `slot`.
 #[inline(always)]
-fn scratch() -> Option<&'static mut Scratch> {
+fn scratch(slot: u32) -> Option<&'static mut Scratch> {
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     // SAFETY: a tracepoint program runs with preemption disabled and does not recurse, so this
-    // CPU's entry is ours for the run.
-    SCRATCH.get_ptr_mut(cpu).map(|p| unsafe { &mut *p })
+    // CPU's socket slot is ours for the run; the TLS slot is guarded by `tls.rs`.
+    SCRATCH
+        .get_ptr_mut(cpu * SCRATCH_SLOTS + (slot & 1))
+        .map(|p| unsafe { &mut *p })
+}
+
+/// This CPU's copy state of `slot`.
+#[inline(always)]
+fn copy_state(slot: u32) -> Option<&'static mut CopyState> {
+    // SAFETY: per-CPU value; see `scratch` for who owns which slot.
+    COPY.get_ptr_mut(slot & 1).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]
@@ -245,6 +268,10 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     };
     // SAFETY: pointer into an LRU map value; it stays valid for this program run.
     let state = unsafe { &mut *state };
+    if tls::on_socket_bytes(sk as u64, state, direction, pid_tgid) {
+        // Ciphertext: the plaintext comes from the TLS library's probes.
+        return;
+    }
     if state.class == CLASS_OTHER {
         return;
     }
@@ -257,27 +284,9 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     let offset = *slot;
     *slot = offset + ret as u64;
 
-    let Some(copy) = COPY.get_ptr_mut(0) else {
+    let Some(copy) = start_copy(SLOT_SOCKET, state.cookie, offset, pid_tgid, ret as u32) else {
         return;
     };
-    // SAFETY: per-CPU value, exclusively ours during this run.
-    let copy = unsafe { &mut *copy };
-    copy.conn_id = state.cookie;
-    copy.offset = offset;
-    // SAFETY: helper without arguments.
-    copy.ts = unsafe { bpf_ktime_get_boot_ns() };
-    copy.remaining = ret as u64;
-    copy.cur_base = 0;
-    copy.cur_len = 0;
-    copy.iov = 0;
-    copy.iov_idx = 0;
-    copy.iov_cnt = 0;
-    copy.fill = 0;
-    copy.tgid = tgid;
-    copy.tid = pid_tgid as u32;
-    copy.fd = -1;
-    copy.orig_len = ret as u32;
-    copy.syscall = -1;
     copy.direction = direction;
 
     if direction == DIR_INGRESS && flags & MSG_TRUNC != 0 {
@@ -289,10 +298,57 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
         emit_gap(copy);
         return;
     }
+    copy_call(sk as u64, state, SLOT_SOCKET);
+}
 
+/// The copy state of `slot`, set up for a call of `len` bytes at stream `offset` of
+/// connection `conn_id`, with no buffer located yet.
+#[inline(always)]
+fn start_copy(
+    slot: u32,
+    conn_id: u64,
+    offset: u64,
+    pid_tgid: u64,
+    len: u32,
+) -> Option<&'static mut CopyState> {
+    let copy = copy_state(slot)?;
+    copy.conn_id = conn_id;
+    copy.offset = offset;
+    // SAFETY: helper without arguments.
+    copy.ts = unsafe { bpf_ktime_get_boot_ns() };
+    copy.remaining = len as u64;
+    copy.cur_base = 0;
+    copy.cur_len = 0;
+    copy.iov = 0;
+    copy.iov_idx = 0;
+    copy.iov_cnt = 0;
+    copy.fill = 0;
+    copy.tgid = (pid_tgid >> 32) as u32;
+    copy.tid = pid_tgid as u32;
+    copy.fd = -1;
+    copy.orig_len = len;
+    copy.syscall = -1;
+    copy.direction = 0;
+    copy.flags = 0;
+    copy.slot = slot as u8;
+    Some(copy)
+}
+
+/// Classifies a connection still unknown from the call's first bytes, then copies every byte
+/// of the call located in the copy state of `slot` into the ring (socket bytes, or TLS
+/// plaintext).
+///
+/// The copy state is fetched here, not passed as a `&mut`: the compiler would take a `&mut`
+/// argument as unchanged by the opaque `bpf_loop` call, whose callback does change it.
+#[inline(always)]
+fn copy_call(sk: u64, state: &mut ConnState, slot: u32) {
+    let Some(copy) = copy_state(slot) else {
+        return;
+    };
+    let ret = copy.remaining;
     if state.class == CLASS_UNKNOWN {
         match first_bytes_look_like_mongo(copy) {
-            Some(true) => promote(sk as u64, state),
+            Some(true) => promote(sk, state),
             Some(false) => {
                 state.strikes = state.strikes.saturating_add(1);
                 if state.strikes >= CLASSIFY_STRIKES {
@@ -317,18 +373,22 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     } else {
         UIO_MAXIOV
     };
-    // SAFETY: bpf_loop with a static callback; the state is in the COPY map.
+    let mut slot = slot;
+    // SAFETY: bpf_loop with a static callback; the state is in the COPY map, the slot on
+    // this stack for the loop's run.
     unsafe {
         bpf_loop(
             iovecs + (ret as u32 / CHUNK_SIZE as u32) + 2,
             copy_chunk as *mut c_void,
-            core::ptr::null_mut(),
+            &mut slot as *mut u32 as *mut c_void,
             0,
         );
     }
     // Had the loop stopped early, what is gathered still goes out and the rest is a counted
     // gap, never a silent loss.
-    emit_gap(copy);
+    if let Some(copy) = copy_state(slot) {
+        emit_gap(copy);
+    }
 }
 
 /// A candidate whose bytes look like MongoDB moves to `CONNS`, where other sockets cannot
@@ -413,12 +473,12 @@ fn first_bytes_look_like_mongo(copy: &CopyState) -> Option<bool> {
 /// One `bpf_loop` step: moves to the next iovec when the current one is done, then gathers as
 /// much of the current buffer as fits in the scratch chunk; a full chunk (or the call's last
 /// byte) is emitted. Consecutive small iovecs thus share one record. Returns 1 to stop.
-extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(copy) = COPY.get_ptr_mut(0) else {
+extern "C" fn copy_chunk(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the slot on `copy_call`'s stack.
+    let slot = unsafe { *(ctx as *const u32) };
+    let Some(copy) = copy_state(slot) else {
         return 1;
     };
-    // SAFETY: per-CPU value, exclusively ours during this run.
-    let copy = unsafe { &mut *copy };
     if copy.remaining == 0 {
         return 1;
     }
@@ -446,7 +506,7 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
             return 0;
         }
     }
-    let Some(scratch) = scratch() else {
+    let Some(scratch) = scratch(copy.slot as u32) else {
         return 1;
     };
     // `fill` is below CHUNK_SIZE here (a full chunk is emitted at once); the mask says so to
@@ -505,6 +565,7 @@ fn fill_header(h: &mut EventHeader, copy: &CopyState, kind: EventKind) {
     h.syscall = copy.syscall;
     h.kind = kind as u8;
     h.direction = copy.direction;
+    h.flags = copy.flags;
 }
 
 /// Emits the bytes gathered in the scratch payload as one data event.
@@ -515,7 +576,7 @@ fn flush(copy: &mut CopyState) {
         return;
     }
     copy.fill = 0;
-    let Some(scratch) = scratch() else {
+    let Some(scratch) = scratch(copy.slot as u32) else {
         return;
     };
     fill_header(&mut scratch.header, copy, EventKind::Data);
@@ -548,7 +609,7 @@ fn emit_gap(copy: &mut CopyState) {
 /// A gap event of `len` bytes at the copy's offset (its length in `orig_len`), counted.
 #[inline(always)]
 fn emit_gap_of(copy: &mut CopyState, len: u64) {
-    let Some(scratch) = scratch() else {
+    let Some(scratch) = scratch(copy.slot as u32) else {
         return;
     };
     fill_header(&mut scratch.header, copy, EventKind::Gap);
@@ -644,7 +705,8 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
         tgid,
         class: CLASS_UNKNOWN,
         strikes: 0,
-        _pad: [0; 2],
+        tls: 0,
+        _pad: 0,
     };
     if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
         // Netlink and friends: remember them as not MongoDB so they cost two lookups.
@@ -652,7 +714,7 @@ fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> 
         let _ = CANDIDATES.insert(&key, &state, 0);
         return None;
     }
-    let scratch = scratch()?;
+    let scratch = scratch(SLOT_SOCKET)?;
     // SAFETY: the payload has room for a SocketInfo (checked at compile time below).
     let info = unsafe { &mut *(scratch.payload.as_mut_ptr() as *mut SocketInfo) };
     *info = SocketInfo::default();

@@ -10,7 +10,7 @@ use aya::{
 };
 use mongowatch_common::{
     Config, ConnState, Counters, MAP_CANDIDATES, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS,
-    MAP_SCRATCH, MAP_WATCHED, MAX_CANDIDATES, MAX_CONNS,
+    MAP_SCRATCH, MAP_WATCHED, MAX_CANDIDATES, MAX_CONNS, SCRATCH_SLOTS,
 };
 
 use super::btf::{kernel_offsets_from, read_btf, tracepoint_args, KernelFeatures, VMLINUX_BTF};
@@ -42,6 +42,11 @@ pub struct KernelCounters {
     pub lifecycle_lost: u64,
     /// Gap events: calls (or parts) whose bytes could not be copied.
     pub gap_events: u64,
+    /// TLS library calls whose plaintext was copied; those whose socket could not be told;
+    /// those skipped because the CPU's TLS copy slot was busy.
+    pub tls_calls: u64,
+    pub tls_unmapped: u64,
+    pub tls_busy: u64,
 }
 
 /// How full the kernel's socket maps are. Counted by walking their keys: cheap enough for a
@@ -178,7 +183,7 @@ impl Probes {
             as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
-            .map_max_entries(MAP_SCRATCH, cpus)
+            .map_max_entries(MAP_SCRATCH, cpus * SCRATCH_SLOTS)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 let hint = if e.to_string().contains("ring") {
@@ -268,6 +273,11 @@ impl Probes {
         Ok(())
     }
 
+    /// The loaded object, for the TLS library probes (`tls.rs`), attached as libraries turn up.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     pub fn counters(&self) -> KernelCounters {
         let mut total = KernelCounters::default();
         if let Ok(per_cpu) = self.counters.get(&0, 0) {
@@ -280,6 +290,9 @@ impl Probes {
                 total.data_events += c.data_events;
                 total.lifecycle_lost += c.lifecycle_lost;
                 total.gap_events += c.gap_events;
+                total.tls_calls += c.tls_calls;
+                total.tls_unmapped += c.tls_unmapped;
+                total.tls_busy += c.tls_busy;
             }
         }
         total

@@ -30,6 +30,7 @@ use crate::{
         probes::{KernelCounters, Probes},
         processes::Processes,
         procfs,
+        tls::{Reach, TlsHooks},
     },
     config::AuditConfig,
     ops::Input,
@@ -134,11 +135,18 @@ pub fn run(mut opts: Options) -> Result<Report> {
             break;
         }
     }
+    // The TLS libraries they map are hooked before "watching" is said: connections opened
+    // from then on are read from their handshake.
+    let mut tls = TlsHooks::default();
+    let reach: Vec<(u32, Reach)> = processes
+        .pids()
+        .filter_map(|pid| Some((pid, tls.scan(probes.ebpf_mut(), pid)?)))
+        .collect();
     info!(pids = ?opts.pids, processes = processes.len(), "watching");
     if let Some(attached) = &opts.hooks.attached {
         attached(true);
     }
-    let pipeline = Pipeline {
+    let mut pipeline = Pipeline {
         probes,
         watched: processes.pids().collect(),
         watched_version: processes.version(),
@@ -156,7 +164,12 @@ pub fn run(mut opts: Options) -> Result<Report> {
         capture: CaptureStats::default(),
         hooks: opts.hooks,
         last_hook_tick: None,
+        tls,
+        ticks: 0,
     };
+    for (pid, reach) in reach {
+        pipeline.tell_tls(pid, reach);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -176,7 +189,14 @@ struct Pipeline {
     capture: CaptureStats,
     hooks: Hooks,
     last_hook_tick: Option<Instant>,
+    /// The TLS libraries of the watched processes, hooked as they turn up.
+    tls: TlsHooks,
+    ticks: u64,
 }
+
+/// Ticks between two scans of every watched process for TLS libraries mapped late (Python
+/// maps libssl when it imports `ssl`).
+const TLS_RESCAN_TICKS: u64 = 5;
 
 impl Pipeline {
     async fn run(
@@ -352,6 +372,12 @@ impl Pipeline {
         conns.expire(now, &mut |ev| outlet.deliver(ev));
         outlet.input(Input::Tick { now_ns: now });
         self.sync_watched();
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(TLS_RESCAN_TICKS) {
+            for pid in self.watched.clone() {
+                self.scan_tls(pid);
+            }
+        }
         let counters = self.probes.counters();
         self.report_loss(&counters);
         self.outlet.flush();
@@ -375,13 +401,36 @@ impl Pipeline {
         let alive: HashSet<u32> = self.processes.pids().collect();
         for pid in self.watched.difference(&alive) {
             self.probes.unwatch(*pid);
+            self.tls.forget(*pid);
         }
-        for pid in alive.difference(&self.watched) {
+        let new: Vec<u32> = alive.difference(&self.watched).copied().collect();
+        for pid in &new {
             if let Err(e) = self.probes.watch(*pid) {
                 warn!("{e:#}");
             }
         }
         self.watched = alive;
+        for pid in new {
+            self.scan_tls(pid);
+        }
+    }
+
+    /// Hooks the TLS libraries `pid` maps that are not hooked yet, and tells the connection
+    /// table whether its TLS connections can be read.
+    fn scan_tls(&mut self, pid: u32) {
+        if let Some(reach) = self.tls.scan(self.probes.ebpf_mut(), pid) {
+            self.tell_tls(pid, reach);
+        }
+    }
+
+    fn tell_tls(&mut self, pid: u32, reach: Reach) {
+        self.conns.set_tls_unreadable(
+            pid,
+            match reach {
+                Reach::Hooked => None,
+                Reach::Not(why) => Some(why),
+            },
+        );
     }
 
     /// Loss is never silent: every new ring-full drop is logged with its size.
@@ -421,6 +470,7 @@ impl Pipeline {
             kernel_maps: self.probes.maps(),
             capture,
             stream: self.conns.stats(),
+            tls: self.tls.stats(),
             wire: self.conns.wire_stats(),
             audit: match &self.outlet.kind {
                 OutletKind::Audit(a) => Some(a.stats()),

@@ -5,7 +5,10 @@ use serde::Serialize;
 
 use super::audit::AuditStats;
 use crate::{
-    capture::probes::{KernelCounters, KernelMaps},
+    capture::{
+        probes::{KernelCounters, KernelMaps},
+        tls::TlsStats,
+    },
     stream::TableStats,
     wire::WireStats,
 };
@@ -21,6 +24,8 @@ pub struct Stats {
     pub capture: CaptureStats,
     /// The connection table: events, bytes, connections, gaps, messages, TLS.
     pub stream: TableStats,
+    /// The TLS library hooks: files attached, failures, scans.
+    pub tls: TlsStats,
     /// Framing (resyncs, drops by reason), decoding (errors by kind) and pairing, summed over
     /// every connection.
     pub wire: WireStats,

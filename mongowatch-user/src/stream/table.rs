@@ -2,11 +2,15 @@
 //! exchanges, handed to the caller (the pipeline) as [`TableEvent`]s. Pure code: the daemon
 //! feeds it the ring buffer's events, the tests feed it synthetic ones.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use serde::Serialize;
 
-use mongowatch_common::EventHeader;
+use mongowatch_common::{EventHeader, EVENT_FLAG_TLS};
 
 use super::{BudgetStats, ConnConfig, ConnEvent, Connection, MemoryBudget, RawFrame};
 use crate::{
@@ -74,6 +78,8 @@ pub struct TableStats {
     /// about once), and the bytes seen on them.
     pub tls_connections: u64,
     pub tls_bytes: u64,
+    /// TLS connections audited from the plaintext of their process's TLS library.
+    pub tls_plaintext_connections: u64,
     /// The stream buffers' memory budget: its limit, peak and evictions.
     pub memory: BudgetStats,
     /// Connections the kernel forgot and met again (a second open event): their streams went
@@ -98,6 +104,8 @@ struct Conn {
     role: Role,
     /// The connection began with a TLS handshake: its bytes are ciphertext.
     tls: bool,
+    /// Plaintext from the TLS library arrived: only such events feed the stream now.
+    plaintext: bool,
     /// Per direction ([egress, ingress]): where the kernel's offsets start in this stream (they
     /// restart at 0 when the kernel forgets the connection and meets it again), and the end of
     /// the bytes seen so far.
@@ -126,6 +134,10 @@ pub struct Connections {
     finished: WireStats,
     /// Charged with every connection's stream buffers.
     budget: MemoryBudget,
+    /// Processes whose TLS library is hooked: their TLS connections send plaintext.
+    tls_hooked: HashSet<u32>,
+    /// Why the TLS of a process cannot be read, when known.
+    tls_unreadable: HashMap<u32, String>,
     /// Connections the table holds at most (see [`CONNECTION_COST`]).
     max_connections: usize,
 }
@@ -138,10 +150,33 @@ impl Connections {
             max_connections: (cfg.memory_budget / CONNECTION_COST).max(MIN_CONNECTIONS),
             cfg,
             server_ports,
+            tls_hooked: HashSet::new(),
+            tls_unreadable: HashMap::new(),
             conns: HashMap::new(),
             stats: TableStats::default(),
             finished: WireStats::default(),
         }
+    }
+
+    /// Says whether process `pid`'s TLS library is hooked (`None`) or why not: the warning
+    /// about its encrypted connections gives the reason.
+    pub fn set_tls_unreadable(&mut self, pid: u32, why: Option<String>) {
+        match why {
+            Some(why) => {
+                self.tls_hooked.remove(&pid);
+                self.tls_unreadable.insert(pid, why);
+            }
+            None => {
+                self.tls_unreadable.remove(&pid);
+                self.tls_hooked.insert(pid);
+            }
+        }
+    }
+
+    /// A watched process is gone: what was known of its TLS goes too.
+    fn forget_tls(&mut self, pid: u32) {
+        self.tls_hooked.remove(&pid);
+        self.tls_unreadable.remove(&pid);
     }
 
     pub fn clock(&self) -> Clock {
@@ -219,6 +254,7 @@ impl Connections {
 
     /// A watched process is gone: its connections are closed.
     pub fn close_process(&mut self, pid: u32, ts_ns: u64, out: &mut impl FnMut(TableEvent<'_>)) {
+        self.forget_tls(pid);
         let ids: Vec<u64> = self
             .conns
             .iter()
@@ -388,6 +424,7 @@ impl Connections {
             ends,
             role,
             tls: false,
+            plaintext: false,
             base: [0; 2],
             end: [0; 2],
             kernel_gaps: 0,
@@ -413,29 +450,63 @@ impl Connections {
         act: impl FnOnce(&mut Connection, u64, &mut dyn FnMut(ConnEvent<'_>)),
     ) {
         self.ensure_conn(header, out);
-        let Self { conns, stats, .. } = self;
+        let Self {
+            conns,
+            stats,
+            tls_hooked,
+            tls_unreadable,
+            budget,
+            cfg,
+            ..
+        } = self;
         let Some(conn) = conns.get_mut(&header.conn_id) else {
             return;
         };
+        if header.flags & EVENT_FLAG_TLS != 0 && !conn.plaintext {
+            // The first plaintext of a TLS connection: the kernel restarted its offsets, and
+            // whatever ciphertext came before is dropped.
+            budget.charge(conn.stream.held(), 0);
+            conn.stream = Connection::new(cfg.clone());
+            conn.plaintext = true;
+            conn.tls = false;
+            conn.base = [0; 2];
+            conn.end = [0; 2];
+            conn.info = Arc::new(ConnInfo {
+                tls: true,
+                ..(*conn.info).clone()
+            });
+            stats.tls_plaintext_connections += 1;
+        } else if conn.plaintext && header.flags & EVENT_FLAG_TLS == 0 {
+            // Ciphertext the kernel sent before it knew the socket carried TLS.
+            stats.tls_bytes += data.map_or(0, |d| d.len() as u64);
+            return;
+        }
         let d = match direction {
             Direction::Egress => 0,
             Direction::Ingress => 1,
         };
         let at = header.offset.saturating_add(conn.base[d]);
         conn.end[d] = conn.end[d].max(at.saturating_add(len));
-        if !conn.tls && at == 0 && data.is_some_and(looks_like_tls) {
+        if !conn.tls && !conn.plaintext && at == 0 && data.is_some_and(looks_like_tls) {
             conn.tls = true;
-            stats.tls_connections += 1;
             let info = &conn.info;
-            tracing::warn!(
-                conn = info.id,
-                pid = info.pid,
-                comm = %info.comm,
-                client = %info.client,
-                server = %info.server,
-                "this connection is encrypted with TLS, which mongowatch cannot read yet: \
-                 its operations are not audited"
-            );
+            // A process whose TLS library is hooked sends the plaintext next (Node's
+            // handshake goes out before the kernel can tell the socket).
+            if !tls_hooked.contains(&info.pid) {
+                let why = tls_unreadable
+                    .get(&info.pid)
+                    .map_or("its TLS library is not hooked", String::as_str);
+                stats.tls_connections += 1;
+                tracing::warn!(
+                    conn = info.id,
+                    pid = info.pid,
+                    comm = %info.comm,
+                    client = %info.client,
+                    server = %info.server,
+                    "this connection is encrypted with TLS, which mongowatch cannot read here \
+                     ({why}): its operations are not audited"
+                );
+            }
         }
         let Conn {
             stream,
@@ -453,7 +524,7 @@ impl Connections {
         act(stream, at, &mut |ev| {
             forward(ev, info, role, ends, stats, out)
         });
-        self.budget.charge(before, stream.held());
+        budget.charge(before, stream.held());
         if self.budget.over() {
             self.enforce_budget(out);
         }
@@ -572,13 +643,10 @@ fn forward(
                         };
                         if *role != seen {
                             *role = seen;
-                            *info = Arc::new(conn_info(
-                                info.id,
-                                info.pid,
-                                info.comm.clone(),
-                                ends,
-                                seen,
-                            ));
+                            *info = Arc::new(ConnInfo {
+                                tls: info.tls,
+                                ..conn_info(info.id, info.pid, info.comm.clone(), ends, seen)
+                            });
                         }
                     }
                 }
@@ -825,6 +893,53 @@ mod tests {
             st.tls_bytes,
             (hello.len() + server_hello.len() + later.len()) as u64
         );
+        assert_eq!(st.decode_errors, 0);
+    }
+
+    /// A TLS connection of a process whose TLS library is hooked: the ciphertext the kernel
+    /// sent before it knew is dropped, the plaintext (offsets from 0 again) is decoded, and its
+    /// records say TLS; no warning is counted.
+    #[test]
+    fn tls_plaintext_replaces_the_ciphertext() {
+        let mut hello = vec![
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        hello.resize(517, 0xab);
+        let request = op_msg(7, 0, bson::rawdoc! { "ping": 1, "$db": "admin" });
+        let reply = op_msg(8, 7, bson::rawdoc! { "ok": 1.0 });
+        let mut t = Connections::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        t.set_tls_unreadable(4242, None);
+        let mut exchanges = Vec::new();
+        let mut sink = |o: TableEvent<'_>| {
+            if let TableEvent::Exchange { conn, .. } = o {
+                exchanges.push(conn.tls);
+            }
+        };
+        let data = |dir: Direction, offset: u64, flags: u8, payload: &[u8]| {
+            let mut h = header(EventKind::Data, 1, offset, 10);
+            h.flags = flags;
+            (h, dir, payload.to_vec())
+        };
+        for (h, direction, payload) in [
+            data(Direction::Egress, 0, 0, &hello),
+            data(Direction::Egress, 0, EVENT_FLAG_TLS, &request),
+            // Ciphertext that raced the kernel's verdict: ignored.
+            data(Direction::Ingress, 0, 0, &hello[..100]),
+            data(Direction::Ingress, 0, EVENT_FLAG_TLS, &reply),
+        ] {
+            t.handle(
+                Event::Data {
+                    header: h,
+                    direction,
+                    payload: &payload,
+                },
+                &mut sink,
+            );
+        }
+        assert_eq!(exchanges, vec![true]);
+        let st = t.stats();
+        assert_eq!(st.tls_connections, 0, "no warning for a hooked process");
+        assert_eq!(st.tls_plaintext_connections, 1);
         assert_eq!(st.decode_errors, 0);
     }
 

@@ -1,0 +1,375 @@
+//! Finding the TLS library each watched process really uses, and attaching the TLS programs
+//! (`mongowatch-ebpf/src/tls.rs`) to it.
+//!
+//! A library is any ELF file a process maps executable that *defines* `SSL_write` (in
+//! `.dynsym`, else `.symtab`: cryptography's bundled OpenSSL has its `SSL_*` as local symbols
+//! only): the system `libssl.so.3` / `.so.1.1`, Node's static copy in `node` or `libnode`,
+//! Python cryptography's `_rust.abi3.so`. The symbols are resolved here to file offsets (aya's
+//! own lookup takes the first name match, which may be an undefined import). The file is opened
+//! through `/proc/PID/root`, so the copy inside a container is the one probed; each file
+//! (device, inode) is attached once, for every process, and the programs filter by the watched
+//! set. Python maps libssl only when it imports `ssl`, so watched processes are scanned again
+//! from time to time.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{uprobe::UProbeScope, UProbe},
+    Ebpf,
+};
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+/// (kernel program, function, is it the return probe). `SSL_write_ex2` exists from OpenSSL
+/// 3.3 on; `SSL_write_ex` may tail-call it (both entries fire, the programs keep one call).
+const HOOKS: &[(&str, &str)] = &[
+    ("ssl_read", "SSL_read"),
+    ("ssl_read_ret", "SSL_read"),
+    ("ssl_read_ex", "SSL_read_ex"),
+    ("ssl_read_ret", "SSL_read_ex"),
+    ("ssl_write", "SSL_write"),
+    ("ssl_write_ret", "SSL_write"),
+    ("ssl_write_ex", "SSL_write_ex"),
+    ("ssl_write_ret", "SSL_write_ex"),
+    ("ssl_write_ex2", "SSL_write_ex2"),
+    ("ssl_write_ret", "SSL_write_ex2"),
+    ("ssl_do_handshake", "SSL_do_handshake"),
+    ("ssl_do_handshake_ret", "SSL_do_handshake"),
+    ("ssl_free", "SSL_free"),
+];
+
+const PROGRAMS: &[&str] = &[
+    "ssl_read",
+    "ssl_read_ex",
+    "ssl_read_ret",
+    "ssl_write",
+    "ssl_write_ex",
+    "ssl_write_ex2",
+    "ssl_write_ret",
+    "ssl_do_handshake",
+    "ssl_do_handshake_ret",
+    "ssl_free",
+];
+
+/// Whether a process's TLS can be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// A library it maps is hooked.
+    Hooked,
+    /// Why not (said in the warning about its TLS connections).
+    Not(String),
+}
+
+/// Counters of the TLS library hooks.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TlsStats {
+    /// Library files attached to (once each, whichever processes map them).
+    pub libraries_attached: u64,
+    /// Library files that define `SSL_write` but could not be attached.
+    pub libraries_failed: u64,
+    /// Scans of a watched process's maps.
+    pub scans: u64,
+}
+
+/// The libraries found and hooked so far.
+#[derive(Default)]
+pub struct TlsHooks {
+    loaded: Option<Result<(), String>>,
+    /// Files looked at, by (device, inode): `Some(path)` when hooked.
+    files: HashMap<(String, u64), Option<String>>,
+    /// Each scanned process's verdict.
+    reach: HashMap<u32, Reach>,
+    stats: TlsStats,
+}
+
+/// One executable file mapping of /proc/PID/maps.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub dev: String,
+    pub inode: u64,
+    pub path: String,
+}
+
+/// The executable file mappings of a `/proc/PID/maps` text, each file once.
+pub fn executable_files(maps: &str) -> Vec<Mapping> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_), Some(perms), Some(_), Some(dev), Some(inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path: Vec<&str> = f.collect();
+        let Ok(inode) = inode.parse::<u64>() else {
+            continue;
+        };
+        if inode == 0 || !perms.contains('x') || path.is_empty() || !path[0].starts_with('/') {
+            continue;
+        }
+        let path = path.join(" ");
+        if seen.insert((dev.to_string(), inode)) {
+            out.push(Mapping {
+                dev: dev.to_string(),
+                inode,
+                path,
+            });
+        }
+    }
+    out
+}
+
+/// File offsets of the `SSL_*` functions an ELF image defines (`.dynsym` first, then
+/// `.symtab`); empty when it does not define `SSL_write`, or is not an ELF file.
+pub fn ssl_offsets(image: &[u8]) -> HashMap<&'static str, u64> {
+    let mut out = HashMap::new();
+    let Ok(file) = object::File::parse(image) else {
+        return out;
+    };
+    let wanted = |name: &str| HOOKS.iter().find(|(_, f)| *f == name).map(|(_, f)| *f);
+    for symbols in [
+        file.dynamic_symbols().collect::<Vec<_>>(),
+        file.symbols().collect::<Vec<_>>(),
+    ] {
+        for sym in symbols {
+            if !sym.is_definition() || sym.address() == 0 {
+                continue;
+            }
+            let Some(name) = sym.name().ok().and_then(wanted) else {
+                continue;
+            };
+            if out.contains_key(name) {
+                continue;
+            }
+            if let Some(offset) = file_offset(&file, sym.address()) {
+                out.insert(name, offset);
+            }
+        }
+        if out.contains_key("SSL_write") {
+            break;
+        }
+    }
+    if !out.contains_key("SSL_write") {
+        out.clear();
+    }
+    out
+}
+
+/// The file offset of a virtual address, from the loadable segment that holds it.
+fn file_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
+    file.segments().find_map(|seg| {
+        let (start, size) = (seg.address(), seg.size());
+        let (offset, file_size) = seg.file_range();
+        (addr >= start && addr < start + size && addr - start < file_size)
+            .then(|| offset + (addr - start))
+    })
+}
+
+/// Why a process with no OpenSSL may be encrypting anyway, from what it maps.
+pub fn runtime_hint(files: &[Mapping], exe: Option<&[u8]>) -> String {
+    let names: Vec<&str> = files
+        .iter()
+        .map(|m| m.path.rsplit('/').next().unwrap_or(""))
+        .collect();
+    if names.contains(&"libjvm.so") {
+        return "a Java process: JSSE encrypts in Java, with no native library to hook".to_string();
+    }
+    if exe.is_some_and(|b| b.windows(14).any(|w| w == b"\xff Go buildinf:")) {
+        return "a Go program: Go's crypto/tls is not hooked (uretprobes break Go stacks)"
+            .to_string();
+    }
+    "no library defining SSL_write (OpenSSL) is mapped by this process".to_string()
+}
+
+impl TlsHooks {
+    pub fn stats(&self) -> TlsStats {
+        self.stats.clone()
+    }
+
+    pub fn reach(&self, pid: u32) -> Option<&Reach> {
+        self.reach.get(&pid)
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.reach.remove(&pid);
+    }
+
+    /// Scans `pid`'s maps and attaches to any OpenSSL copy not hooked yet. Returns the
+    /// process's verdict when it changed.
+    pub fn scan(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<Reach> {
+        self.stats.scans += 1;
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let files = executable_files(&maps);
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let mut hooked = false;
+        let mut failure = None;
+        for m in &files {
+            let key = (m.dev.clone(), m.inode);
+            if let Some(known) = self.files.get(&key) {
+                hooked |= known.is_some();
+                continue;
+            }
+            let host = root.join(m.path.trim_start_matches('/'));
+            let offsets = match std::fs::read(&host) {
+                Ok(image) => ssl_offsets(&image),
+                Err(_) => HashMap::new(),
+            };
+            if offsets.is_empty() {
+                self.files.insert(key, None);
+                continue;
+            }
+            match self.attach(ebpf, &host, &offsets) {
+                Ok(()) => {
+                    self.stats.libraries_attached += 1;
+                    tracing::info!(pid, library = %m.path, "TLS library hooked");
+                    self.files.insert(key, Some(m.path.clone()));
+                    hooked = true;
+                }
+                Err(e) => {
+                    self.stats.libraries_failed += 1;
+                    let why = format!("hooking its TLS library {} failed: {e}", m.path);
+                    tracing::warn!(pid, "{why}");
+                    self.files.insert(key, None);
+                    failure = Some(why);
+                }
+            }
+        }
+        let reach = if hooked {
+            Reach::Hooked
+        } else if let Some(why) = failure {
+            Reach::Not(why)
+        } else {
+            let exe = std::fs::read(format!("/proc/{pid}/exe")).ok();
+            Reach::Not(runtime_hint(&files, exe.as_deref()))
+        };
+        if self.reach.get(&pid) == Some(&reach) {
+            return None;
+        }
+        self.reach.insert(pid, reach.clone());
+        Some(reach)
+    }
+
+    fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        offsets: &HashMap<&'static str, u64>,
+    ) -> Result<(), String> {
+        self.load(ebpf)?;
+        for (program, function) in HOOKS {
+            let Some(offset) = offsets.get(function) else {
+                continue;
+            };
+            let p: &mut UProbe = ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("program {program} missing"))?
+                .try_into()
+                .map_err(|e| format!("{program}: {e}"))?;
+            p.attach(*offset, path, UProbeScope::AllProcesses)
+                .map_err(|e| format!("{function} ({program}): {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Loads the TLS programs into the kernel, once.
+    fn load(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
+        if let Some(done) = &self.loaded {
+            return done.clone();
+        }
+        let result = PROGRAMS.iter().try_for_each(|name| {
+            let p: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()
+                .map_err(|e| format!("{name}: {e}"))?;
+            p.load()
+                .map_err(|e| format!("the kernel refused program {name}: {e}"))
+        });
+        self.loaded = Some(result.clone());
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_give_each_executable_file_once() {
+        let maps = "\
+7f0000000000-7f0000001000 r--p 00000000 08:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000001000-7f0000002000 r-xp 00001000 08:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000002000-7f0000003000 r-xp 00002000 08:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000003000-7f0000004000 rw-p 00000000 00:00 0 
+7f0000004000-7f0000005000 r-xp 00000000 08:01 99 /opt/my app/lib.so
+7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]
+";
+        let files = executable_files(maps);
+        assert_eq!(
+            files,
+            vec![
+                Mapping {
+                    dev: "08:01".into(),
+                    inode: 1234,
+                    path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into()
+                },
+                Mapping {
+                    dev: "08:01".into(),
+                    inode: 99,
+                    path: "/opt/my app/lib.so".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_non_elf_file_defines_nothing() {
+        assert!(ssl_offsets(b"not an elf").is_empty());
+    }
+
+    /// The system libssl (Python's `ssl` needs it, so every machine that runs the tests has
+    /// one) defines SSL_write and SSL_read at offsets inside the file; this test binary does
+    /// not define SSL_write.
+    #[test]
+    fn system_libssl_symbols_resolve_to_file_offsets() {
+        let Some(libssl) = [
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            "/lib/x86_64-linux-gnu/libssl.so.3",
+            "/usr/lib64/libssl.so.3",
+        ]
+        .iter()
+        .find(|p| Path::new(p).exists()) else {
+            panic!("no libssl.so.3 on this machine");
+        };
+        let image = std::fs::read(libssl).unwrap();
+        let offsets = ssl_offsets(&image);
+        for f in [
+            "SSL_write",
+            "SSL_read",
+            "SSL_read_ex",
+            "SSL_write_ex",
+            "SSL_free",
+        ] {
+            let off = offsets.get(f).copied().unwrap_or_else(|| panic!("{f}"));
+            assert!(off > 0 && (off as usize) < image.len(), "{f} at {off:#x}");
+        }
+        let this = std::fs::read("/proc/self/exe").unwrap();
+        assert!(ssl_offsets(&this).is_empty());
+    }
+
+    #[test]
+    fn runtime_hints_name_java_and_go() {
+        let jvm = vec![Mapping {
+            dev: "0".into(),
+            inode: 1,
+            path: "/usr/lib/jvm/lib/server/libjvm.so".into(),
+        }];
+        assert!(runtime_hint(&jvm, None).contains("Java"));
+        let go = b"xx\xff Go buildinf:yy";
+        assert!(runtime_hint(&[], Some(go)).contains("Go"));
+        assert!(runtime_hint(&[], Some(b"plain")).contains("SSL_write"));
+    }
+}
