@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::{
+    capture::select::SelectorTable,
     filter::RecordFilter,
     sink::{Format, Formatter, OutputSpec},
 };
@@ -150,6 +151,15 @@ pub struct AuditArgs {
     /// messages, counted and logged.
     #[arg(long, value_name = "SIZE")]
     pub memory_budget: Option<ByteSize>,
+
+    /// `[[select]]` tables of the config file (the command line's selection flags are ORed
+    /// with them).
+    #[arg(skip)]
+    pub select: Vec<SelectorTable>,
+
+    /// `[[exclude]]` tables of the config file.
+    #[arg(skip)]
+    pub exclude: Vec<SelectorTable>,
 }
 
 /// The keys of the config file: every option above but `config` (any other key is an error).
@@ -170,6 +180,9 @@ pub const FILE_KEYS: &[&str] = &[
     "include-heartbeats",
     "memory-budget",
 ];
+
+/// The tables of the config file besides those keys: `[[select]]` and `[[exclude]]`.
+pub const FILE_TABLES: &[&str] = &["select", "exclude"];
 
 impl AuditArgs {
     /// Reads the options from TOML text. A key that is not in [`FILE_KEYS`] is an error (a typo
@@ -209,6 +222,8 @@ impl AuditArgs {
             delay: self.delay.or(file.delay),
             include_heartbeats: self.include_heartbeats.or(file.include_heartbeats),
             memory_budget: self.memory_budget.or(file.memory_budget),
+            select: [self.select, file.select].concat(),
+            exclude: [self.exclude, file.exclude].concat(),
         }
     }
 

@@ -1,8 +1,10 @@
 //! Capture: loads the kernel programs, reads their events, keeps the watched set.
 //! `probes` is the only module that touches the kernel; the rest is pure code.
 pub mod btf;
+pub mod cgroup;
 pub mod clock;
 pub mod events;
 pub mod probes;
 pub mod processes;
 pub mod procfs;
+pub mod select;

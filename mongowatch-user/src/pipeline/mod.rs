@@ -5,6 +5,7 @@
 //! what it made to this module; none calls the next.
 
 pub mod audit;
+mod select;
 mod stats;
 
 use std::{
@@ -30,6 +31,7 @@ use crate::{
         probes::{KernelCounters, Probes},
         processes::Processes,
         procfs,
+        select::Selection,
     },
     config::AuditConfig,
     ops::Input,
@@ -57,6 +59,8 @@ pub struct Options {
     pub stats_interval: Option<Duration>,
     /// Bytes the connections' stream buffers may hold together.
     pub memory_budget: usize,
+    /// Processes watched besides `pids` (`--all`, `--comm`, `--cgroup`, ...).
+    pub selection: Selection,
 }
 
 /// Why the loop ended.
@@ -85,7 +89,9 @@ const FINAL_DRAIN: Duration = Duration::from_secs(1);
 /// Loads the probes, watches `opts.pids` and runs until they exit, a signal, or a dead output.
 pub fn run(opts: Options) -> Result<Report> {
     let outlet = Outlet::open(opts.mode)?;
-    let (mut probes, ring) = Probes::load(&opts.ports)?;
+    let (mut probes, ring) = Probes::load(&opts.ports, &opts.selection.kernel())?;
+    // The daemon's own sockets (an API client) are never audited.
+    probes.exclude(std::process::id(), true);
     let mut processes = Processes::new();
     let mut watch = |pid: u32, processes: &mut Processes| -> Result<bool> {
         let new = processes.add(pid);
@@ -94,7 +100,15 @@ pub fn run(opts: Options) -> Result<Report> {
         }
         Ok(new)
     };
-    for pid in &opts.pids {
+    // The selection's processes that run already; those that start later are caught by the
+    // kernel at their first socket call, or on their exec.
+    let roots: Vec<u32> = opts
+        .pids
+        .iter()
+        .copied()
+        .chain(opts.selection.scan())
+        .collect();
+    for pid in &roots {
         watch(*pid, &mut processes)?;
     }
     // The kernel follows the forks of watched processes once their bits are set; the
@@ -103,7 +117,7 @@ pub fn run(opts: Options) -> Result<Report> {
     // (bounded: a process that keeps forking has its new children followed by the kernel).
     for _ in 0..4 {
         let mut found = false;
-        for pid in opts.pids.iter().flat_map(|pid| procfs::descendants(*pid)) {
+        for pid in roots.iter().flat_map(|pid| procfs::descendants(*pid)) {
             found |= watch(pid, &mut processes)?;
         }
         if !found {
@@ -127,6 +141,9 @@ pub fn run(opts: Options) -> Result<Report> {
         outlet,
         last_counters: KernelCounters::default(),
         capture: CaptureStats::default(),
+        node_wide: opts.selection.is_node_wide(),
+        selection: opts.selection,
+        excluded: Processes::new(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,6 +162,11 @@ struct Pipeline {
     watched_version: u64,
     last_counters: KernelCounters,
     capture: CaptureStats,
+    selection: Selection,
+    /// Runs until stopped, not until its processes exit: new ones may match.
+    node_wide: bool,
+    /// Processes the kernel's own selection caught that the full selection excludes.
+    excluded: Processes,
 }
 
 impl Pipeline {
@@ -180,7 +202,7 @@ impl Pipeline {
                 _ = tick.tick() => {
                     drain = drain.max(self.drain(ring.get_mut()));
                     self.tick();
-                    if self.processes.is_empty() {
+                    if self.processes.is_empty() && !self.node_wide {
                         info!("every watched process has exited");
                         break Stop::ProcessesExited;
                     }
@@ -261,6 +283,9 @@ impl Pipeline {
     }
 
     fn handle(&mut self, event: Event<'_>) {
+        if self.node_wide && !self.selected(&event) {
+            return;
+        }
         match event {
             Event::ProcFork {
                 child,
@@ -311,6 +336,7 @@ impl Pipeline {
         for pid in self.processes.gone() {
             self.process_exited(pid, now);
         }
+        self.forget_excluded();
         let Self { conns, outlet, .. } = self;
         conns.expire(now, &mut |ev| outlet.deliver(ev));
         outlet.input(Input::Tick { now_ns: now });

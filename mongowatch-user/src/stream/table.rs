@@ -213,7 +213,7 @@ impl Connections {
                     self.finish(conn, self.clock.epoch_ns(header.ts_ns), out);
                 }
             }
-            Event::ProcFork { .. } | Event::ProcExit { .. } => {}
+            Event::ProcFork { .. } | Event::ProcExit { .. } | Event::ProcExec { .. } => {}
         }
     }
 
