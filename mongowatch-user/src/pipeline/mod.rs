@@ -5,6 +5,7 @@
 //! what it made to this module; none calls the next.
 
 pub mod audit;
+mod origin;
 mod select;
 mod stats;
 
@@ -125,23 +126,31 @@ pub fn run(opts: Options) -> Result<Report> {
         }
     }
     info!(pids = ?opts.pids, processes = processes.len(), "watching");
+    let node = origin::node_name();
+    let mut conns = Connections::new(
+        Clock::now(),
+        ConnConfig {
+            memory_budget: opts.memory_budget,
+            ..ConnConfig::default()
+        },
+        opts.ports,
+    );
+    // A connection whose open event was lost still names the node.
+    conns.set_default_origin(std::sync::Arc::new(crate::record::Origin {
+        node: node.clone(),
+        ..Default::default()
+    }));
     let pipeline = Pipeline {
         probes,
         watched: processes.pids().collect(),
         watched_version: processes.version(),
         processes,
-        conns: Connections::new(
-            Clock::now(),
-            ConnConfig {
-                memory_budget: opts.memory_budget,
-                ..ConnConfig::default()
-            },
-            opts.ports,
-        ),
+        conns,
         outlet,
         last_counters: KernelCounters::default(),
         capture: CaptureStats::default(),
         node_wide: opts.selection.is_node_wide(),
+        node,
         selection: opts.selection,
         excluded: Processes::new(),
     };
@@ -167,6 +176,8 @@ struct Pipeline {
     node_wide: bool,
     /// Processes the kernel's own selection caught that the full selection excludes.
     excluded: Processes,
+    /// `Node` of every record.
+    node: Option<String>,
 }
 
 impl Pipeline {
@@ -285,6 +296,9 @@ impl Pipeline {
     fn handle(&mut self, event: Event<'_>) {
         if self.node_wide && !self.selected(&event) {
             return;
+        }
+        if let Event::ConnOpen { header, .. } = &event {
+            self.note_origin(header.tgid);
         }
         match event {
             Event::ProcFork {
