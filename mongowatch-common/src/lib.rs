@@ -27,6 +27,32 @@ pub const MAX_CANDIDATES: u32 = 8192;
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Server ports that classify a TCP connection as MongoDB at once: port -> 1.
 pub const MAP_PORTS: &str = "PORTS";
+/// Selected cgroup v2 directories (node-wide selection): cgroup id (the directory's inode)
+/// -> `SEL_INCLUDE` or `SEL_EXCLUDE`. A process is in one when its cgroup or an ancestor at a
+/// level of `Config::cgroup_levels` is.
+pub const MAP_CGROUPS: &str = "CGROUPS";
+/// Selected process names: the kernel's 16-byte comm (NUL-padded) -> `SEL_INCLUDE` or
+/// `SEL_EXCLUDE`.
+pub const MAP_COMMS: &str = "COMMS";
+/// Processes userspace found excluded although the kernel's own checks selected them (an
+/// exclusion the kernel cannot decide, e.g. by executable): a bitmap like `MAP_WATCHED`.
+pub const MAP_EXCLUDED: &str = "EXCLUDED";
+/// Entries of `MAP_CGROUPS` and `MAP_COMMS`.
+pub const MAX_SELECTORS: u32 = 4096;
+/// Values of `MAP_CGROUPS` and `MAP_COMMS`.
+pub const SEL_INCLUDE: u8 = 1;
+pub const SEL_EXCLUDE: u8 = 2;
+/// Bits of `Config::select`: which of the kernel's own selection checks are on. All clear (the
+/// `--pid` mode) costs unwatched processes nothing beyond the bitmap lookup.
+pub const SELECT_ALL: u32 = 1;
+pub const SELECT_COMM: u32 = 1 << 1;
+pub const SELECT_CGROUP: u32 = 1 << 2;
+pub const EXCLUDE_COMM: u32 = 1 << 3;
+pub const EXCLUDE_CGROUP: u32 = 1 << 4;
+/// Report every exec (`ProcExec`), for selectors only userspace can decide (the executable).
+pub const EXEC_EVENTS: u32 = 1 << 5;
+/// Deepest cgroup level the kernel checks (the root is level 0).
+pub const MAX_CGROUP_LEVEL: u32 = 15;
 /// Scratch space where an event is assembled before it is written to the ring: one entry per
 /// possible CPU (the loader sets the size), indexed by the running CPU.
 pub const MAP_SCRATCH: &str = "SCRATCH";
@@ -85,6 +111,9 @@ pub enum EventKind {
     /// thread that exits before the others is not reported). `offset` holds the process's start
     /// time, as for `ProcFork`. No payload.
     ProcExit = 6,
+    /// A process called exec (sent only with `EXEC_EVENTS`): userspace checks its new
+    /// executable and name against the selection. No payload.
+    ProcExec = 7,
 }
 
 impl EventKind {
@@ -96,6 +125,7 @@ impl EventKind {
             4 => Self::ConnClose,
             5 => Self::ProcFork,
             6 => Self::ProcExit,
+            7 => Self::ProcExec,
             _ => return None,
         })
     }
@@ -302,6 +332,11 @@ pub struct Config {
     /// Non-zero when this kernel's `sched_process_exit` tracepoint passes `group_dead` (its
     /// second argument); otherwise the program reads `task->signal->live`.
     pub exit_has_group_dead: u32,
+    /// `SELECT_*`, `EXCLUDE_*` and `EXEC_EVENTS` bits (node-wide selection).
+    pub select: u32,
+    /// Bit n set: the kernel looks up the current task's cgroup ancestor at level n in
+    /// `MAP_CGROUPS` (the levels of the selected cgroups; n <= `MAX_CGROUP_LEVEL`).
+    pub cgroup_levels: u32,
 }
 
 impl Config {
@@ -309,6 +344,8 @@ impl Config {
         Self {
             offsets: KernelOffsets::zeroed(),
             exit_has_group_dead: 0,
+            select: 0,
+            cgroup_levels: 0,
         }
     }
 }
@@ -360,10 +397,11 @@ mod tests {
             EventKind::ConnClose,
             EventKind::ProcFork,
             EventKind::ProcExit,
+            EventKind::ProcExec,
         ] {
             assert_eq!(EventKind::from_u8(k as u8), Some(k));
         }
         assert_eq!(EventKind::from_u8(0), None);
-        assert_eq!(EventKind::from_u8(7), None);
+        assert_eq!(EventKind::from_u8(8), None);
     }
 }

@@ -19,6 +19,7 @@
 #![no_std]
 #![no_main]
 
+mod select;
 mod tls;
 
 use core::ffi::c_void;
@@ -39,7 +40,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use mongowatch_common::{
-    plausible_header, Config, SocketInfo, ConnState, Counters, EventHeader, EventKind, AF_INET,
+    plausible_header, Config, ConnState, Counters, EventHeader, EventKind, SocketInfo, AF_INET,
     AF_INET6, AF_UNIX, CHUNK_SIZE, CLASSIFY_STRIKES, CLASS_MONGO, CLASS_OTHER, CLASS_UNKNOWN,
     DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, MAX_CANDIDATES, MAX_CONNS, RING_SIZE, UIO_MAXIOV,
     SCRATCH_SLOTS, WATCHED_WORDS,
@@ -246,7 +247,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_watched(tgid) {
+    if !is_watched(tgid) && !select::selected(tgid) {
         return;
     }
     let sk: *const u8 = ctx.arg(0);

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::{
+    capture::select::SelectorTable,
     filter::RecordFilter,
     sink::{Format, Formatter, OutputSpec},
 };
@@ -165,6 +166,15 @@ pub struct AuditArgs {
     /// OTLP protocol: http/protobuf (the default, port 4318) or grpc (port 4317).
     #[arg(id = "otlp-protocol", long, value_enum, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<crate::sink::otlp::Protocol>,
+
+    /// `[[select]]` tables of the config file (the command line's selection flags are ORed
+    /// with them).
+    #[arg(skip)]
+    pub select: Vec<SelectorTable>,
+
+    /// `[[exclude]]` tables of the config file.
+    #[arg(skip)]
+    pub exclude: Vec<SelectorTable>,
 }
 
 /// The keys of the config file: every option above but `config` (any other key is an error).
@@ -188,6 +198,9 @@ pub const FILE_KEYS: &[&str] = &[
     "otlp-endpoint",
     "otlp-protocol",
 ];
+
+/// The tables of the config file besides those keys: `[[select]]` and `[[exclude]]`.
+pub const FILE_TABLES: &[&str] = &["select", "exclude"];
 
 impl AuditArgs {
     /// Reads the options from TOML text. A key that is not in [`FILE_KEYS`] is an error (a typo
@@ -230,6 +243,8 @@ impl AuditArgs {
             listen: self.listen.or(file.listen),
             otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
             otlp_protocol: self.otlp_protocol.or(file.otlp_protocol),
+            select: [self.select, file.select].concat(),
+            exclude: [self.exclude, file.exclude].concat(),
         }
     }
 

@@ -8,7 +8,8 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use mongowatch::{
     capture::procfs,
-    config::{AuditArgs, RECORD_OPTIONS},
+    capture::select::{SelectArgs, Selection},
+    config::{AuditArgs, AuditConfig, RECORD_OPTIONS},
     pipeline::{self, Hooks, Mode, Options, Stop},
     serve::{self, Health, Listener, Metrics},
 };
@@ -23,8 +24,11 @@ use mongowatch::{
 struct Cli {
     /// A process to watch (repeat for several), with all its descendants: those already running
     /// and those it starts later.
-    #[arg(long = "pid", value_name = "PID", required = true)]
+    #[arg(long = "pid", value_name = "PID")]
     pids: Vec<u32>,
+
+    #[command(flatten)]
+    select: SelectArgs,
 
     /// Server ports that mark a TCP connection as MongoDB at once; connections to other ports
     /// (and unix sockets) are recognised from their first bytes.
@@ -86,24 +90,27 @@ fn run(cli: Cli) -> Result<()> {
             bail!("no running process has pid {pid}");
         }
     }
-    let (mode, memory_budget, listen) = if cli.messages {
+    let (mode, memory_budget, listen, tables) = if cli.messages {
         // The config file may set the output; options that shape records would be ignored
         // here, so they are refused instead (clap refuses them on the command line).
         let args = cli.audit.clone().merged()?;
         if let Some(key) = args.record_options_set().first() {
             bail!("`{key}` shapes audit records, which --messages does not write");
         }
+        let tables = (args.select.clone(), args.exclude.clone());
         let config = args.resolve()?;
         let mode = Mode::Messages {
             output: config.output,
             with_bytes: cli.message_bytes,
         };
-        (mode, config.memory_budget, config.listen)
+        (mode, config.memory_budget, config.listen, tables)
     } else {
         // Reads --config too; the command line wins over the file.
-        let config = cli.audit.clone().resolve()?;
+        let args = cli.audit.clone().merged()?;
+        let tables = (args.select.clone(), args.exclude.clone());
+        let config = AuditConfig::try_from(args)?;
         let (memory_budget, listen) = (config.memory_budget, config.listen);
-        (Mode::Audit(Box::new(config)), memory_budget, listen)
+        (Mode::Audit(Box::new(config)), memory_budget, listen, tables)
     };
     let hooks = match listen {
         Some(addr) => {
@@ -113,6 +120,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         None => Hooks::default(),
     };
+    let (mut select, mut exclude) = cli.select.tables();
+    select.extend(tables.0);
+    exclude.extend(tables.1);
+    if cli.pids.is_empty() && select.is_empty() {
+        bail!(
+            "nothing to watch: give --pid, --all, --comm, --exe, --cgroup or --container-id \
+             (or [[select]] tables in --config)"
+        );
+    }
+    let selection = Selection::new(&select, &exclude)?;
     let report = pipeline::run(Options {
         pids: cli.pids,
         ports: cli.ports,
@@ -120,6 +137,7 @@ fn run(cli: Cli) -> Result<()> {
         stats_interval: cli.stats_interval,
         memory_budget,
         hooks,
+        selection,
     })?;
     if cli.stats {
         eprintln!("{}", report.stats.to_json_line());

@@ -334,3 +334,38 @@ fn auditor_from_the_command_line_writes_its_file() {
     assert_eq!(a.stats().records_written, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `[[select]]` and `[[exclude]]` tables: read with their keys, an unknown key refused, and
+/// the example file's commented tables valid once uncommented.
+#[test]
+fn select_and_exclude_tables() {
+    let args = AuditArgs::from_toml(
+        "[[select]]\ncomm = [\"gunicorn\"]\nexe = [\"/srv/*\"]\n\n[[select]]\nall = true\n\n\
+         [[exclude]]\ncontainer-id = [\"abc\"]\n",
+        Path::new("s.toml"),
+    )
+    .unwrap();
+    assert_eq!(args.select.len(), 2);
+    assert_eq!(args.select[0].comm, vec!["gunicorn"]);
+    assert_eq!(args.select[0].exe, vec!["/srv/*"]);
+    assert!(args.select[1].all);
+    assert_eq!(args.exclude[0].container_id, vec!["abc"]);
+    let e = AuditArgs::from_toml("[[select]]\ncomand = [\"x\"]\n", Path::new("s.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `comand`"), "{e}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mongowatch.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let tables: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("# [[select]]"))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let parsed = AuditArgs::from_toml(&tables, &path).unwrap();
+    assert_eq!(parsed.select.len(), 2);
+    assert_eq!(parsed.exclude[0].comm, vec!["mongosh"]);
+    for t in mongowatch::config::FILE_TABLES {
+        assert!(text.contains(&format!("[[{t}]]")), "example lacks [[{t}]]");
+    }
+}

@@ -45,6 +45,7 @@ fn rec() -> Record {
         tls: false,
         request_bytes: 1,
         reply_bytes: 2,
+        place: Default::default(),
     }
 }
 

@@ -30,6 +30,8 @@ fn audit(name: &str, cfg: AuditConfig) -> (Vec<Value>, Harness) {
                     client: format!("127.0.0.1:{}", 40000 + ch.conn),
                     server: "127.0.0.1:27017".into(),
                     tls: false,
+                    side: Default::default(),
+                    origin: Default::default(),
                 })
             })
             .clone();

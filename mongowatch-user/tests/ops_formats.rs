@@ -3,11 +3,11 @@
 use std::{io::Write, os::unix::fs::PermissionsExt};
 
 use mongowatch::{
-    record::{ErrorInfo, Json, Record, State},
+    record::{ErrorInfo, Json, Place, Record, State},
     sink::{open_output, Format, Formatter, OutputSpec, Sink, SinkError},
 };
 
-const CONTRACT_EXAMPLE: &str = r#"{"WatchID":"6763e2c10000000000000001","StartTime":"2026-11-24T15:29:00.123456Z","EndTime":"2026-11-24T15:29:00.140001Z","Duration":0.0042,"DB":"shop","Collection":"orders","Operation":"find","Filter":{"status":"open"},"MatchedCount":250,"InsertedCount":null,"UpsertedCount":null,"ModifiedCount":null,"DeletedCount":null,"Iteration":3,"State":"final","CursorId":7263059173825163001,"Error":null,"Pid":4242,"Comm":"python3","Client":"127.0.0.1:51432","Server":"127.0.0.1:27017","User":null,"AppName":null,"Driver":"PyMongo 4.20.1","Compression":null,"Tls":false,"RequestBytes":310,"ReplyBytes":41234}"#;
+const CONTRACT_EXAMPLE: &str = r#"{"WatchID":"6763e2c10000000000000001","StartTime":"2026-11-24T15:29:00.123456Z","EndTime":"2026-11-24T15:29:00.140001Z","Duration":0.0042,"DB":"shop","Collection":"orders","Operation":"find","Filter":{"status":"open"},"MatchedCount":250,"InsertedCount":null,"UpsertedCount":null,"ModifiedCount":null,"DeletedCount":null,"Iteration":3,"State":"final","CursorId":7263059173825163001,"Error":null,"Pid":4242,"Comm":"python3","Client":"127.0.0.1:51432","Server":"127.0.0.1:27017","User":null,"AppName":null,"Driver":"PyMongo 4.20.1","Compression":null,"Tls":false,"RequestBytes":310,"ReplyBytes":41234,"ContainerId":null,"Node":"node-1","Side":"client","K8sNamespace":null,"K8sPod":null,"K8sPodUid":null,"K8sContainer":null}"#;
 
 fn example() -> Record {
     Record {
@@ -42,6 +42,10 @@ fn example() -> Record {
         tls: false,
         request_bytes: 310,
         reply_bytes: 41234,
+        place: Place {
+            node: Some("node-1".into()),
+            ..Default::default()
+        },
     }
 }
 
@@ -106,7 +110,10 @@ fn csv_has_one_header_in_contract_order_and_quotes() {
     assert!(
         header.starts_with("WatchID,StartTime,EndTime,Duration,DB,Collection,Operation,Filter,")
     );
-    assert!(header.ends_with("Tls,RequestBytes,ReplyBytes\n"));
+    assert!(header.ends_with(
+        "Tls,RequestBytes,ReplyBytes,ContainerId,Node,Side,K8sNamespace,K8sPod,K8sPodUid,\
+         K8sContainer\n"
+    ));
     let mut r = example();
     r.filter = Some(Json::Object(vec![
         ("a".into(), Json::Str("x,y".into())),
@@ -117,7 +124,10 @@ fn csv_has_one_header_in_contract_order_and_quotes() {
     assert!(line.starts_with(
         "6763e2c10000000000000001,2026-11-24T15:29:00.123456Z,2026-11-24T15:29:00.140001Z,0.0042,shop,orders,find,\"{\"\"a\"\":\"\"x,y\"\",\"\"b\"\":1}\",250,,,,,3,final,7263059173825163001,,4242,\"say \"\"hi\"\"\","
     ), "{line}");
-    assert!(line.ends_with(",false,310,41234\n"));
+    assert!(
+        line.ends_with(",false,310,41234,,node-1,client,,,,\n"),
+        "{line}"
+    );
 
     // Header written once, only on a fresh output.
     let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -277,4 +287,36 @@ fn csv_header_in_every_rotated_file() {
     let out = open_output(&spec).unwrap();
     assert!(!out.fresh);
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The added fields that say where a record came from, in a cluster: every one set, in JSON
+/// and by name (what text, csv, templates and filters read).
+#[test]
+fn place_fields_in_a_cluster() {
+    use mongowatch::record::{field_value, FieldValue, K8sMeta, Origin, Side};
+    let origin = Origin {
+        container_id: Some("ab".repeat(32)),
+        node: Some("node-1".into()),
+        k8s: Some(K8sMeta {
+            namespace: "shop".into(),
+            pod: "api-7d9f".into(),
+            pod_uid: "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f".into(),
+            container: Some("api".into()),
+        }),
+    };
+    let mut r = example();
+    r.place = Place::new(&origin, Side::Server);
+    let v: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
+    assert_eq!(v["ContainerId"], "ab".repeat(32));
+    assert_eq!(v["Side"], "server");
+    assert_eq!(v["K8sNamespace"], "shop");
+    assert_eq!(v["K8sPod"], "api-7d9f");
+    assert_eq!(v["K8sPodUid"], "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f");
+    assert_eq!(v["K8sContainer"], "api");
+    assert_eq!(field_value(&r, "Side"), Some(FieldValue::Str("server")));
+    assert_eq!(field_value(&r, "K8sPod"), Some(FieldValue::Str("api-7d9f")));
+    // Every contract field has a value by name.
+    for f in mongowatch::record::FIELDS {
+        assert!(field_value(&r, f).is_some(), "{f}");
+    }
 }

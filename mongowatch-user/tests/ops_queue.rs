@@ -278,6 +278,7 @@ fn rec(id: &str, start: u64) -> Record {
         tls: false,
         request_bytes: 0,
         reply_bytes: 0,
+        place: Default::default(),
     }
 }
 

@@ -660,6 +660,8 @@ fn conns() -> Vec<Arc<ConnInfo>> {
                     "127.0.0.1:27017".into()
                 },
                 tls: i == 1,
+                side: Default::default(),
+                origin: Default::default(),
             })
         })
         .collect()

@@ -51,6 +51,11 @@ pub enum Event<'a> {
         /// The process's start time, as `child_start_ns` of its fork.
         start_ns: u64,
     },
+    /// Process `pid` called exec (reported only when the selection needs it).
+    ProcExec {
+        header: EventHeader,
+        pid: u32,
+    },
 }
 
 impl Event<'_> {
@@ -61,7 +66,8 @@ impl Event<'_> {
             | Event::ConnOpen { header, .. }
             | Event::ConnClose { header }
             | Event::ProcFork { header, .. }
-            | Event::ProcExit { header, .. } => header,
+            | Event::ProcExit { header, .. }
+            | Event::ProcExec { header, .. } => header,
         }
     }
 
@@ -72,7 +78,8 @@ impl Event<'_> {
             | Event::ConnOpen { header, .. }
             | Event::ConnClose { header }
             | Event::ProcFork { header, .. }
-            | Event::ProcExit { header, .. } => header,
+            | Event::ProcExit { header, .. }
+            | Event::ProcExec { header, .. } => header,
         }
     }
 }
@@ -157,6 +164,10 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, EventError> {
         EventKind::ProcExit => Event::ProcExit {
             pid: header.tgid,
             start_ns: header.offset,
+            header,
+        },
+        EventKind::ProcExec => Event::ProcExec {
+            pid: header.tgid,
             header,
         },
     })

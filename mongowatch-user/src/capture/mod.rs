@@ -2,9 +2,11 @@
 //! `probes` and `tls` (the TLS library probes) are the only modules that touch the kernel; the
 //! rest is pure code.
 pub mod btf;
+pub mod cgroup;
 pub mod clock;
 pub mod events;
 pub mod probes;
 pub mod processes;
 pub mod procfs;
+pub mod select;
 pub mod tls;

@@ -9,9 +9,12 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use mongowatch_common::{
-    Config, ConnState, Counters, MAP_CANDIDATES, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_PORTS,
-    MAP_SCRATCH, MAP_WATCHED, MAX_CANDIDATES, MAX_CONNS, SCRATCH_SLOTS,
+    Config, ConnState, Counters, MAP_CANDIDATES, MAP_CGROUPS, MAP_COMMS, MAP_CONNS, MAP_COUNTERS,
+    MAP_EVENTS, MAP_EXCLUDED, MAP_PORTS, MAP_SCRATCH, MAP_WATCHED, MAX_CANDIDATES, MAX_CONNS,
+    SCRATCH_SLOTS,
 };
+
+use super::select::KernelSelection;
 
 use super::btf::{kernel_offsets_from, read_btf, tracepoint_args, KernelFeatures, VMLINUX_BTF};
 
@@ -27,6 +30,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("inet_sock_set_state", "inet_sock_set_state"),
     ("sched_process_fork", "sched_process_fork"),
     ("sched_process_exit", "sched_process_exit"),
+    ("sched_process_exec", "sched_process_exec"),
 ];
 
 /// Totals of the per-CPU counters.
@@ -67,6 +71,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// The kernel's bitmap of watched tgids.
     watched: Array<MapData, u64>,
+    /// Processes the kernel's own selection must skip (see `select`).
+    excluded: Array<MapData, u64>,
     counters: PerCpuArray<MapData, Counters>,
 }
 
@@ -165,7 +171,10 @@ fn has_bpf_privileges() -> bool {
 impl Probes {
     /// Loads the programs with the running kernel's struct offsets and attaches them.
     /// Returns the probes and the ring buffer to read events from.
-    pub fn load(server_ports: &[u16]) -> Result<(Self, RingBuf<MapData>)> {
+    pub fn load(
+        server_ports: &[u16],
+        selection: &KernelSelection,
+    ) -> Result<(Self, RingBuf<MapData>)> {
         preflight()?;
         raise_memlock();
         let kernel_btf = read_btf(Path::new(VMLINUX_BTF))?;
@@ -176,6 +185,8 @@ impl Probes {
             exit_has_group_dead: u32::from(
                 tracepoint_args(&kernel_btf, "sched_process_exit").is_some_and(|n| n >= 2),
             ),
+            select: selection.select,
+            cgroup_levels: selection.cgroup_levels,
         };
         // One scratch entry per possible CPU (the programs index it by the running CPU).
         let cpus = aya::util::nr_cpus()
@@ -212,7 +223,21 @@ impl Probes {
         for port in server_ports {
             ports.insert(port, 1, 0)?;
         }
+        let mut comms: HashMap<_, [u8; 16], u8> =
+            HashMap::try_from(ebpf.map_mut(MAP_COMMS).context("map COMMS missing")?)?;
+        for (comm, value) in &selection.comms {
+            comms.insert(comm, value, 0)?;
+        }
+        let mut cgroups: HashMap<_, u64, u8> =
+            HashMap::try_from(ebpf.map_mut(MAP_CGROUPS).context("map CGROUPS missing")?)?;
+        for (id, value) in &selection.cgroups {
+            cgroups.insert(id, value, 0)?;
+        }
         let watched = Array::try_from(ebpf.take_map(MAP_WATCHED).context("map WATCHED missing")?)?;
+        let excluded = Array::try_from(
+            ebpf.take_map(MAP_EXCLUDED)
+                .context("map EXCLUDED missing")?,
+        )?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map(MAP_COUNTERS)
                 .context("map COUNTERS missing")?,
@@ -222,6 +247,7 @@ impl Probes {
             Self {
                 ebpf,
                 watched,
+                excluded,
                 counters,
             },
             ring,
@@ -266,11 +292,15 @@ impl Probes {
     }
 
     fn set_bit(&mut self, pid: u32, on: bool) -> Result<()> {
-        let (index, bit) = (pid >> 6, 1u64 << (pid & 63));
-        let word = self.watched.get(&index, 0)?;
-        let word = if on { word | bit } else { word & !bit };
-        self.watched.set(index, word, 0)?;
-        Ok(())
+        set_bit(&mut self.watched, pid, on)
+    }
+
+    /// Makes the kernel's own selection (`--all`, `--comm`, `--cgroup`) skip `pid` (`on`), or
+    /// no longer (its pid may go to another process).
+    pub fn exclude(&mut self, pid: u32, on: bool) {
+        if let Err(e) = set_bit(&mut self.excluded, pid, on) {
+            tracing::warn!("updating the excluded set for pid {pid}: {e}");
+        }
     }
 
     /// The loaded object, for the TLS library probes (`tls.rs`), attached as libraries turn up.
@@ -297,6 +327,14 @@ impl Probes {
         }
         total
     }
+}
+
+fn set_bit(map: &mut Array<MapData, u64>, pid: u32, on: bool) -> Result<()> {
+    let (index, bit) = (pid >> 6, 1u64 << (pid & 63));
+    let word = map.get(&index, 0)?;
+    let word = if on { word | bit } else { word & !bit };
+    map.set(index, word, 0)?;
+    Ok(())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so a 64 MiB ring fits.

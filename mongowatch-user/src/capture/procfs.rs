@@ -116,6 +116,16 @@ fn stat_is_running(stat: &str) -> bool {
     stat_field(stat, 3).is_some_and(|state| state != "Z" && state != "X")
 }
 
+/// Every process in /proc now.
+pub fn pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn comm(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()

@@ -17,7 +17,7 @@ use super::{
     input::Input,
 };
 use crate::{
-    record::{Record, State, WatchIds},
+    record::{Place, Record, State, WatchIds},
     stream::ConnInfo,
     wire::{Exchange, Timed},
 };
@@ -425,6 +425,7 @@ impl Tracker {
             tls: conn.tls,
             request_bytes: trip.req_bytes,
             reply_bytes: trip.reply_bytes,
+            place: Place::new(&conn.origin, conn.side),
         }
     }
 

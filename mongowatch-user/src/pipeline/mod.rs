@@ -5,6 +5,8 @@
 //! what it made to this module; none calls the next.
 
 pub mod audit;
+mod origin;
+mod select;
 mod stats;
 
 use std::{
@@ -30,6 +32,7 @@ use crate::{
         probes::{KernelCounters, Probes},
         processes::Processes,
         procfs,
+        select::Selection,
         tls::{Reach, TlsHooks},
     },
     config::AuditConfig,
@@ -60,6 +63,8 @@ pub struct Options {
     pub memory_budget: usize,
     /// Who else hears how the daemon is doing (the `--listen` listener).
     pub hooks: Hooks,
+    /// Processes watched besides `pids` (`--all`, `--comm`, `--cgroup`, ...).
+    pub selection: Selection,
 }
 
 /// Callbacks for those who report on the daemon (health, metrics); the pipeline knows
@@ -110,7 +115,9 @@ pub fn run(mut opts: Options) -> Result<Report> {
     if let (OutletKind::Audit(auditor), Some(tap)) = (&mut outlet.kind, opts.hooks.record.take()) {
         auditor.set_observer(tap);
     }
-    let (mut probes, ring) = Probes::load(&opts.ports)?;
+    let (mut probes, ring) = Probes::load(&opts.ports, &opts.selection.kernel())?;
+    // The daemon's own sockets (an API client, an OTLP exporter) are never audited.
+    probes.exclude(std::process::id(), true);
     let mut processes = Processes::new();
     let mut watch = |pid: u32, processes: &mut Processes| -> Result<bool> {
         let new = processes.add(pid);
@@ -119,7 +126,15 @@ pub fn run(mut opts: Options) -> Result<Report> {
         }
         Ok(new)
     };
-    for pid in &opts.pids {
+    // The selection's processes that run already; those that start later are caught by the
+    // kernel at their first socket call, or on their exec.
+    let roots: Vec<u32> = opts
+        .pids
+        .iter()
+        .copied()
+        .chain(opts.selection.scan())
+        .collect();
+    for pid in &roots {
         watch(*pid, &mut processes)?;
     }
     // The kernel follows the forks of watched processes once their bits are set; the
@@ -128,7 +143,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
     // (bounded: a process that keeps forking has its new children followed by the kernel).
     for _ in 0..4 {
         let mut found = false;
-        for pid in opts.pids.iter().flat_map(|pid| procfs::descendants(*pid)) {
+        for pid in roots.iter().flat_map(|pid| procfs::descendants(*pid)) {
             found |= watch(pid, &mut processes)?;
         }
         if !found {
@@ -146,19 +161,26 @@ pub fn run(mut opts: Options) -> Result<Report> {
     if let Some(attached) = &opts.hooks.attached {
         attached(true);
     }
+    let node = origin::node_name();
+    let mut conns = Connections::new(
+        Clock::now(),
+        ConnConfig {
+            memory_budget: opts.memory_budget,
+            ..ConnConfig::default()
+        },
+        opts.ports,
+    );
+    // A connection whose open event was lost still names the node.
+    conns.set_default_origin(std::sync::Arc::new(crate::record::Origin {
+        node: node.clone(),
+        ..Default::default()
+    }));
     let mut pipeline = Pipeline {
         probes,
         watched: processes.pids().collect(),
         watched_version: processes.version(),
         processes,
-        conns: Connections::new(
-            Clock::now(),
-            ConnConfig {
-                memory_budget: opts.memory_budget,
-                ..ConnConfig::default()
-            },
-            opts.ports,
-        ),
+        conns,
         outlet,
         last_counters: KernelCounters::default(),
         capture: CaptureStats::default(),
@@ -166,6 +188,10 @@ pub fn run(mut opts: Options) -> Result<Report> {
         last_hook_tick: None,
         tls,
         ticks: 0,
+        node_wide: opts.selection.is_node_wide(),
+        node,
+        selection: opts.selection,
+        excluded: Processes::new(),
     };
     for (pid, reach) in reach {
         pipeline.tell_tls(pid, reach);
@@ -192,6 +218,13 @@ struct Pipeline {
     /// The TLS libraries of the watched processes, hooked as they turn up.
     tls: TlsHooks,
     ticks: u64,
+    selection: Selection,
+    /// Runs until stopped, not until its processes exit: new ones may match.
+    node_wide: bool,
+    /// Processes the kernel's own selection caught that the full selection excludes.
+    excluded: Processes,
+    /// `Node` of every record.
+    node: Option<String>,
 }
 
 /// Ticks between two scans of every watched process for TLS libraries mapped late (Python
@@ -231,7 +264,7 @@ impl Pipeline {
                 _ = tick.tick() => {
                     drain = drain.max(self.drain(ring.get_mut()));
                     self.tick();
-                    if self.processes.is_empty() {
+                    if self.processes.is_empty() && !self.node_wide {
                         info!("every watched process has exited");
                         break Stop::ProcessesExited;
                     }
@@ -318,6 +351,12 @@ impl Pipeline {
     }
 
     fn handle(&mut self, event: Event<'_>) {
+        if self.node_wide && !self.selected(&event) {
+            return;
+        }
+        if let Event::ConnOpen { header, .. } = &event {
+            self.note_origin(header.tgid);
+        }
         match event {
             Event::ProcFork {
                 child,
@@ -368,6 +407,7 @@ impl Pipeline {
         for pid in self.processes.gone() {
             self.process_exited(pid, now);
         }
+        self.forget_excluded();
         let Self { conns, outlet, .. } = self;
         conns.expire(now, &mut |ev| outlet.deliver(ev));
         outlet.input(Input::Tick { now_ns: now });

@@ -60,6 +60,13 @@ pub fn field_value<'a>(r: &'a Record, name: &str) -> Option<FieldValue<'a>> {
         "Tls" => V::Bool(r.tls),
         "RequestBytes" => V::Int(r.request_bytes.min(i64::MAX as u64) as i64),
         "ReplyBytes" => V::Int(r.reply_bytes.min(i64::MAX as u64) as i64),
+        "ContainerId" => opt_str(&r.place.container_id),
+        "Node" => opt_str(&r.place.node),
+        "Side" => V::Str(r.place.side.as_str()),
+        "K8sNamespace" => opt_str(&r.place.k8s_namespace),
+        "K8sPod" => opt_str(&r.place.k8s_pod),
+        "K8sPodUid" => opt_str(&r.place.k8s_pod_uid),
+        "K8sContainer" => opt_str(&r.place.k8s_container),
         _ => return None,
     })
 }

@@ -42,7 +42,54 @@ pub const FIELDS: &[&str] = &[
     "Tls",
     "RequestBytes",
     "ReplyBytes",
+    "ContainerId",
+    "Node",
+    "Side",
+    "K8sNamespace",
+    "K8sPod",
+    "K8sPodUid",
+    "K8sContainer",
 ];
+
+/// Which end of the connection the watched process is.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// It sent the requests (an application).
+    #[default]
+    Client,
+    /// It received them (a server: every client's operations).
+    Server,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+}
+
+/// Where a watched process runs: its container, the node, its pod. Shared by every record of
+/// its connections, and kept by them after the process (or its pod) ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The 64-hex container id from `/proc/PID/cgroup`.
+    pub container_id: Option<String>,
+    pub node: Option<String>,
+    pub k8s: Option<K8sMeta>,
+}
+
+/// The pod a container belongs to, from the Kubernetes API.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct K8sMeta {
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    /// The container's name in its pod (`None` for a pod known by uid only).
+    pub container: Option<String>,
+}
 
 /// Why a record was written.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -138,6 +185,43 @@ pub struct Record {
     pub request_bytes: u64,
     #[serde(rename = "ReplyBytes")]
     pub reply_bytes: u64,
+    /// Where the record came from: `ContainerId`, `Node`, `Side`, `K8s*` (added fields).
+    #[serde(flatten)]
+    pub place: Place,
+}
+
+/// The record's fields that say where it came from (all added after the first contract).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Place {
+    #[serde(rename = "ContainerId")]
+    pub container_id: Option<String>,
+    #[serde(rename = "Node")]
+    pub node: Option<String>,
+    #[serde(rename = "Side")]
+    pub side: Side,
+    #[serde(rename = "K8sNamespace")]
+    pub k8s_namespace: Option<String>,
+    #[serde(rename = "K8sPod")]
+    pub k8s_pod: Option<String>,
+    #[serde(rename = "K8sPodUid")]
+    pub k8s_pod_uid: Option<String>,
+    #[serde(rename = "K8sContainer")]
+    pub k8s_container: Option<String>,
+}
+
+impl Place {
+    pub fn new(origin: &Origin, side: Side) -> Self {
+        let k8s = origin.k8s.as_ref();
+        Self {
+            container_id: origin.container_id.clone(),
+            node: origin.node.clone(),
+            side,
+            k8s_namespace: k8s.map(|k| k.namespace.clone()),
+            k8s_pod: k8s.map(|k| k.pod.clone()),
+            k8s_pod_uid: k8s.map(|k| k.pod_uid.clone()),
+            k8s_container: k8s.and_then(|k| k.container.clone()),
+        }
+    }
 }
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-24T15:29:00.123456Z`.

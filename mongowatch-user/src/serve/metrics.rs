@@ -397,6 +397,7 @@ mod tests {
             tls: false,
             request_bytes: 10,
             reply_bytes: 20,
+            place: Default::default(),
         }
     }
 

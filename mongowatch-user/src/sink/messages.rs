@@ -237,6 +237,8 @@ mod tests {
             client: "127.0.0.1:5000".into(),
             server: "127.0.0.1:27017".into(),
             tls: false,
+            side: Default::default(),
+            origin: Default::default(),
         };
         let mut out = Vec::new();
         write_message(

@@ -1049,6 +1049,7 @@ mod tests {
             tls: false,
             request_bytes: 100,
             reply_bytes: 200,
+            place: Default::default(),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::{
         events::{Direction, Ends, Event},
         procfs,
     },
+    record::{Origin, Side},
     wire::{
         frame::{check_strict, Plausible},
         DecodeError, Exchange, Timed, WireStats,
@@ -38,6 +39,10 @@ pub struct ConnInfo {
     pub server: String,
     /// Bytes were read from a TLS library rather than the socket.
     pub tls: bool,
+    /// The watched process is the connection's server.
+    pub side: Side,
+    /// Where the process runs (container, node, pod).
+    pub origin: Arc<Origin>,
 }
 
 /// What the table hands back to its caller.
@@ -140,6 +145,9 @@ pub struct Connections {
     tls_unreadable: HashMap<u32, String>,
     /// Connections the table holds at most (see [`CONNECTION_COST`]).
     max_connections: usize,
+    /// Where each watched process runs, given by the caller; `default_origin` for the others.
+    origins: HashMap<u32, Arc<Origin>>,
+    default_origin: Arc<Origin>,
 }
 
 impl Connections {
@@ -155,6 +163,8 @@ impl Connections {
             conns: HashMap::new(),
             stats: TableStats::default(),
             finished: WireStats::default(),
+            origins: HashMap::new(),
+            default_origin: Arc::default(),
         }
     }
 
@@ -177,6 +187,28 @@ impl Connections {
     fn forget_tls(&mut self, pid: u32) {
         self.tls_hooked.remove(&pid);
         self.tls_unreadable.remove(&pid);
+    }
+
+    /// Where the connections `pid` opens from now on come from. Records keep their origin
+    /// after the process and the table forget it.
+    pub fn set_origin(&mut self, pid: u32, origin: Arc<Origin>) {
+        self.origins.insert(pid, origin);
+    }
+
+    pub fn has_origin(&self, pid: u32) -> bool {
+        self.origins.contains_key(&pid)
+    }
+
+    /// The origin of processes not given one (the node only, say).
+    pub fn set_default_origin(&mut self, origin: Arc<Origin>) {
+        self.default_origin = origin;
+    }
+
+    fn origin(&self, pid: u32) -> Arc<Origin> {
+        self.origins
+            .get(&pid)
+            .unwrap_or(&self.default_origin)
+            .clone()
     }
 
     pub fn clock(&self) -> Clock {
@@ -248,7 +280,7 @@ impl Connections {
                     self.finish(conn, self.clock.epoch_ns(header.ts_ns), out);
                 }
             }
-            Event::ProcFork { .. } | Event::ProcExit { .. } => {}
+            Event::ProcFork { .. } | Event::ProcExit { .. } | Event::ProcExec { .. } => {}
         }
     }
 
@@ -266,6 +298,7 @@ impl Connections {
                 self.finish(conn, ts_ns, out);
             }
         }
+        self.origins.remove(&pid);
     }
 
     /// Periodic work: connections idle past the timeout are closed; the others give back
@@ -420,7 +453,7 @@ impl Connections {
         let role = guess_role(&ends, &self.server_ports);
         Conn {
             stream: Connection::new(self.cfg.clone()),
-            info: Arc::new(conn_info(id, pid, comm, &ends, role)),
+            info: Arc::new(conn_info(id, pid, comm, &ends, role, self.origin(pid))),
             ends,
             role,
             tls: false,
@@ -645,7 +678,14 @@ fn forward(
                             *role = seen;
                             *info = Arc::new(ConnInfo {
                                 tls: info.tls,
-                                ..conn_info(info.id, info.pid, info.comm.clone(), ends, seen)
+                                ..conn_info(
+                                    info.id,
+                                    info.pid,
+                                    info.comm.clone(),
+                                    ends,
+                                    seen,
+                                    info.origin.clone(),
+                                )
                             });
                         }
                     }
@@ -695,7 +735,14 @@ fn guess_role(ends: &Ends, server_ports: &[u16]) -> Role {
     }
 }
 
-fn conn_info(id: u64, pid: u32, comm: String, ends: &Ends, role: Role) -> ConnInfo {
+fn conn_info(
+    id: u64,
+    pid: u32,
+    comm: String,
+    ends: &Ends,
+    role: Role,
+    origin: Arc<Origin>,
+) -> ConnInfo {
     let (local, remote) = match ends {
         Ends::Inet { local, remote } => (show(local), show(remote)),
         Ends::Unix { path, .. } => {
@@ -719,6 +766,12 @@ fn conn_info(id: u64, pid: u32, comm: String, ends: &Ends, role: Role) -> ConnIn
         client,
         server,
         tls: false,
+        side: if role == Role::Server {
+            Side::Server
+        } else {
+            Side::Client
+        },
+        origin,
     }
 }
 

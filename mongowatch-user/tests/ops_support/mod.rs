@@ -34,6 +34,8 @@ pub fn conn(id: u64, pid: u32) -> Arc<ConnInfo> {
         client: format!("127.0.0.1:{}", 51000 + id),
         server: "127.0.0.1:27017".into(),
         tls: false,
+        side: Default::default(),
+        origin: Default::default(),
     })
 }
 

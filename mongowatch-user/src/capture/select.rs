@@ -1,0 +1,601 @@
+//! Which processes to watch besides the `--pid`s: every process (`--all`), by name
+//! (`--comm`), by executable (`--exe`), by cgroup v2 directory (`--cgroup`) or container
+//! (`--container-id`), and the `--exclude-*` counterparts; the same as `[[select]]` and
+//! `[[exclude]]` tables of the config file. Selectors in one table are ANDed (several values
+//! of one selector ORed), tables ORed; on the command line each flag is a table of its own.
+//! A process is watched when a select table matches it and no exclude table does.
+//!
+//! A table of one kind only (`all`, `comm`, or cgroups: `cgroup` and `container-id`) is
+//! decided in the kernel at the process's first socket call (see `KernelSelection`); the
+//! others (an executable, or selectors ANDed) are decided here, from /proc at startup and at
+//! every exec the kernel reports. Children of a watched process are followed either way.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{cgroup, procfs};
+use mongowatch_common::{
+    EXCLUDE_CGROUP, EXCLUDE_COMM, EXEC_EVENTS, MAX_CGROUP_LEVEL, SELECT_ALL, SELECT_CGROUP,
+    SELECT_COMM, SEL_EXCLUDE, SEL_INCLUDE,
+};
+
+/// One `[[select]]` or `[[exclude]]` table: what a process must all match.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SelectorTable {
+    /// Every process (a table with only `all = true` selects the whole node).
+    pub all: bool,
+    /// Process names (the kernel's comm, at most 15 bytes; longer names are cut as the kernel
+    /// cuts them).
+    pub comm: Vec<String>,
+    /// Executable path globs (`*` matches any run of characters, `/` included; `?` one).
+    pub exe: Vec<String>,
+    /// Cgroup v2 directories: a process inside one or below it.
+    pub cgroup: Vec<String>,
+    /// Container ids, full or a unique prefix.
+    pub container_id: Vec<String>,
+}
+
+impl SelectorTable {
+    fn is_empty(&self) -> bool {
+        !self.all
+            && self.comm.is_empty()
+            && self.exe.is_empty()
+            && self.cgroup.is_empty()
+            && self.container_id.is_empty()
+    }
+}
+
+/// The selection flags of the command line.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelectArgs {
+    /// Watch every process on the machine (only MongoDB connections are copied).
+    #[arg(long)]
+    pub all: bool,
+    /// Watch processes with this name (the kernel's 15-character comm); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// Watch processes whose executable path matches this glob (`*`, `?`); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exe: Vec<String>,
+    /// Watch every process inside this cgroup v2 directory or below it (a path under the
+    /// cgroup v2 mount, or relative to its root); repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<String>,
+    /// Watch the processes of this container (its id, or a unique prefix); repeatable.
+    #[arg(long, value_name = "ID")]
+    pub container_id: Vec<String>,
+    /// Do not watch processes with this name, whatever else selects them; repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub exclude_comm: Vec<String>,
+    /// Do not watch processes whose executable matches this glob; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude_exe: Vec<String>,
+    /// Do not watch processes inside this cgroup v2 directory or below it; repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub exclude_cgroup: Vec<String>,
+    /// Do not watch the processes of this container; repeatable.
+    #[arg(long, value_name = "ID")]
+    pub exclude_container_id: Vec<String>,
+}
+
+impl SelectArgs {
+    /// Each flag as a table of its own (flags are ORed).
+    pub fn tables(&self) -> (Vec<SelectorTable>, Vec<SelectorTable>) {
+        fn split(
+            all: bool,
+            comm: &[String],
+            exe: &[String],
+            cgroup: &[String],
+            container: &[String],
+        ) -> Vec<SelectorTable> {
+            let mut t = Vec::new();
+            if all {
+                t.push(SelectorTable {
+                    all: true,
+                    ..Default::default()
+                });
+            }
+            t.extend(comm.iter().map(|c| SelectorTable {
+                comm: vec![c.clone()],
+                ..Default::default()
+            }));
+            t.extend(exe.iter().map(|c| SelectorTable {
+                exe: vec![c.clone()],
+                ..Default::default()
+            }));
+            t.extend(cgroup.iter().map(|c| SelectorTable {
+                cgroup: vec![c.clone()],
+                ..Default::default()
+            }));
+            t.extend(container.iter().map(|c| SelectorTable {
+                container_id: vec![c.clone()],
+                ..Default::default()
+            }));
+            t
+        }
+        (
+            split(
+                self.all,
+                &self.comm,
+                &self.exe,
+                &self.cgroup,
+                &self.container_id,
+            ),
+            split(
+                false,
+                &self.exclude_comm,
+                &self.exclude_exe,
+                &self.exclude_cgroup,
+                &self.exclude_container_id,
+            ),
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("an empty [[{0}]] table would match every process; say `all = true` if meant")]
+    EmptyTable(&'static str),
+    #[error("comm `{0}` is empty")]
+    EmptyComm(String),
+    #[error("too many selectors for the kernel's maps (at most {0})")]
+    TooMany(u32),
+}
+
+/// A table with its cgroups resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Table {
+    all: bool,
+    comm: Vec<String>,
+    exe: Vec<String>,
+    /// `--cgroup` and `--container-id` both become cgroup directories (ORed together: a
+    /// container is a cgroup).
+    cgroups: Vec<cgroup::CgroupDir>,
+    has_cgroup: bool,
+}
+
+impl Table {
+    fn resolve(
+        t: &SelectorTable,
+        v2: Option<&Path>,
+        what: &'static str,
+    ) -> Result<Self, SelectError> {
+        if t.is_empty() {
+            return Err(SelectError::EmptyTable(what));
+        }
+        if let Some(c) = t.comm.iter().find(|c| c.is_empty()) {
+            return Err(SelectError::EmptyComm(c.clone()));
+        }
+        let mut cgroups = Vec::new();
+        if !t.cgroup.is_empty() || !t.container_id.is_empty() {
+            let mount = v2.ok_or(cgroup::CgroupError::NoV2)?;
+            for c in &t.cgroup {
+                cgroups.push(cgroup::resolve_dir(mount, c)?);
+            }
+            for c in &t.container_id {
+                cgroups.push(cgroup::find_container(mount, c)?);
+            }
+        }
+        Ok(Self {
+            all: t.all,
+            // The kernel keeps 15 bytes of a name.
+            comm: t
+                .comm
+                .iter()
+                .map(|c| truncate_comm(c).to_string())
+                .collect(),
+            exe: t.exe.clone(),
+            has_cgroup: !cgroups.is_empty(),
+            cgroups,
+        })
+    }
+
+    /// The one kind this table selects on, when it has one only: then the kernel decides it.
+    fn kernel_kind(&self) -> Option<Kind> {
+        let kinds = [!self.comm.is_empty(), !self.exe.is_empty(), self.has_cgroup];
+        match kinds {
+            [false, false, false] if self.all => Some(Kind::All),
+            [true, false, false] => Some(Kind::Comm),
+            [false, false, true] => Some(Kind::Cgroup),
+            _ => None,
+        }
+    }
+
+    /// Does the process match? `None` when /proc could not tell (it exited).
+    fn matches(&self, p: &mut ProcInfo) -> Option<bool> {
+        if !self.comm.is_empty() && !self.comm.iter().any(|c| Some(c.as_str()) == p.comm()) {
+            return p.comm().map(|_| false);
+        }
+        if !self.exe.is_empty() {
+            let exe = p.exe()?;
+            if !self.exe.iter().any(|g| glob_match(g, exe)) {
+                return Some(false);
+            }
+        }
+        if self.has_cgroup {
+            let path = p.cgroup()?;
+            if !self
+                .cgroups
+                .iter()
+                .any(|c| cgroup::path_within(path, &c.path))
+            {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    All,
+    Comm,
+    Cgroup,
+}
+
+fn truncate_comm(c: &str) -> &str {
+    let mut end = c.len().min(15);
+    while !c.is_char_boundary(end) {
+        end -= 1;
+    }
+    &c[..end]
+}
+
+/// What the kernel decides by itself (`Config::select`, `cgroup_levels` and the two maps).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelSelection {
+    pub select: u32,
+    pub cgroup_levels: u32,
+    /// comm (NUL-padded) -> SEL_INCLUDE / SEL_EXCLUDE.
+    pub comms: Vec<([u8; 16], u8)>,
+    /// cgroup id -> SEL_INCLUDE / SEL_EXCLUDE.
+    pub cgroups: Vec<(u64, u8)>,
+}
+
+/// The resolved selection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    select: Vec<Table>,
+    exclude: Vec<Table>,
+}
+
+impl Selection {
+    /// Resolves the tables (cgroup paths and container ids against this host's cgroup v2
+    /// tree).
+    pub fn new(select: &[SelectorTable], exclude: &[SelectorTable]) -> Result<Self, SelectError> {
+        let v2 = cgroup::v2_mount();
+        Self::with_v2(select, exclude, v2.as_deref())
+    }
+
+    pub fn with_v2(
+        select: &[SelectorTable],
+        exclude: &[SelectorTable],
+        v2: Option<&Path>,
+    ) -> Result<Self, SelectError> {
+        let resolve = |ts: &[SelectorTable], what| {
+            ts.iter()
+                .map(|t| Table::resolve(t, v2, what))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let s = Self {
+            select: resolve(select, "select")?,
+            exclude: resolve(exclude, "exclude")?,
+        };
+        let k = s.kernel();
+        let n = (k.comms.len() + k.cgroups.len()) as u32;
+        if n > mongowatch_common::MAX_SELECTORS {
+            return Err(SelectError::TooMany(mongowatch_common::MAX_SELECTORS));
+        }
+        Ok(s)
+    }
+
+    /// Anything beyond `--pid`: the daemon then runs until stopped, not until its processes
+    /// exit, since new ones may match.
+    pub fn is_node_wide(&self) -> bool {
+        !self.select.is_empty()
+    }
+
+    /// What the kernel checks itself.
+    pub fn kernel(&self) -> KernelSelection {
+        let mut k = KernelSelection::default();
+        let add = |t: &Table, value: u8, k: &mut KernelSelection| {
+            let include = value == SEL_INCLUDE;
+            match t.kernel_kind() {
+                Some(Kind::All) if include => k.select |= SELECT_ALL,
+                Some(Kind::Comm) => {
+                    k.select |= if include { SELECT_COMM } else { EXCLUDE_COMM };
+                    for c in &t.comm {
+                        let mut key = [0u8; 16];
+                        key[..c.len()].copy_from_slice(c.as_bytes());
+                        k.comms.push((key, value));
+                    }
+                }
+                Some(Kind::Cgroup) => {
+                    k.select |= if include {
+                        SELECT_CGROUP
+                    } else {
+                        EXCLUDE_CGROUP
+                    };
+                    for c in &t.cgroups {
+                        k.cgroups.push((c.id, value));
+                        if (1..=MAX_CGROUP_LEVEL).contains(&c.level) {
+                            k.cgroup_levels |= 1 << c.level;
+                        }
+                    }
+                }
+                // Decided here, on exec events and from /proc.
+                _ => k.select |= EXEC_EVENTS,
+            }
+        };
+        for t in &self.select {
+            add(t, SEL_INCLUDE, &mut k);
+        }
+        for t in &self.exclude {
+            add(t, SEL_EXCLUDE, &mut k);
+        }
+        // An exclusion is also checked on the processes the kernel selects; that is when the
+        // exec events that decide the userspace-only ones are needed.
+        if k.select & (SELECT_ALL | SELECT_COMM | SELECT_CGROUP | EXEC_EVENTS) == 0 {
+            k.select = 0;
+        }
+        // An exclusion wins over an include of the same name or cgroup.
+        k.comms.sort_by_key(|(c, v)| (*c, std::cmp::Reverse(*v)));
+        k.comms.dedup_by_key(|(c, _)| *c);
+        k.cgroups.sort_by_key(|(c, v)| (*c, std::cmp::Reverse(*v)));
+        k.cgroups.dedup_by_key(|(c, _)| *c);
+        k
+    }
+
+    /// Is the process selected and not excluded? `None` when /proc could not tell.
+    pub fn matches(&self, p: &mut ProcInfo) -> Option<bool> {
+        for t in &self.exclude {
+            if t.matches(p)? {
+                return Some(false);
+            }
+        }
+        let mut unknown = false;
+        for t in &self.select {
+            match t.matches(p) {
+                Some(true) => return Some(true),
+                Some(false) => {}
+                None => unknown = true,
+            }
+        }
+        if unknown {
+            None
+        } else {
+            Some(false)
+        }
+    }
+
+    /// The running processes the selection matches, from /proc.
+    pub fn scan(&self) -> Vec<u32> {
+        if self.select.is_empty() {
+            return Vec::new();
+        }
+        let me = std::process::id();
+        procfs::pids()
+            .into_iter()
+            .filter(|&pid| pid != me && self.matches(&mut ProcInfo::of(pid)) == Some(true))
+            .collect()
+    }
+}
+
+/// What the selectors look at in a process, read from /proc on first use.
+#[derive(Debug, Default)]
+pub struct ProcInfo {
+    pid: u32,
+    comm: Option<Option<String>>,
+    exe: Option<Option<PathBuf>>,
+    exe_text: Option<String>,
+    cgroup: Option<Option<String>>,
+}
+
+impl ProcInfo {
+    pub fn of(pid: u32) -> Self {
+        Self {
+            pid,
+            ..Default::default()
+        }
+    }
+
+    /// A process described by hand (tests).
+    pub fn fixed(comm: Option<&str>, exe: Option<&str>, cgroup: Option<&str>) -> Self {
+        Self {
+            pid: 0,
+            comm: Some(comm.map(str::to_owned)),
+            exe: Some(exe.map(PathBuf::from)),
+            exe_text: exe.map(str::to_owned),
+            cgroup: Some(cgroup.map(str::to_owned)),
+        }
+    }
+
+    fn comm(&mut self) -> Option<&str> {
+        let pid = self.pid;
+        self.comm
+            .get_or_insert_with(|| procfs::comm(pid))
+            .as_deref()
+    }
+
+    fn exe(&mut self) -> Option<&str> {
+        let pid = self.pid;
+        if self.exe.is_none() {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            self.exe_text = exe.as_ref().map(|e| e.to_string_lossy().into_owned());
+            self.exe = Some(exe);
+        }
+        self.exe_text.as_deref()
+    }
+
+    fn cgroup(&mut self) -> Option<&str> {
+        let pid = self.pid;
+        self.cgroup
+            .get_or_insert_with(|| cgroup::v2_path(pid))
+            .as_deref()
+    }
+}
+
+/// Shell-style glob: `*` any run of characters (`/` too), `?` one character, the rest literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(f: impl FnOnce(&mut SelectorTable)) -> SelectorTable {
+        let mut t = SelectorTable::default();
+        f(&mut t);
+        t
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("/usr/bin/python3*", "/usr/bin/python3.13"));
+        assert!(glob_match("*/secantusd*", "/opt/venv/bin/secantusd-py"));
+        assert!(glob_match("/a/?", "/a/b"));
+        assert!(!glob_match("/a/?", "/a/bc"));
+        assert!(!glob_match("/usr/bin/node", "/usr/bin/nodejs"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXXbYYbc"));
+    }
+
+    #[test]
+    fn tables_or_selectors_and_exclusions_win() {
+        let sel = Selection::with_v2(
+            &[
+                t(|t| t.comm = vec!["app".into(), "worker".into()]),
+                t(|t| {
+                    t.comm = vec!["python3".into()];
+                    t.exe = vec!["/srv/*".into()];
+                }),
+            ],
+            &[t(|t| t.exe = vec!["*/debug".into()])],
+            None,
+        )
+        .unwrap();
+        let m = |comm, exe| sel.matches(&mut ProcInfo::fixed(Some(comm), Some(exe), None));
+        assert_eq!(m("app", "/usr/bin/app"), Some(true));
+        assert_eq!(m("worker", "/usr/bin/worker"), Some(true));
+        assert_eq!(m("python3", "/srv/shop/python3"), Some(true), "both ANDed");
+        assert_eq!(
+            m("python3", "/usr/bin/python3"),
+            Some(false),
+            "exe not matched"
+        );
+        assert_eq!(m("app", "/opt/debug"), Some(false), "excluded");
+        assert_eq!(m("other", "/usr/bin/other"), Some(false));
+        // A process gone before /proc was read: unknown, not a silent no.
+        let mut gone = ProcInfo::fixed(None, None, None);
+        assert_eq!(sel.matches(&mut gone), None);
+    }
+
+    #[test]
+    fn the_kernel_decides_single_kind_tables() {
+        let sel = Selection::with_v2(
+            &[
+                t(|t| t.all = true),
+                t(|t| t.comm = vec!["a-very-long-process-name".into()]),
+            ],
+            &[t(|t| t.comm = vec!["kubelet".into()])],
+            None,
+        )
+        .unwrap();
+        let k = sel.kernel();
+        assert_eq!(k.select, SELECT_ALL | SELECT_COMM | EXCLUDE_COMM);
+        let mut long = [0u8; 16];
+        long[..15].copy_from_slice(b"a-very-long-pro");
+        let mut kubelet = [0u8; 16];
+        kubelet[..7].copy_from_slice(b"kubelet");
+        assert!(k.comms.contains(&(long, SEL_INCLUDE)), "{k:?}");
+        assert!(k.comms.contains(&(kubelet, SEL_EXCLUDE)));
+        // A table the kernel cannot decide asks for exec events.
+        let sel = Selection::with_v2(&[t(|t| t.exe = vec!["/x".into()])], &[], None).unwrap();
+        assert_eq!(sel.kernel().select, EXEC_EVENTS);
+        // --pid only: nothing for the kernel to check.
+        let sel = Selection::with_v2(&[], &[], None).unwrap();
+        assert_eq!(sel.kernel(), KernelSelection::default());
+        assert!(!sel.is_node_wide());
+    }
+
+    #[test]
+    fn an_exclusion_beats_an_include_of_the_same_name() {
+        let sel = Selection::with_v2(
+            &[t(|t| t.comm = vec!["app".into()])],
+            &[t(|t| t.comm = vec!["app".into()])],
+            None,
+        )
+        .unwrap();
+        let k = sel.kernel();
+        assert_eq!(k.comms.len(), 1);
+        assert_eq!(k.comms[0].1, SEL_EXCLUDE);
+    }
+
+    #[test]
+    fn bad_tables_are_refused() {
+        assert!(matches!(
+            Selection::with_v2(&[SelectorTable::default()], &[], None),
+            Err(SelectError::EmptyTable("select"))
+        ));
+        assert!(matches!(
+            Selection::with_v2(&[t(|t| t.cgroup = vec!["/x".into()])], &[], None),
+            Err(SelectError::Cgroup(cgroup::CgroupError::NoV2))
+        ));
+    }
+
+    #[test]
+    fn cgroups_match_inside_and_below() {
+        let table = Table {
+            all: false,
+            comm: vec![],
+            exe: vec![],
+            cgroups: vec![cgroup::CgroupDir {
+                path: "/kubepods.slice/pod.slice".into(),
+                id: 7,
+                level: 2,
+            }],
+            has_cgroup: true,
+        };
+        let m = |path| table.matches(&mut ProcInfo::fixed(Some("x"), None, Some(path)));
+        assert_eq!(m("/kubepods.slice/pod.slice"), Some(true));
+        assert_eq!(m("/kubepods.slice/pod.slice/c.scope"), Some(true));
+        assert_eq!(m("/kubepods.slice/other.slice"), Some(false));
+        assert_eq!(table.kernel_kind(), Some(Kind::Cgroup));
+    }
+
+    #[test]
+    fn each_flag_is_a_table() {
+        let args = SelectArgs {
+            comm: vec!["a".into(), "b".into()],
+            exclude_comm: vec!["c".into()],
+            all: true,
+            ..Default::default()
+        };
+        let (s, e) = args.tables();
+        assert_eq!(s.len(), 3);
+        assert_eq!(e.len(), 1);
+    }
+}

@@ -1,0 +1,466 @@
+//! Node-wide selection, end to end and as root: `--all`, `--comm`, `--cgroup` and
+//! `--container-id` choose processes nobody gave a pid of, in the kernel, from their first
+//! operation; records say which container they came from; a watched server gives every
+//! client's operations with `Side: "server"`.
+//!
+//! Other processes on the machine (other tests, other servers) may be selected too: every
+//! check looks at the records of this test's own database and processes, and asserts what the
+//! others must not be (the app that was not chosen).
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use mongowatch_tests::{
+    paths, skip_unless, ChildGuard, GatedPython, Mongowatch, Need, Server, ServerKind,
+};
+use serde_json::Value;
+
+/// What every app runs once released: five operations on `sys.argv[2]`, the database, after
+/// naming itself `sys.argv[3]` (the kernel's comm) when given.
+const APP: &str = "import ctypes, pymongo\n\
+if len(sys.argv) > 3:\n    ctypes.CDLL(None).prctl(15, sys.argv[3].encode(), 0, 0, 0)\n\
+c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=20000, appname='mw-select')\n\
+t = c[sys.argv[2]].items\n\
+t.insert_one({'n': 1})\n\
+t.insert_one({'n': 2})\n\
+t.find_one({'n': 1})\n\
+t.count_documents({})\n\
+t.delete_many({})\n\
+c.close()\n";
+
+/// The records APP's operations give, in order.
+const APP_OPS: [&str; 5] = ["insert", "insert", "find", "aggregate", "delete"];
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{}_{nanos:x}", std::process::id())
+}
+
+/// Starts mongowatch with `args` and waits until its probes are attached.
+fn mongowatch(args: &[&str]) -> Result<Mongowatch> {
+    let mut all = vec!["--timeout", "2"];
+    all.extend_from_slice(args);
+    let mut mw = Mongowatch::spawn(&all)?;
+    mw.wait_for_stderr("watching", WAIT)?;
+    Ok(mw)
+}
+
+/// Waits for the app to exit successfully.
+fn finish(app: &mut ChildGuard) -> Result<()> {
+    let status = app.wait_exit(WAIT)?;
+    ensure!(status.success(), "{} failed: {status}", app.name());
+    Ok(())
+}
+
+/// The records of database `db`, once `n` of them are there (mongowatch keeps running).
+fn records_of(mw: &mut Mongowatch, db: &str, n: usize) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let records: Vec<Value> = mw
+            .records()?
+            .into_iter()
+            .filter(|r| r["DB"] == db)
+            .collect();
+        if records.len() >= n {
+            return Ok(records);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} records of {db} after {WAIT:?}, wanted {n}: {records:?}\nstderr:\n{}",
+                records.len(),
+                mw.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The Operations of the records of `pid`, by StartTime.
+fn ops_of(records: &[Value], pid: u32) -> Vec<String> {
+    let mut mine: Vec<&Value> = records.iter().filter(|r| r["Pid"] == pid).collect();
+    mine.sort_by_key(|r| r["StartTime"].as_str().unwrap_or("").to_string());
+    mine.iter()
+        .map(|r| r["Operation"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Stops mongowatch (every pending record is written), then gives its records of `db`.
+fn stop_and_read(mut mw: Mongowatch, db: &str) -> Result<Vec<Value>> {
+    mw.stop()?;
+    Ok(mw
+        .records()?
+        .into_iter()
+        .filter(|r| r["DB"] == db)
+        .collect())
+}
+
+#[test]
+fn all_audits_an_app_started_after_it_from_its_first_operation() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let db = unique("mw_all");
+    let mut mw = mongowatch(&["--all"])?;
+    // Started after mongowatch, and never named to it.
+    let app = GatedPython::spawn("app", APP, &[&server.uri(), &db])?;
+    app.release()?;
+    let pid = app.pid();
+    let mut guard = app.app;
+    finish(&mut guard)?;
+    // The app's five, and the server's view of them (the server is a process too).
+    records_of(&mut mw, &db, 2 * APP_OPS.len())?;
+    let records = stop_and_read(mw, &db)?;
+    ensure!(
+        ops_of(&records, pid) == APP_OPS,
+        "the app's records: {:?}",
+        ops_of(&records, pid)
+    );
+    for r in records.iter().filter(|r| r["Pid"] == pid) {
+        ensure!(r["Side"] == "client", "{r}");
+        ensure!(r["Node"].is_string(), "no Node: {r}");
+        ensure!(r["ContainerId"].is_null(), "not in a container: {r}");
+        ensure!(r["K8sPod"].is_null(), "outside a cluster: {r}");
+    }
+    ensure!(
+        ops_of(&records, server.pid()) == APP_OPS,
+        "the server's side: {:?}",
+        ops_of(&records, server.pid())
+    );
+    Ok(())
+}
+
+#[test]
+fn comm_picks_one_of_two_identical_apps() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let db = unique("mw_comm");
+    let tag = format!("{:05}", std::process::id() % 100_000);
+    let (name_a, name_b) = (format!("mwsel-a-{tag}"), format!("mwsel-b-{tag}"));
+    let a = GatedPython::spawn("app a", APP, &[&server.uri(), &db, &name_a])?;
+    let b = GatedPython::spawn("app b", APP, &[&server.uri(), &db, &name_b])?;
+    let mw = mongowatch(&["--comm", &name_a])?;
+    a.release()?;
+    b.release()?;
+    let (pid_a, pid_b) = (a.pid(), b.pid());
+    let (mut a, mut b) = (a.app, b.app);
+    finish(&mut a)?;
+    finish(&mut b)?;
+    let mut mw = mw;
+    records_of(&mut mw, &db, APP_OPS.len())?;
+    let records = stop_and_read(mw, &db)?;
+    ensure!(ops_of(&records, pid_a) == APP_OPS, "{records:?}");
+    ensure!(
+        records
+            .iter()
+            .all(|r| r["Pid"] == pid_a && r["Comm"] == name_a.as_str()),
+        "a record not of app a ({pid_a}; b is {pid_b}): {records:?}"
+    );
+    Ok(())
+}
+
+/// A cgroup v2 directory laid out like a kubelet's (systemd driver, containerd), removed (with
+/// the parents this test made) when dropped; processes still in it are moved to the root.
+struct PodCgroup {
+    root: PathBuf,
+    made: Vec<PathBuf>,
+    scope: PathBuf,
+    container_id: String,
+    /// `/kubepods.slice/...`: the path `/proc/PID/cgroup` shows.
+    rel: String,
+}
+
+impl PodCgroup {
+    fn create() -> Result<PodCgroup> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        let root = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                if right.split_whitespace().next()? != "cgroup2" {
+                    return None;
+                }
+                Some(PathBuf::from(left.split_whitespace().nth(4)?))
+            })
+            .context("no cgroup2 mount on this machine")?;
+        let seed = format!(
+            "{:016x}{:08x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as u64,
+            std::process::id()
+        );
+        let container_id = format!("{seed}{seed}{}", &seed[..16]);
+        assert_eq!(container_id.len(), 64);
+        let uid = format!(
+            "{}-{}-{}-{}-{}",
+            &seed[..8],
+            &seed[8..12],
+            &seed[12..16],
+            &seed[16..20],
+            &seed[..12]
+        );
+        let rel = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/\
+             cri-containerd-{container_id}.scope",
+            uid.replace('-', "_")
+        );
+        let mut made = Vec::new();
+        let mut dir = root.clone();
+        for part in rel.trim_start_matches('/').split('/') {
+            dir = dir.join(part);
+            if !dir.exists() {
+                fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+                made.push(dir.clone());
+            }
+        }
+        Ok(PodCgroup {
+            root,
+            made,
+            scope: dir,
+            container_id,
+            rel,
+        })
+    }
+
+    fn enter(&self, pid: u32) -> Result<()> {
+        fs::write(self.scope.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", self.scope.display()))
+    }
+
+    fn procs_file(&self) -> PathBuf {
+        self.scope.join("cgroup.procs")
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        if let Ok(pids) = fs::read_to_string(self.procs_file()) {
+            for pid in pids.lines() {
+                let _ = fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        for dir in self.made.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+fn in_cgroup_of(pid: u32, cg: &PodCgroup) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|t| t.lines().any(|l| l == format!("0::{}", cg.rel)))
+}
+
+#[test]
+fn cgroup_and_container_id_select_the_container_and_only_it() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let cg = PodCgroup::create()?;
+    let db = unique("mw_cgroup");
+    let inside = GatedPython::spawn("app in the container", APP, &[&server.uri(), &db])?;
+    let outside = GatedPython::spawn("app outside", APP, &[&server.uri(), &db])?;
+    cg.enter(inside.pid())?;
+    ensure!(in_cgroup_of(inside.pid(), &cg), "the app did not move");
+    let scope = cg.scope.display().to_string();
+    let prefix = &cg.container_id[..12];
+    let mut by_cgroup = mongowatch(&["--cgroup", &scope])?;
+    let mut by_id = mongowatch(&["--container-id", prefix])?;
+    inside.release()?;
+    outside.release()?;
+    let (pid_in, pid_out) = (inside.pid(), outside.pid());
+    let (mut i, mut o) = (inside.app, outside.app);
+    finish(&mut i)?;
+    finish(&mut o)?;
+    records_of(&mut by_cgroup, &db, APP_OPS.len())?;
+    records_of(&mut by_id, &db, APP_OPS.len())?;
+
+    // A process started inside the container after mongowatch: a shell that enters the
+    // cgroup, then execs the app, which is watched from its first operation.
+    let db2 = unique("mw_cgroup_late");
+    let script = format!(
+        "echo $$ > {procs} && exec {python} -c \"$1\" {uri} {db2}",
+        procs = cg.procs_file().display(),
+        python = paths::venv_python().display(),
+        uri = server.uri(),
+    );
+    let code = format!("import os, sys, time\n{APP}");
+    let mut late = ChildGuard::spawn(
+        "late app",
+        Command::new("sh")
+            .args(["-c", &script, "sh", &code])
+            .stdin(Stdio::null()),
+    )?;
+    let pid_late = late.pid();
+    finish(&mut late)?;
+    records_of(&mut by_cgroup, &db2, APP_OPS.len())?;
+
+    records_of(&mut by_id, &db2, APP_OPS.len())?;
+
+    for (name, mut mw) in [("--cgroup", by_cgroup), ("--container-id", by_id)] {
+        mw.stop()?;
+        let all = mw.records()?;
+        let of = |d: &str| -> Vec<Value> { all.iter().filter(|r| r["DB"] == d).cloned().collect() };
+        let (first, late) = (of(&db), of(&db2));
+        ensure!(
+            ops_of(&first, pid_in) == APP_OPS,
+            "{name}: the container's app: {first:?}"
+        );
+        ensure!(
+            ops_of(&late, pid_late) == APP_OPS,
+            "{name}: the app started in the container: {late:?}"
+        );
+        ensure!(
+            first
+                .iter()
+                .chain(&late)
+                .all(|r| r["Pid"] == pid_in || r["Pid"] == pid_late),
+            "{name} selected another process (the app outside is {pid_out}): {first:?}"
+        );
+        for r in first.iter().chain(&late) {
+            ensure!(
+                r["ContainerId"] == cg.container_id.as_str(),
+                "{name}: ContainerId of {r}"
+            );
+        }
+    }
+    Ok(())
+}
+
+const AUTH_USER: &str = "mw-select-dba";
+const AUTH_PASSWORD: &str = "Pw-0b7d2e55-never-logged";
+
+/// A secantusd-py with SCRAM (`--auth`) and [`AUTH_USER`] (made before `--auth`: the server has
+/// no localhost exception). Returns the server and a URI that logs in as that user.
+fn server_with_auth() -> Result<(Server, String)> {
+    let mut server = Server::start(ServerKind::SecantusPy)?;
+    let code = "import sys, pymongo\n\
+        c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=20000)\n\
+        c.admin.command('createUser', sys.argv[2], pwd=sys.argv[3], roles=['root'])\n";
+    let out = Command::new(paths::venv_python())
+        .args(["-c", code])
+        .arg(server.uri())
+        .args([AUTH_USER, AUTH_PASSWORD])
+        .stdin(Stdio::null())
+        .output()
+        .context("running pymongo to create the user")?;
+    ensure!(
+        out.status.success(),
+        "createUser failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.restart_with_args(&["--auth"])?;
+    let uri = format!(
+        "mongodb://{AUTH_USER}:{AUTH_PASSWORD}@{}/?directConnection=true&authSource=admin",
+        server.addr()
+    );
+    Ok((server, uri))
+}
+
+/// The local address of every TCP connection of `pid` to `server` (from /proc/PID/net/tcp:
+/// 127.0.0.1 only, as the tests' servers listen there).
+fn client_ports(pid: u32, server_port: u16) -> Vec<u16> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let inode_of_fd = |ino: &str| {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| {
+                fs::read_link(fd.path())
+                    .is_ok_and(|l| l.to_string_lossy() == format!("socket:[{ino}]"))
+            })
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+            (port(f.get(2)?)? == server_port && inode_of_fd(f.get(9)?)).then(|| port(f[1]))?
+        })
+        .collect()
+}
+
+#[test]
+fn a_watched_server_gives_every_clients_operations_with_user_and_address() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let (server, uri) = server_with_auth()?;
+    let db = unique("mw_server");
+    // Two clients; each reports its own connections' local ports before it closes them.
+    let code = APP.replace(
+        "c.close()\n",
+        "open(sys.argv[3], 'w').write('ready')\ntime.sleep(0.5)\nc.close()\n",
+    );
+    let dir = tempfile::tempdir()?;
+    let (ready_a, ready_b) = (dir.path().join("a"), dir.path().join("b"));
+    let (ra, rb) = (ready_a.display().to_string(), ready_b.display().to_string());
+    let a = GatedPython::spawn("client a", &code, &[&uri, &db, &ra])?;
+    let b = GatedPython::spawn("client b", &code, &[&uri, &db, &rb])?;
+    // Server-side mode by name: other tests' servers are selected too; this one's pid tells.
+    let mut mw = mongowatch(&["--comm", "secantusd-py"])?;
+    a.release()?;
+    b.release()?;
+    let mut ports = Vec::new();
+    for (app, ready) in [(&a, &ready_a), (&b, &ready_b)] {
+        let deadline = Instant::now() + WAIT;
+        while !ready.exists() {
+            ensure!(Instant::now() < deadline, "a client never got through");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ports.push(client_ports(app.pid(), server.port()));
+    }
+    let (mut a, mut b) = (a.app, b.app);
+    finish(&mut a)?;
+    finish(&mut b)?;
+    records_of(&mut mw, &db, 2 * APP_OPS.len())?;
+    let records = stop_and_read(mw, &db)?;
+    let mine: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["Pid"] == server.pid())
+        .collect();
+    ensure!(mine.len() == 2 * APP_OPS.len(), "{records:?}");
+    for (i, ports) in ports.iter().enumerate() {
+        ensure!(
+            !ports.is_empty(),
+            "client {i} had no connection to the server"
+        );
+        let of_client: Vec<&&Value> = mine
+            .iter()
+            .filter(|r| {
+                r["Client"].as_str().is_some_and(|c| {
+                    c.rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .is_some_and(|p| ports.contains(&p))
+                })
+            })
+            .collect();
+        let mut ops: Vec<&str> = of_client
+            .iter()
+            .map(|r| r["Operation"].as_str().unwrap_or("?"))
+            .collect();
+        ops.sort();
+        let mut want = APP_OPS.to_vec();
+        want.sort();
+        ensure!(
+            ops == want,
+            "client {i}'s operations seen by the server: {ops:?}"
+        );
+    }
+    for r in &mine {
+        ensure!(r["Side"] == "server", "{r}");
+        ensure!(r["User"] == AUTH_USER, "{r}");
+        ensure!(r["Server"] == server.addr().to_string().as_str(), "{r}");
+        ensure!(r["AppName"] == "mw-select", "{r}");
+        ensure!(r["Comm"] == "secantusd-py", "{r}");
+    }
+    let text: String = records.iter().map(|r| r.to_string()).collect();
+    ensure!(!text.contains(AUTH_PASSWORD), "a password in the records");
+    Ok(())
+}
