@@ -30,6 +30,7 @@ use crate::{
         probes::{KernelCounters, Probes},
         processes::Processes,
         procfs,
+        ring_fill::RingFill,
     },
     config::AuditConfig,
     ops::Input,
@@ -110,6 +111,12 @@ pub fn run(mut opts: Options) -> Result<Report> {
         auditor.set_observer(tap);
     }
     let (mut probes, ring) = Probes::load(&opts.ports)?;
+    let ring_fill = RingFill::new(
+        std::os::fd::AsFd::as_fd(&ring),
+        mongowatch_common::RING_SIZE,
+    )
+    .map_err(|e| warn!("the ring buffer's fill cannot be read (not reported): {e}"))
+    .ok();
     let mut processes = Processes::new();
     let mut watch = |pid: u32, processes: &mut Processes| -> Result<bool> {
         let new = processes.add(pid);
@@ -156,6 +163,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         capture: CaptureStats::default(),
         hooks: opts.hooks,
         last_hook_tick: None,
+        ring_fill,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -176,6 +184,7 @@ struct Pipeline {
     capture: CaptureStats,
     hooks: Hooks,
     last_hook_tick: Option<Instant>,
+    ring_fill: Option<RingFill>,
 }
 
 impl Pipeline {
@@ -416,6 +425,10 @@ impl Pipeline {
     fn stats(&self) -> Stats {
         let mut capture = self.capture.clone();
         capture.watched_processes = self.processes.len() as u64;
+        if let Some(fill) = &self.ring_fill {
+            capture.ring_pending_bytes = fill.pending_bytes();
+            capture.ring_size = fill.size();
+        }
         Stats {
             kernel: self.probes.counters(),
             capture,

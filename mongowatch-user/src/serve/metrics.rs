@@ -255,6 +255,16 @@ impl Collector for StatsCollector {
             "Ring buffer records read",
             s.capture.ring_records,
         )?;
+        if s.capture.ring_size > 0 {
+            let fill =
+                ConstGauge::new(s.capture.ring_pending_bytes as f64 / s.capture.ring_size as f64);
+            fill.encode(enc.encode_descriptor(
+                "mongowatch_ring_fill_ratio",
+                "Share of the kernel ring buffer written and not read yet (events are lost at 1)",
+                None,
+                fill.metric_type(),
+            )?)?;
+        }
         gauge(
             &mut enc,
             "mongowatch_watched_processes",
@@ -487,6 +497,8 @@ mod tests {
         s.kernel.ring_full_events = 9;
         s.wire.decode_errors.bad_bson = 2;
         s.capture.watched_processes = 3;
+        s.capture.ring_pending_bytes = 1 << 20;
+        s.capture.ring_size = 4 << 20;
         m.publish(&s);
         let text = m.render().unwrap();
         for line in [
@@ -495,6 +507,7 @@ mod tests {
             "mongowatch_wire_decode_errors_total{kind=\"bad_bson\"} 2",
             "mongowatch_wire_decode_errors_total{kind=\"truncated\"} 0",
             "mongowatch_watched_processes 3",
+            "mongowatch_ring_fill_ratio 0.25",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
