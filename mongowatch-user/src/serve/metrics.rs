@@ -4,7 +4,8 @@
 //! - `db_client_operation_duration_seconds`: the OpenTelemetry database metric
 //!   `db.client.operation.duration` with its semantic-convention buckets, one observation per
 //!   operation when it ends, labelled by `db_system_name`, `db_namespace`,
-//!   `db_collection_name`, `db_operation_name`, `error_type`, `server_address`.
+//!   `db_collection_name`, `db_operation_name`, `error_type`, `server_address`, and
+//!   `k8s_namespace_name`, `k8s_pod_name` when the record has its pod.
 //! - `db_client_response_returned_rows`: documents returned (MatchedCount) per operation.
 //! - mongowatch's own health, read from the last [`Stats`] the pipeline published.
 //!
@@ -176,6 +177,14 @@ pub fn operation_labels(r: &Record) -> Labels {
     }
     if let Some((host, _)) = server_host_port(&r.server) {
         l.push(("server_address", host.to_string()));
+    }
+    // The pod, when the record knows it (the same fields the OTLP attributes come from).
+    for (key, value) in crate::sink::otlp::place_attributes(r) {
+        match key {
+            "k8s.namespace.name" => l.push(("k8s_namespace_name", value)),
+            "k8s.pod.name" => l.push(("k8s_pod_name", value)),
+            _ => {}
+        }
     }
     l
 }

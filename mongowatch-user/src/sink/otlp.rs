@@ -43,7 +43,7 @@ use prost::Message;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::record::{Json, Record, FIELDS};
+use crate::record::{field_value, FieldValue, Json, Record, FIELDS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
@@ -381,6 +381,28 @@ fn endpoint_parts(e: &str) -> (String, Option<u16>) {
     (e.to_string(), None)
 }
 
+/// Where the record came from, as OpenTelemetry attributes: the container and pod fields of
+/// the record (`ContainerId`, `K8sNamespace`, `K8sPod`, `K8sPodUid`, `K8sContainer`, `Node`)
+/// when it has them. Read by field name, so a record without them simply gives none.
+pub fn place_attributes(r: &Record) -> Vec<(&'static str, String)> {
+    const PLACE: [(&str, &str); 6] = [
+        ("ContainerId", "container.id"),
+        ("K8sNamespace", "k8s.namespace.name"),
+        ("K8sPod", "k8s.pod.name"),
+        ("K8sPodUid", "k8s.pod.uid"),
+        ("K8sContainer", "k8s.container.name"),
+        ("Node", "k8s.node.name"),
+    ];
+    PLACE
+        .iter()
+        .filter_map(|(field, key)| match field_value(r, field)? {
+            FieldValue::Str(v) if !v.is_empty() => Some((*key, v.to_string())),
+            FieldValue::Owned(v) if !v.is_empty() => Some((*key, v)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The semantic conventions' attributes of a record (only those it has).
 pub fn attributes(r: &Record) -> Vec<KeyValue> {
     let mut a = vec![
@@ -425,6 +447,9 @@ pub fn attributes(r: &Record) -> Vec<KeyValue> {
     a.push(kv("process.pid", Any::IntValue(r.pid.into())));
     if !r.comm.is_empty() {
         a.push(kv("process.executable.name", s(&r.comm)));
+    }
+    for (key, value) in place_attributes(r) {
+        a.push(kv(key, Any::StringValue(value)));
     }
     a.push(kv("mongowatch.watch_id", s(&r.watch_id)));
     a.push(kv("mongowatch.state", s(r.state.as_str())));
