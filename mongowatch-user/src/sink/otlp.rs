@@ -1178,6 +1178,100 @@ mod tests {
         assert!(parse_pairs("=b").is_err());
     }
 
+    /// A collector answering each request in turn with `answers` (status line, body); it
+    /// returns how many requests it got.
+    fn scripted_collector(
+        answers: Vec<(&'static str, Vec<u8>)>,
+    ) -> (u16, std::thread::JoinHandle<usize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let mut served = 0;
+            for (status, body) in answers {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut req = vec![0; len];
+                reader.read_exact(&mut req).unwrap();
+                let decoded = ExportLogsServiceRequest::decode(req.as_slice()).unwrap();
+                assert!(!decoded.resource_logs[0].scope_logs[0]
+                    .log_records
+                    .is_empty());
+                let mut out = stream;
+                write!(out, "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+                out.write_all(&body).unwrap();
+                served += 1;
+            }
+            served
+        });
+        (port, handle)
+    }
+
+    fn sink_to(port: u16) -> OtlpSink {
+        let mut c = OtlpConfig::resolve(Some(&format!("http://127.0.0.1:{port}")), None, &env(&[]))
+            .unwrap()
+            .unwrap();
+        c.batch_delay = Duration::from_millis(200);
+        OtlpSink::open(c).unwrap()
+    }
+
+    /// 503 is retried (the batch held), then a partial success: its rejected records are
+    /// counted apart from the exported ones.
+    #[test]
+    fn http_retries_then_counts_a_partial_success() {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
+        let partial = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: 1,
+                error_message: "one too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        let (port, collector) = scripted_collector(vec![
+            ("503 Service Unavailable", vec![]),
+            ("200 OK", partial),
+        ]);
+        let mut sink = sink_to(port);
+        for _ in 0..3 {
+            sink.send(&record());
+        }
+        sink.shutdown(Duration::from_secs(10));
+        assert_eq!(collector.join().unwrap(), 2);
+        let st = sink.stats();
+        assert_eq!(
+            (st.exported, st.rejected, st.retries, st.batches),
+            (2, 1, 1, 1),
+            "{st:?}"
+        );
+        assert_eq!(st.unsent_at_exit, 0);
+    }
+
+    /// 400 is not worth retrying: the batch is counted as rejected, once.
+    #[test]
+    fn http_bad_request_is_rejected_not_retried() {
+        let (port, collector) = scripted_collector(vec![("400 Bad Request", b"nope".to_vec())]);
+        let mut sink = sink_to(port);
+        for _ in 0..3 {
+            sink.send(&record());
+        }
+        sink.shutdown(Duration::from_secs(10));
+        assert_eq!(collector.join().unwrap(), 1);
+        let st = sink.stats();
+        assert_eq!((st.exported, st.rejected, st.retries), (0, 3, 0), "{st:?}");
+    }
+
     /// No receiver at all: the queue bound drops and counts, send never blocks, and what is
     /// left at exit is counted too. Every record is accounted for.
     #[test]
