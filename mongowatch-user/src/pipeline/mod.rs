@@ -141,10 +141,11 @@ pub fn run(mut opts: Options) -> Result<Report> {
             break;
         }
     }
-    info!(pids = ?opts.pids, processes = processes.len(), "watching");
+    // Ready before "watching" is said: whoever waits for the line may probe /readyz at once.
     if let Some(attached) = &opts.hooks.attached {
         attached(true);
     }
+    info!(pids = ?opts.pids, processes = processes.len(), "watching");
     let pipeline = Pipeline {
         probes,
         watched: processes.pids().collect(),
