@@ -350,13 +350,32 @@ fn prometheus_scrapes_one_observation_per_operation() -> Result<()> {
         "error types {errors:?}"
     );
     // mongowatch's own health, from the same scrapes.
-    let watched = prom.query("mongowatch_watched_processes")?;
+    // Two while the workload ran (it has exited by now: one is left).
+    let watched = prom.query("max_over_time(mongowatch_watched_processes[1m])")?;
     ensure!(
         watched.len() == 1 && watched[0].1 == 2.0,
         "watched processes {watched:?}"
     );
     let lost = prom.query("mongowatch_kernel_events_lost_total")?;
     ensure!(lost.len() == 1 && lost[0].1 == 0.0, "events lost {lost:?}");
+    let fill = prom.query("max_over_time(mongowatch_ring_fill_ratio[1m])")?;
+    ensure!(
+        fill.len() == 1 && (0.0..1.0).contains(&fill[0].1),
+        "ring fill {fill:?}"
+    );
+    // Published once a second, so it may trail the histogram by a scrape or two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let written = loop {
+        let w = prom.query("mongowatch_records_written_total{output=\"main\"}")?;
+        if (w.len() == 1 && w[0].1 == ops.len() as f64) || Instant::now() > deadline {
+            break w;
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
+    ensure!(
+        written.len() == 1 && written[0].1 == ops.len() as f64,
+        "records written {written:?}"
+    );
     // promtool's own lint of the exposition.
     let (status, metrics) = http_get(&listen, "/metrics")?;
     ensure!(status == 200, "/metrics {status}");

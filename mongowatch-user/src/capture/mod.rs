@@ -1,6 +1,6 @@
 //! Capture: loads the kernel programs, reads their events, keeps the watched set.
-//! `probes` and `tls` (the TLS library probes) are the only modules that touch the kernel; the
-//! rest is pure code.
+//! `probes` and `tls` (the TLS library probes) are the only modules that touch the kernel
+//! (and `ring_fill`, which reads the ring's position counters); the rest is pure code.
 pub mod btf;
 pub mod cgroup;
 pub mod clock;
@@ -8,5 +8,6 @@ pub mod events;
 pub mod probes;
 pub mod processes;
 pub mod procfs;
+pub mod ring_fill;
 pub mod select;
 pub mod tls;

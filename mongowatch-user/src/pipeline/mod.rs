@@ -32,6 +32,7 @@ use crate::{
         probes::{KernelCounters, Probes},
         processes::Processes,
         procfs,
+        ring_fill::RingFill,
         select::Selection,
         tls::{Reach, TlsHooks},
     },
@@ -118,6 +119,12 @@ pub fn run(mut opts: Options) -> Result<Report> {
     let (mut probes, ring) = Probes::load(&opts.ports, &opts.selection.kernel())?;
     // The daemon's own sockets (an API client, an OTLP exporter) are never audited.
     probes.exclude(std::process::id(), true);
+    let ring_fill = RingFill::new(
+        std::os::fd::AsFd::as_fd(&ring),
+        mongowatch_common::RING_SIZE,
+    )
+    .map_err(|e| warn!("the ring buffer's fill cannot be read (not reported): {e}"))
+    .ok();
     let mut processes = Processes::new();
     let mut watch = |pid: u32, processes: &mut Processes| -> Result<bool> {
         let new = processes.add(pid);
@@ -157,10 +164,11 @@ pub fn run(mut opts: Options) -> Result<Report> {
         .pids()
         .filter_map(|pid| Some((pid, tls.scan(probes.ebpf_mut(), pid)?)))
         .collect();
-    info!(pids = ?opts.pids, processes = processes.len(), "watching");
+    // Ready before "watching" is said: whoever waits for the line may probe /readyz at once.
     if let Some(attached) = &opts.hooks.attached {
         attached(true);
     }
+    info!(pids = ?opts.pids, processes = processes.len(), "watching");
     let node = origin::node_name();
     let mut conns = Connections::new(
         Clock::now(),
@@ -192,6 +200,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         node,
         selection: opts.selection,
         excluded: Processes::new(),
+        ring_fill,
     };
     for (pid, reach) in reach {
         pipeline.tell_tls(pid, reach);
@@ -225,6 +234,7 @@ struct Pipeline {
     excluded: Processes,
     /// `Node` of every record.
     node: Option<String>,
+    ring_fill: Option<RingFill>,
 }
 
 /// Ticks between two scans of every watched process for TLS libraries mapped late (Python
@@ -505,6 +515,10 @@ impl Pipeline {
     fn stats(&self) -> Stats {
         let mut capture = self.capture.clone();
         capture.watched_processes = self.processes.len() as u64;
+        if let Some(fill) = &self.ring_fill {
+            capture.ring_pending_bytes = fill.pending_bytes();
+            capture.ring_size = fill.size();
+        }
         Stats {
             kernel: self.probes.counters(),
             kernel_maps: self.probes.maps(),

@@ -49,6 +49,10 @@ pub struct CaptureStats {
     /// Ring buffer records read, and those that did not parse (dropped, each logged).
     pub ring_records: u64,
     pub malformed_records: u64,
+    /// Bytes in the ring written by the kernel and not read yet, now, and the ring's size:
+    /// a ring that stays near full is about to lose events.
+    pub ring_pending_bytes: u64,
+    pub ring_size: u64,
     /// Watched now; children followed since the start; watched processes that ended.
     pub watched_processes: u64,
     pub processes_followed: u64,

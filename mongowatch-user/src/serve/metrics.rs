@@ -4,7 +4,8 @@
 //! - `db_client_operation_duration_seconds`: the OpenTelemetry database metric
 //!   `db.client.operation.duration` with its semantic-convention buckets, one observation per
 //!   operation when it ends, labelled by `db_system_name`, `db_namespace`,
-//!   `db_collection_name`, `db_operation_name`, `error_type`, `server_address`.
+//!   `db_collection_name`, `db_operation_name`, `error_type`, `server_address`, and
+//!   `k8s_namespace_name`, `k8s_pod_name` when the record has its pod.
 //! - `db_client_response_returned_rows`: documents returned (MatchedCount) per operation.
 //! - mongowatch's own health, read from the last [`Stats`] the pipeline published.
 //!
@@ -177,6 +178,14 @@ pub fn operation_labels(r: &Record) -> Labels {
     if let Some((host, _)) = server_host_port(&r.server) {
         l.push(("server_address", host.to_string()));
     }
+    // The pod, when the record knows it (the same fields the OTLP attributes come from).
+    for (key, value) in crate::sink::otlp::place_attributes(r) {
+        match key {
+            "k8s.namespace.name" => l.push(("k8s_namespace_name", value)),
+            "k8s.pod.name" => l.push(("k8s_pod_name", value)),
+            _ => {}
+        }
+    }
     l
 }
 
@@ -255,6 +264,16 @@ impl Collector for StatsCollector {
             "Ring buffer records read",
             s.capture.ring_records,
         )?;
+        if s.capture.ring_size > 0 {
+            let fill =
+                ConstGauge::new(s.capture.ring_pending_bytes as f64 / s.capture.ring_size as f64);
+            fill.encode(enc.encode_descriptor(
+                "mongowatch_ring_fill_ratio",
+                "Share of the kernel ring buffer written and not read yet (events are lost at 1)",
+                None,
+                fill.metric_type(),
+            )?)?;
+        }
         gauge(
             &mut enc,
             "mongowatch_watched_processes",
@@ -488,6 +507,8 @@ mod tests {
         s.kernel.ring_full_events = 9;
         s.wire.decode_errors.bad_bson = 2;
         s.capture.watched_processes = 3;
+        s.capture.ring_pending_bytes = 1 << 20;
+        s.capture.ring_size = 4 << 20;
         m.publish(&s);
         let text = m.render().unwrap();
         for line in [
@@ -496,6 +517,7 @@ mod tests {
             "mongowatch_wire_decode_errors_total{kind=\"bad_bson\"} 2",
             "mongowatch_wire_decode_errors_total{kind=\"truncated\"} 0",
             "mongowatch_watched_processes 3",
+            "mongowatch_ring_fill_ratio 0.25",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

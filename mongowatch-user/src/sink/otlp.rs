@@ -43,7 +43,7 @@ use prost::Message;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::record::{Json, Record, FIELDS};
+use crate::record::{field_value, FieldValue, Json, Record, FIELDS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
@@ -381,6 +381,28 @@ fn endpoint_parts(e: &str) -> (String, Option<u16>) {
     (e.to_string(), None)
 }
 
+/// Where the record came from, as OpenTelemetry attributes: the container and pod fields of
+/// the record (`ContainerId`, `K8sNamespace`, `K8sPod`, `K8sPodUid`, `K8sContainer`, `Node`)
+/// when it has them. Read by field name, so a record without them simply gives none.
+pub fn place_attributes(r: &Record) -> Vec<(&'static str, String)> {
+    const PLACE: [(&str, &str); 6] = [
+        ("ContainerId", "container.id"),
+        ("K8sNamespace", "k8s.namespace.name"),
+        ("K8sPod", "k8s.pod.name"),
+        ("K8sPodUid", "k8s.pod.uid"),
+        ("K8sContainer", "k8s.container.name"),
+        ("Node", "k8s.node.name"),
+    ];
+    PLACE
+        .iter()
+        .filter_map(|(field, key)| match field_value(r, field)? {
+            FieldValue::Str(v) if !v.is_empty() => Some((*key, v.to_string())),
+            FieldValue::Owned(v) if !v.is_empty() => Some((*key, v)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The semantic conventions' attributes of a record (only those it has).
 pub fn attributes(r: &Record) -> Vec<KeyValue> {
     let mut a = vec![
@@ -425,6 +447,9 @@ pub fn attributes(r: &Record) -> Vec<KeyValue> {
     a.push(kv("process.pid", Any::IntValue(r.pid.into())));
     if !r.comm.is_empty() {
         a.push(kv("process.executable.name", s(&r.comm)));
+    }
+    for (key, value) in place_attributes(r) {
+        a.push(kv(key, Any::StringValue(value)));
     }
     a.push(kv("mongowatch.watch_id", s(&r.watch_id)));
     a.push(kv("mongowatch.state", s(r.state.as_str())));
@@ -1152,6 +1177,100 @@ mod tests {
         assert_eq!(parse_pairs("").unwrap(), vec![]);
         assert!(parse_pairs("a=%zz").is_err());
         assert!(parse_pairs("=b").is_err());
+    }
+
+    /// A collector answering each request in turn with `answers` (status line, body); it
+    /// returns how many requests it got.
+    fn scripted_collector(
+        answers: Vec<(&'static str, Vec<u8>)>,
+    ) -> (u16, std::thread::JoinHandle<usize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let mut served = 0;
+            for (status, body) in answers {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut req = vec![0; len];
+                reader.read_exact(&mut req).unwrap();
+                let decoded = ExportLogsServiceRequest::decode(req.as_slice()).unwrap();
+                assert!(!decoded.resource_logs[0].scope_logs[0]
+                    .log_records
+                    .is_empty());
+                let mut out = stream;
+                write!(out, "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+                out.write_all(&body).unwrap();
+                served += 1;
+            }
+            served
+        });
+        (port, handle)
+    }
+
+    fn sink_to(port: u16) -> OtlpSink {
+        let mut c = OtlpConfig::resolve(Some(&format!("http://127.0.0.1:{port}")), None, &env(&[]))
+            .unwrap()
+            .unwrap();
+        c.batch_delay = Duration::from_millis(200);
+        OtlpSink::open(c).unwrap()
+    }
+
+    /// 503 is retried (the batch held), then a partial success: its rejected records are
+    /// counted apart from the exported ones.
+    #[test]
+    fn http_retries_then_counts_a_partial_success() {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
+        let partial = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: 1,
+                error_message: "one too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        let (port, collector) = scripted_collector(vec![
+            ("503 Service Unavailable", vec![]),
+            ("200 OK", partial),
+        ]);
+        let mut sink = sink_to(port);
+        for _ in 0..3 {
+            sink.send(&record());
+        }
+        sink.shutdown(Duration::from_secs(10));
+        assert_eq!(collector.join().unwrap(), 2);
+        let st = sink.stats();
+        assert_eq!(
+            (st.exported, st.rejected, st.retries, st.batches),
+            (2, 1, 1, 1),
+            "{st:?}"
+        );
+        assert_eq!(st.unsent_at_exit, 0);
+    }
+
+    /// 400 is not worth retrying: the batch is counted as rejected, once.
+    #[test]
+    fn http_bad_request_is_rejected_not_retried() {
+        let (port, collector) = scripted_collector(vec![("400 Bad Request", b"nope".to_vec())]);
+        let mut sink = sink_to(port);
+        for _ in 0..3 {
+            sink.send(&record());
+        }
+        sink.shutdown(Duration::from_secs(10));
+        assert_eq!(collector.join().unwrap(), 1);
+        let st = sink.stats();
+        assert_eq!((st.exported, st.rejected, st.retries), (0, 3, 0), "{st:?}");
     }
 
     /// No receiver at all: the queue bound drops and counts, send never blocks, and what is
