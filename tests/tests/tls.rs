@@ -35,7 +35,14 @@ struct AuditApp {
 }
 
 impl AuditApp {
-    fn spawn(driver: Driver, uri: &str, dir: &Path, start: &Path) -> Result<AuditApp> {
+    /// `pyopenssl`: pymongo through PyOpenSSL (installed apart, put on PYTHONPATH).
+    fn spawn(
+        driver: Driver,
+        uri: &str,
+        dir: &Path,
+        start: &Path,
+        pyopenssl: bool,
+    ) -> Result<AuditApp> {
         let script = match driver {
             Driver::Pymongo => paths::workloads_dir().join("audit_pymongo.py"),
             Driver::Node => paths::workloads_dir().join("audit_node.js"),
@@ -43,6 +50,9 @@ impl AuditApp {
         let oracle = dir.join("main.oracle.jsonl");
         let stderr = dir.join("main.stderr");
         let mut cmd = driver.command(&script);
+        if pyopenssl {
+            cmd.env("PYTHONPATH", paths::pyopenssl_dir());
+        }
         cmd.current_dir(dir)
             .args(["--uri", uri, "--db", "mongowatch_tls", "--role", "main"])
             .arg("--out")
@@ -66,7 +76,7 @@ impl AuditApp {
 
 /// The records of a TLS driver equal its command monitoring, operation by operation (cursors
 /// with getMores on pooled connections, a held cursor, errors), and every one says TLS.
-fn audit_over_tls(driver: Driver) -> Result<()> {
+fn audit_over_tls(driver: Driver, pyopenssl: bool) -> Result<()> {
     let server = Server::start_tls(ServerKind::SecantusPy)?;
     let uri = server.uri();
     ensure!(uri.contains("tls=true"), "{uri}");
@@ -74,7 +84,7 @@ fn audit_over_tls(driver: Driver) -> Result<()> {
         .prefix("mongowatch-tls-")
         .tempdir()?;
     let start = dir.path().join("start");
-    let mut app = AuditApp::spawn(driver, &uri, dir.path(), &start)?;
+    let mut app = AuditApp::spawn(driver, &uri, dir.path(), &start, pyopenssl)?;
     let mut mw = Mongowatch::watch_pid(
         app.guard.pid(),
         &["--timeout", &TIMEOUT_S.to_string(), "--stats"],
@@ -110,6 +120,15 @@ fn audit_over_tls(driver: Driver) -> Result<()> {
         );
     }
     check_tls_stats(&stats)?;
+    if pyopenssl {
+        // The plaintext came from cryptography's own OpenSSL (pymongo imports the system
+        // one too, for its ssl module).
+        ensure!(
+            mw.stderr().contains("_rust.abi3.so"),
+            "cryptography's OpenSSL was not hooked: {}",
+            mw.stderr()
+        );
+    }
     eprintln!(
         "{} over TLS: {}; {} records; stats {stats}",
         driver.name(),
@@ -140,13 +159,30 @@ fn check_tls_stats(stats: &Value) -> Result<()> {
 #[test]
 fn pymongo_tls_records_match_the_command_listener() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
-    audit_over_tls(Driver::Pymongo)
+    audit_over_tls(Driver::Pymongo, false)
+}
+
+/// The same through PyOpenSSL, whose OpenSSL is the copy inside cryptography's
+/// `_rust.abi3.so` (its `SSL_*` are local symbols, found in `.symtab`).
+#[test]
+fn pyopenssl_tls_records_match_the_command_listener() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo, Need::PyOpenSsl);
+    let uses = Command::new(paths::venv_python())
+        .args(["-c", "import pymongo.ssl_support as s; assert s.HAVE_PYSSL"])
+        .env("PYTHONPATH", paths::pyopenssl_dir())
+        .status()?;
+    ensure!(
+        uses.success(),
+        "pymongo does not take PyOpenSSL from {}",
+        paths::pyopenssl_dir().display()
+    );
+    audit_over_tls(Driver::Pymongo, true)
 }
 
 #[test]
 fn node_tls_records_match_monitor_commands() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::NodeDriver);
-    audit_over_tls(Driver::Node)
+    audit_over_tls(Driver::Node, false)
 }
 
 /// One `--messages --message-bytes` line.
