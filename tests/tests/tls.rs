@@ -500,3 +500,73 @@ client.close()
     check_tls_stats(&stats)?;
     Ok(())
 }
+
+/// mongosh (Node's built-in OpenSSL, mapped only once the shell wrapper execs node: found by
+/// the periodic rescan) running a script over TLS: its records match the shell's own command
+/// monitoring, all Tls: true.
+#[test]
+fn mongosh_tls_records_match_monitor_commands() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Mongosh);
+    const DB: &str = "mongowatch_tls_mongosh";
+    let server = Server::start_tls(ServerKind::SecantusPy)?;
+    let dir = tempfile::Builder::new()
+        .prefix("mongowatch-tls-mongosh-")
+        .tempdir()?;
+    let start = dir.path().join("start");
+    let oracle = dir.path().join("mongosh.oracle.jsonl");
+    // The wrapper holds mongosh back until mongowatch watches its PID; `exec` keeps the PID.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(
+            "i=0; while [ ! -e \"$START\" ] && [ $i -lt 12000 ]; do sleep 0.01; i=$((i+1)); done; \
+             exec \"$MONGOSH\" \"$URI\" --quiet --file \"$SCRIPT\"",
+        )
+        .env("START", &start)
+        .env("MONGOSH", paths::mongosh())
+        .env("URI", format!("{}&monitorCommands=true", server.uri()))
+        .env("SCRIPT", paths::workloads_dir().join("audit_mongosh.js"))
+        .env("AUDIT_OUT", &oracle)
+        .env("AUDIT_DB", DB)
+        .env("NODE_PATH", paths::node_modules())
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(dir.path().join("stdout"))?)
+        .stderr(fs::File::create(dir.path().join("stderr"))?);
+    let mut shell = ChildGuard::spawn("mongosh over TLS", &mut cmd)?;
+    let pid = shell.pid();
+    let mut mw = Mongowatch::watch_pid(pid, &["--db", DB, "--stats"])?;
+    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+    fs::write(&start, b"")?;
+    let status = shell.wait_exit(Duration::from_secs(180))?;
+    ensure!(
+        status.success(),
+        "mongosh failed: {}",
+        fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+    );
+    mw.wait_exit(Duration::from_secs(60))?;
+    let records = mw.records()?;
+    let stats = mw.stats()?;
+    let mut ops = oracle_ops::group_operations(&oracle_ops::read_events(&oracle)?)?;
+    ops.retain(|o| o.db == DB);
+    let oracle = ProcessOracle {
+        pid,
+        ops,
+        killed: false,
+    };
+    let matched = match_records(&[oracle], &records, Some(None))
+        .with_context(|| format!("mongowatch stats: {stats}"))?;
+    ensure!(matched.len() >= 5, "too few operations: {}", matched.len());
+    for r in &records {
+        ensure!(
+            r["Tls"] == true && r["Driver"].as_str().is_some_and(|d| d.contains("mongosh")),
+            "a record without Tls: true or mongosh's driver name: {r}"
+        );
+    }
+    check_tls_stats(&stats)?;
+    eprintln!(
+        "mongosh over TLS: {}; {} records",
+        oracle_ops::describe_matches(&matched),
+        records.len()
+    );
+    Ok(())
+}
