@@ -84,6 +84,8 @@ pub enum Need {
     Pymongo,
     /// A module the venv's Python can import (e.g. `snappy` for pymongo's snappy compression).
     PyModule(&'static str),
+    /// PyOpenSSL apart from the venv ([`paths::pyopenssl_dir`]), which pymongo then uses.
+    PyOpenSsl,
     /// The Node `mongodb` driver (the cache's node_modules) and `node`.
     NodeDriver,
     /// mongosh (the cache's node_modules).
@@ -135,6 +137,10 @@ impl Need {
                     )
                 })
             }),
+            Need::PyOpenSsl => file(
+                paths::pyopenssl_dir().join("OpenSSL/__init__.py"),
+                "PyOpenSSL",
+            ),
             Need::NodeDriver => file(
                 paths::node_modules().join("mongodb/package.json"),
                 "the Node mongodb driver",

@@ -51,6 +51,12 @@ pub fn venv_dir() -> PathBuf {
     cache_dir().join("venv")
 }
 
+/// PyOpenSSL and its dependencies, installed apart from the venv (`pip install --target`):
+/// a workload that puts it on PYTHONPATH makes pymongo use PyOpenSSL.
+pub fn pyopenssl_dir() -> PathBuf {
+    cache_dir().join("pyopenssl")
+}
+
 /// The venv's interpreter (runs the pymongo workloads).
 pub fn venv_python() -> PathBuf {
     venv_dir().join("bin/python")

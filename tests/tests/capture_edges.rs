@@ -186,42 +186,123 @@ fn ipv6_connections_are_captured() -> Result<()> {
     Ok(())
 }
 
-/// A request sent with sendfile(2) has no user buffer to copy: it must come out as an
-/// explicit gap of exactly its length, and the stream must go on cleanly after it.
-/// A connection encrypted with TLS cannot be read (yet). mongowatch says so once per
-/// connection and counts it, and its bytes give no record and no decode error. Both with the
-/// server's port among `--port` (the kernel copies by port) and without (the kernel classifies
-/// from the first bytes).
+/// A TLS connection of a process whose TLS mongowatch cannot hook (here a plain TCP relay
+/// between a pymongo client and a TLS server: it maps no TLS library, it only moves
+/// ciphertext) is said so once per connection, with the reason, and counted; its bytes give no
+/// record and no decode error. Both with the server's port among `--port` (the kernel copies by
+/// port) and without (the kernel classifies from the first bytes). (TLS that mongowatch can
+/// read is tests/tests/tls.rs.)
 #[test]
-fn tls_connections_are_reported_not_garbled() -> Result<()> {
+fn unreadable_tls_connections_are_reported_not_garbled() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
     let server = Server::start_tls(ServerKind::SecantusPy)?;
     let port = server.port().to_string();
-    let uri = server.uri();
     for mw_args in [vec!["--port", port.as_str()], vec![]] {
-        let (records, stats, stderr) = watch_python_with(PYMONGO_APP, &[&uri], &mw_args)?;
+        let dir = tempfile::tempdir()?;
+        let port_file = dir.path().join("relay.port");
+        let port_file = port_file.display().to_string();
+        let mut relay = GatedPython::spawn("TLS relay", RELAY, &[&port, &port_file, "3"])?;
+        let mut mw = Mongowatch::watch_pid(relay.pid(), &[&mw_args[..], &["--stats"]].concat())?;
+        mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+        relay.release()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let relay_port = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u16>().ok())
+            {
+                break p;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the relay never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let uri = server.uri_via(([127, 0, 0, 1], relay_port).into());
+        let mut client = GatedPython::spawn("TLS client", PYMONGO_APP, &[&uri])?;
+        client.release()?;
+        ensure!(
+            client.app.wait_exit(Duration::from_secs(120))?.success(),
+            "the client failed"
+        );
+        ensure!(
+            relay.app.wait_exit(Duration::from_secs(60))?.success(),
+            "the relay failed"
+        );
+        mw.wait_exit(Duration::from_secs(60))?;
+        let records: Vec<Value> = mw
+            .stdout()
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let stats = mw.stats()?;
+        let stderr = mw.stderr();
         let stream = &stats["stream"];
         ensure!(
             records.is_empty(),
             "records from a TLS connection ({mw_args:?}): {records:?}"
         );
         ensure!(
-            stream["tls_connections"].as_u64() >= Some(1)
+            stream["tls_connections"].as_u64() >= Some(2)
                 && stream["decode_errors"] == 0
                 && stream["messages"] == 0,
             "TLS connections should be counted, not decoded ({mw_args:?}): {stats}"
         );
         let warnings = stderr.matches("encrypted with TLS").count() as u64;
+        let with_reason = stderr
+            .matches("no library defining SSL_write (OpenSSL) is mapped by this process")
+            .count() as u64;
         ensure!(
-            Some(warnings) == stream["tls_connections"].as_u64(),
-            "one warning per TLS connection ({mw_args:?}): {stderr}"
+            Some(warnings) == stream["tls_connections"].as_u64() && with_reason == warnings,
+            "one warning per TLS connection, with its reason ({mw_args:?}): {stderr}"
         );
     }
     Ok(())
 }
 
-/// Bytes the kernel cannot copy (a request sent with sendfile) are an explicit gap, counted
-/// and warned about when they happen, naming the connection, not only in the exit summary.
+/// A TCP relay that never imports `ssl`: argv[1] the server's port, argv[2] the file it writes
+/// its own port to, argv[3] the idle seconds after which it stops accepting and exits.
+const RELAY: &str = r#"
+import socket, threading
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(16)
+srv.settimeout(float(sys.argv[3]))
+with open(sys.argv[2] + ".tmp", "w") as f:
+    f.write(str(srv.getsockname()[1]))
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+def pump(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+threads = []
+try:
+    while True:
+        c, _ = srv.accept()
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+        for a, b in ((c, s), (s, c)):
+            t = threading.Thread(target=pump, args=(a, b))
+            t.start()
+            threads.append(t)
+except socket.timeout:
+    pass
+for t in threads:
+    t.join()
+"#;
+
+/// A request sent with sendfile(2) has no user buffer to copy: it must come out as an
+/// explicit gap of exactly its length, warned about when it happens (naming the connection,
+/// not only in the exit summary), and the stream must go on cleanly after it.
 #[test]
 fn sendfile_bytes_are_an_explicit_gap() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);

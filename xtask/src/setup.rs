@@ -9,6 +9,7 @@
 //! | apt         | the Debian packages of the other parts being set up         | the system       |
 //! | bpf-linker  | bpf-linker 0.13.0 built against Debian's LLVM 22 (~40 s)    | <cache>/tools    |
 //! | venv        | SecantusDB (secantusd-py) + pymongo, tests/requirements.txt | <cache>/venv     |
+//! |             | PyOpenSSL, tests/requirements-pyopenssl.txt (kept apart)    | <cache>/pyopenssl|
 //! | node        | mongodb 7 + mongosh 2, `npm ci` of tests/node's lock        | <cache>/node     |
 //! | secantusd-rs| secantus-mdb from crates.io (about 5 min, 1 GB peak)        | <cache>/tools    |
 //! | test-tools  | iproute2, openssl, prometheus (Debian packages), e2e tests  | the system       |
@@ -147,7 +148,9 @@ pub fn run_setup(workspace: &Path, parts: &[Part]) -> Result<()> {
         let p = p.clone();
         thread::spawn(move || {
             let start = Instant::now();
-            (python_venv(&p), start.elapsed())
+            let result =
+                python_venv(&p).and_then(|venv| Ok(format!("{venv}; {}", pyopenssl_overlay(&p)?)));
+            (result, start.elapsed())
         })
     });
     if todo(Part::BpfLinker) {
@@ -460,6 +463,39 @@ fn python_venv(p: &Paths) -> Result<String> {
     fs::write(&stamp, &wanted)?;
     did.push("installed tests/requirements.txt".into());
     Ok(did.join("; "))
+}
+
+/// PyOpenSSL beside the venv, not in it: pymongo prefers it when it can import it, and only
+/// the test of that path puts it on PYTHONPATH (see tests/requirements-pyopenssl.txt).
+fn pyopenssl_overlay(p: &Paths) -> Result<String> {
+    let requirements = p.workspace.join("tests/requirements-pyopenssl.txt");
+    let wanted = fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let dir = p.cache.join("pyopenssl");
+    let stamp = dir.join(".mongowatch-requirements.txt");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
+        && dir.join("OpenSSL").is_dir()
+    {
+        return Ok("PyOpenSSL already matches tests/requirements-pyopenssl.txt".into());
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    run(Command::new(p.venv.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--target",
+        ])
+        .arg(&dir)
+        .arg("-r")
+        .arg(&requirements)
+        .env("PIP_NO_INPUT", "1"))?;
+    fs::write(&stamp, &wanted)?;
+    Ok("installed tests/requirements-pyopenssl.txt".into())
 }
 
 fn parse_node_version(v: &str) -> Option<(u32, u32)> {

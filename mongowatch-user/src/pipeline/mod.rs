@@ -272,8 +272,9 @@ impl Pipeline {
                 _ = sigint.recv() => { info!("interrupted (SIGINT)"); break Stop::Signal("SIGINT"); }
                 _ = sigterm.recv() => { info!("terminated (SIGTERM)"); break Stop::Signal("SIGTERM"); }
                 _ = tick.tick() => {
-                    drain = drain.max(self.drain(ring.get_mut()));
-                    self.tick();
+                    let now = self.drain(ring.get_mut());
+                    drain = drain.max(now);
+                    self.tick(now != Drain::Backlog);
                     if self.processes.is_empty() && !self.node_wide {
                         info!("every watched process has exited");
                         break Stop::ProcessesExited;
@@ -412,10 +413,15 @@ impl Pipeline {
 
     /// Periodic work: processes that are gone without an exit event (missed, or their pid
     /// reused), idle connections, and the clock for the ops layer's timeouts.
-    fn tick(&mut self) {
+    ///
+    /// A process is only taken for gone once the ring is drained (`ring_drained`): its last
+    /// bytes (a multi-MB reply, decoded slowly) may still wait there behind its exit.
+    fn tick(&mut self, ring_drained: bool) {
         let now = self.conns.clock().now_epoch_ns();
-        for pid in self.processes.gone() {
-            self.process_exited(pid, now);
+        if ring_drained {
+            for pid in self.processes.gone() {
+                self.process_exited(pid, now);
+            }
         }
         self.forget_excluded();
         let Self { conns, outlet, .. } = self;

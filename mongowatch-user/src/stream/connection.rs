@@ -182,6 +182,12 @@ impl Connection {
         stream.gap(offset, len, &mut |ev| core.on_stream(dir, ev, out));
     }
 
+    /// Notes activity at `ts_ns` without bytes (the connection was opened): a connection is
+    /// idle from its opening, not from the epoch.
+    pub fn touch(&mut self, ts_ns: u64) {
+        self.last_ts = self.last_ts.max(ts_ns);
+    }
+
     /// Notes the time and splits the borrow: one direction's stream, and the shared decoder.
     fn direction(&mut self, dir: Direction, ts_ns: u64) -> (&mut DirectionStream, &mut Core) {
         self.last_ts = self.last_ts.max(ts_ns);

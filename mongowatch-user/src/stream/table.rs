@@ -244,8 +244,12 @@ impl Connections {
                     self.stats.reopened_connections += 1;
                     return;
                 }
-                let conn = self.new_conn(header.conn_id, header.tgid, comm, ends);
-                self.insert_conn(header.conn_id, conn, self.clock.epoch_ns(header.ts_ns), out);
+                let mut conn = self.new_conn(header.conn_id, header.tgid, comm, ends);
+                let ts = self.clock.epoch_ns(header.ts_ns);
+                // A TLS connection's first message may come long after its opening (its
+                // handshake is not copied): idle from now, not from the epoch.
+                conn.stream.touch(ts);
+                self.insert_conn(header.conn_id, conn, ts, out);
             }
             Event::Data {
                 header,
@@ -1284,6 +1288,23 @@ mod tests {
             direction,
             payload,
         }
+    }
+
+    /// A connection opened but silent (a TLS connection: its handshake is not copied) is idle
+    /// from its opening: the next tick does not expire it, the idle timeout after it does.
+    #[test]
+    fn a_silent_new_connection_is_idle_from_its_opening() {
+        let hour = 3_600_000_000_000u64;
+        let mut t = Connections::new(Clock::identity(), ConnConfig::default(), vec![27017]);
+        let mut closed = 0;
+        let mut sink =
+            |o: TableEvent<'_>| closed += usize::from(matches!(o, TableEvent::Closed { .. }));
+        t.handle(open(1, hour), &mut sink);
+        t.expire(hour + 200_000_000, &mut sink);
+        assert_eq!(t.stats().open_connections, 1, "expired at the first tick");
+        t.expire(hour + ConnConfig::default().idle_timeout_ns, &mut sink);
+        assert_eq!(t.stats().open_connections, 0);
+        assert_eq!(closed, 1);
     }
 
     /// More connections than the budget allows: the table keeps its bound by closing the
