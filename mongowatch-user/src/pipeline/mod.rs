@@ -30,6 +30,7 @@ use crate::{
         probes::{KernelCounters, Probes},
         processes::Processes,
         procfs,
+        ring_depth::RingDepth,
     },
     config::AuditConfig,
     ops::Input,
@@ -126,7 +127,11 @@ pub fn run(opts: Options) -> Result<Report> {
         ),
         outlet,
         last_counters: KernelCounters::default(),
-        capture: CaptureStats::default(),
+        capture: CaptureStats {
+            ring_size_bytes: u64::from(mongowatch_common::RING_SIZE),
+            ..CaptureStats::default()
+        },
+        depth: RingDepth::new(std::os::fd::AsFd::as_fd(&ring)),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,6 +150,8 @@ struct Pipeline {
     watched_version: u64,
     last_counters: KernelCounters,
     capture: CaptureStats,
+    /// The ring's fill level, for its high-water mark.
+    depth: Option<RingDepth>,
 }
 
 impl Pipeline {
@@ -236,6 +243,10 @@ impl Pipeline {
 
     /// Handles a batch of the ring's records (at most `DRAIN_RECORDS`, `DRAIN_BYTES`).
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Drain {
+        if let Some(depth) = &self.depth {
+            let pending = depth.pending();
+            self.capture.ring_high_water_bytes = self.capture.ring_high_water_bytes.max(pending);
+        }
         let (mut records, mut bytes) = (0, 0);
         while records < DRAIN_RECORDS && bytes < DRAIN_BYTES {
             let Some(item) = ring.next() else { break };

@@ -42,6 +42,10 @@ pub struct CaptureStats {
     pub watched_processes: u64,
     pub processes_followed: u64,
     pub processes_exited: u64,
+    /// The fullest the kernel ring was when a drain began (bytes waiting, headers included),
+    /// and its size: how close the run came to losing events.
+    pub ring_high_water_bytes: u64,
+    pub ring_size_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
