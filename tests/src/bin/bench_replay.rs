@@ -393,14 +393,15 @@ struct RecordCount {
     total: u64,
     /// Operations (distinct WatchIDs) by Operation.
     by_op: BTreeMap<String, u64>,
-    /// Operations whose last record is not `final`.
+    /// Operations whose last record is not `final`, and a few of them to show.
     not_final: u64,
+    not_final_sample: Vec<Value>,
     operations: u64,
 }
 
 fn count_records(path: &Path) -> Result<RecordCount> {
     let mut c = RecordCount::default();
-    let mut last: HashMap<String, (String, bool)> = HashMap::new();
+    let mut last: HashMap<String, (String, Option<Value>)> = HashMap::new();
     let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     for (i, line) in BufReader::new(f).lines().enumerate() {
         let line = line?;
@@ -414,12 +415,18 @@ fn count_records(path: &Path) -> Result<RecordCount> {
             .as_str()
             .with_context(|| format!("record {} has no WatchID", i + 1))?;
         let op = r["Operation"].as_str().unwrap_or("?").to_string();
-        last.insert(id.to_string(), (op, r["State"] == "final"));
+        let not_final = (r["State"] != "final").then_some(r.clone());
+        last.insert(id.to_string(), (op, not_final));
     }
     c.operations = last.len() as u64;
-    for (op, fin) in last.into_values() {
+    for (op, not_final) in last.into_values() {
         *c.by_op.entry(op).or_default() += 1;
-        c.not_final += u64::from(!fin);
+        if let Some(r) = not_final {
+            c.not_final += 1;
+            if c.not_final_sample.len() < 3 {
+                c.not_final_sample.push(r);
+            }
+        }
     }
     Ok(c)
 }
@@ -575,6 +582,11 @@ fn run(p: &Params) -> Result<Value> {
     let elapsed = elapsed.max(1e-9);
     let no_loss = !loss_counted && missing == 0 && got.not_final == 0;
     let ok = extra == 0 && loss_explained && (!p.require_no_loss || no_loss);
+    // A failed run keeps its records, mongowatch's stderr and the processes' logs to look at.
+    let kept = (!ok).then(|| {
+        let _ = fs::copy(mw.stderr_path(), dir.path().join("mongowatch.stderr"));
+        dir.keep().display().to_string()
+    });
     Ok(json!({
         "bench": "replay",
         "measured_under_contention": true,
@@ -596,6 +608,7 @@ fn run(p: &Params) -> Result<Value> {
         "records_missing": missing,
         "records_extra": extra,
         "records_not_final": got.not_final,
+        "not_final_sample": got.not_final_sample,
         "mismatch_by_operation": by_op,
         "events_lost": events_lost,
         "bytes_lost": bytes_lost,
@@ -612,6 +625,7 @@ fn run(p: &Params) -> Result<Value> {
         "ring_high_water_bytes": stats["capture"]["ring_high_water_bytes"],
         "ring_size_bytes": stats["capture"]["ring_size_bytes"],
         "ok": ok,
+        "kept_dir": kept,
     }))
 }
 
@@ -627,13 +641,18 @@ fn find_knee(p: &Params) -> Result<()> {
         step.rate = Some(rate);
         let r = run(&step)?;
         println!("{r}");
-        ensure!(
-            r["records_extra"] == 0 && r["loss_explained"] == true,
-            "a wrong record: {r}"
-        );
-        let lost = r["events_lost"].as_u64().unwrap_or(0)
-            + r["records_missing"].as_u64().unwrap_or(0)
-            + r["gaps"].as_u64().unwrap_or(0);
+        // Loss, or a record missing or closed early without it (a defect the run also flags):
+        // either way this rate is past what is loss-free.
+        let lost = [
+            "events_lost",
+            "records_missing",
+            "records_not_final",
+            "gaps",
+            "records_extra",
+        ]
+        .iter()
+        .map(|k| r[*k].as_u64().unwrap_or(0))
+        .sum::<u64>();
         let achieved = r["achieved_msgs_per_s"].as_f64().unwrap_or(0.0);
         if lost > 0 {
             first_loss = Some(r);
@@ -663,6 +682,8 @@ fn find_knee(p: &Params) -> Result<()> {
             "achieved_msgs_per_s": b["achieved_msgs_per_s"],
             "events_lost": b["events_lost"],
             "records_missing": b["records_missing"],
+            "records_not_final": b["records_not_final"],
+            "loss_explained": b["loss_explained"],
             "daemon_cpu_cores": b["daemon_cpu_cores"],
         })),
         "loss_reached": first_loss.is_some(),
