@@ -219,7 +219,14 @@ impl Pipeline {
         let deadline = Instant::now() + FINAL_DRAIN;
         while self.drain(ring.get_mut()) == Drain::Backlog {
             if Instant::now() >= deadline {
-                warn!("events still arriving after {FINAL_DRAIN:?} of draining; stopping anyway");
+                // Never silent: what is left in the ring is counted as lost.
+                let left = self.depth.as_ref().map_or(0, RingDepth::pending);
+                self.capture.ring_bytes_left_at_exit = left;
+                warn!(
+                    bytes = left,
+                    "events still arriving after {FINAL_DRAIN:?} of draining; stopping anyway \
+                     (the events left in the ring are lost)"
+                );
                 break;
             }
         }

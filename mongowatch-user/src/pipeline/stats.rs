@@ -46,6 +46,9 @@ pub struct CaptureStats {
     /// and its size: how close the run came to losing events.
     pub ring_high_water_bytes: u64,
     pub ring_size_bytes: u64,
+    /// Bytes still in the ring when the final drain at exit ran out of time: lost, never
+    /// decoded.
+    pub ring_bytes_left_at_exit: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

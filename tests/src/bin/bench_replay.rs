@@ -22,6 +22,9 @@
 //! each replay must become. Internal roles (the same binary): `bench-replay server ...` and
 //! `bench-replay client ...`.
 
+// The result line is one `json!` literal; its many fields need more macro depth.
+#![recursion_limit = "256"]
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     env, fs,
@@ -573,7 +576,9 @@ fn run(p: &Params) -> Result<Value> {
     let gap_events = num(&k["gap_events"]);
     let read_failures = num(&k["read_failures"]);
     let gaps = num(&stats["stream"]["gaps"]);
-    let loss_counted = events_lost + lifecycle_lost + gap_events + read_failures + gaps > 0;
+    let left_at_exit = num(&stats["capture"]["ring_bytes_left_at_exit"]);
+    let loss_counted =
+        events_lost + lifecycle_lost + gap_events + read_failures + gaps + left_at_exit > 0;
     // A missing record, or one closed early, is acceptable only where loss was counted.
     let loss_explained = (missing == 0 && got.not_final == 0) || loss_counted;
     // SAFETY: sysconf has no preconditions.
@@ -616,6 +621,7 @@ fn run(p: &Params) -> Result<Value> {
         "gap_events": gap_events,
         "read_failures": read_failures,
         "gaps": gaps,
+        "ring_bytes_left_at_exit": left_at_exit,
         "loss_explained": loss_explained,
         "daemon_cpu_cores": cpu_s / elapsed,
         "daemon_cpu_s": cpu_s,
@@ -624,6 +630,10 @@ fn run(p: &Params) -> Result<Value> {
         "daemon_peak_rss_anon_kib": anon,
         "ring_high_water_bytes": stats["capture"]["ring_high_water_bytes"],
         "ring_size_bytes": stats["capture"]["ring_size_bytes"],
+        // What the daemon made of the processes and the pairs: where a record went missing.
+        "daemon_capture": stats["capture"],
+        "daemon_pairing": stats["wire"]["pairing"],
+        "daemon_late_connections": stats["stream"]["late_connections"],
         "ok": ok,
         "kept_dir": kept,
     }))
