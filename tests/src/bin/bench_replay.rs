@@ -273,14 +273,19 @@ fn take_arg(args: &[String], name: &str) -> Result<(String, Vec<String>)> {
 // ---------------------------------------------------------------------------------------------
 // Client role: the watched processes.
 
-/// `client --listeners FILE --kind tcp|unix --start-file F --summary OUT <params>`: waits for
-/// F, then each worker replays sessions (round robin) until `--seconds` have passed, always
-/// finishing the session it is in; writes the summary (replays per session, messages, bytes).
+/// `client --listeners FILE --kind tcp|unix --start-file F --summary OUT --first-session N
+/// <params>`: waits for F, then each worker replays sessions (round robin from N + its index)
+/// until `--seconds` have passed, always finishing the session it is in; writes the summary
+/// (replays per session, messages, bytes).
 fn client_main(args: &[String]) -> Result<()> {
     let (listeners, rest) = take_arg(args, "--listeners")?;
     let (kind, rest) = take_arg(&rest, "--kind")?;
     let (start_file, rest) = take_arg(&rest, "--start-file")?;
     let (summary, rest) = take_arg(&rest, "--summary")?;
+    // Where this process's workers start in the session list: processes start at different
+    // sessions, so a short run still replays every one.
+    let (offset, rest) = take_arg(&rest, "--first-session")?;
+    let offset: usize = offset.parse()?;
     let p = params(&rest)?;
     let sessions = Arc::new(load_sessions(&p)?);
     let listeners: Value = serde_json::from_str(&fs::read_to_string(&listeners)?)?;
@@ -306,7 +311,7 @@ fn client_main(args: &[String]) -> Result<()> {
                 let (mut msgs, mut bytes) = (0, 0);
                 let mut pacer = Pacer::new(worker_rate);
                 let mut buf = Vec::new();
-                let mut k = w;
+                let mut k = offset + w;
                 while t0.elapsed() < seconds {
                     let si = k % sessions.len();
                     let (m, b) =
@@ -478,6 +483,7 @@ fn run(p: &Params) -> Result<Value> {
                 .arg(&start)
                 .arg("--summary")
                 .arg(dir.path().join(format!("client-{i}.json")))
+                .args(["--first-session", &(i * p.workers).to_string()])
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
