@@ -168,6 +168,7 @@ fn main() -> Result<()> {
         ServerKind::SecantusRs.is_installed(),
         "secantusd-rs is missing (cargo xtask setup)"
     );
+    let machine = machine();
     let mut per_mode: Vec<Vec<RunResult>> = MODES.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for k in 0..MODES.len() {
@@ -189,7 +190,9 @@ fn main() -> Result<()> {
     let f = |r: &RunResult, k: &str| r.summary[k].as_f64().unwrap_or(f64::NAN);
     let plain_rate = median(per_mode[0].iter().map(|r| f(r, "ops_per_sec")).collect());
     let mut table = serde_json::Map::new();
-    println!("side by side (medians of {rounds} alternating rounds, {ops} ops each; measured under contention)");
+    println!(
+        "side by side (medians of {rounds} alternating rounds, {ops} ops each; machine {machine})"
+    );
     println!(
         "{:<13} {:>9} {:>9} {:>14} {:>16} {:>10}",
         "mode", "ops/s", "ratio", "app CPU us/op", "daemon CPU us/op", "seen"
@@ -249,7 +252,8 @@ fn main() -> Result<()> {
         "{}",
         json!({
             "bench": "compare",
-            "measured_under_contention": true,
+            "measured_under_contention": machine["contended"],
+            "machine": machine,
             "rounds": rounds,
             "ops": ops,
             "modes": table,
@@ -257,4 +261,18 @@ fn main() -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// The machine a figure comes from: its CPUs and its 1-minute load average before the run, and
+/// whether that load already means contention (half the CPUs busy or more).
+fn machine() -> Value {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let load = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok());
+    json!({
+        "cpus": cpus,
+        "loadavg_1m_before": load,
+        "contended": load.is_none_or(|l| l >= 0.5 * cpus as f64),
+    })
 }

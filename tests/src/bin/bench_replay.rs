@@ -441,6 +441,7 @@ fn count_records(path: &Path) -> Result<RecordCount> {
 
 /// One full run: server, clients, mongowatch; returns the JSON result.
 fn run(p: &Params) -> Result<Value> {
+    let machine = machine();
     let sessions = load_sessions(p)?;
     let dir = tempfile::Builder::new()
         .prefix("mongowatch-bench-replay-")
@@ -600,7 +601,8 @@ fn run(p: &Params) -> Result<Value> {
     });
     Ok(json!({
         "bench": "replay",
-        "measured_under_contention": true,
+        "measured_under_contention": machine["contended"],
+        "machine": machine,
         "mix": p.mix,
         "transport": p.transport,
         "processes": p.processes,
@@ -683,7 +685,7 @@ fn find_knee(p: &Params) -> Result<()> {
     }
     let summary = json!({
         "bench": "replay-knee",
-        "measured_under_contention": true,
+        "measured_under_contention": machine()["contended"],
         "mix": p.mix,
         "transport": p.transport,
         "highest_loss_free": best.as_ref().map(|b| json!({
@@ -707,4 +709,18 @@ fn find_knee(p: &Params) -> Result<()> {
     });
     println!("{summary}");
     Ok(())
+}
+
+/// The machine a figure comes from: its CPUs and its 1-minute load average before the run, and
+/// whether that load already means contention (half the CPUs busy or more).
+fn machine() -> Value {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let load = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok());
+    json!({
+        "cpus": cpus,
+        "loadavg_1m_before": load,
+        "contended": load.is_none_or(|l| l >= 0.5 * cpus as f64),
+    })
 }
