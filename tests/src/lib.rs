@@ -10,6 +10,7 @@
 //!   PID first, with the drivers' own command monitoring as the oracle ([`OracleEvent`]).
 //! - [`reconcile`]: proves the proxy's messages and a driver's oracle agree, one to one.
 //! - [`Mongowatch`]: the binary under test, stdout (JSON lines) and stderr captured.
+//! - [`replay`]: the replay load generator's sessions, server and client (`bench-replay`).
 //! - [`ChildGuard`]: every process above is stopped by its own PID on drop, pass or fail.
 //! - [`ready`] / [`skip_unless!`]: the one gate of every end-to-end test. A test names what it
 //!   needs ([`Need`]); when something is missing it is SKIPPED, never passed in silence: a
@@ -54,6 +55,7 @@ pub mod paths;
 pub mod process;
 pub mod proxy;
 pub mod reconcile;
+pub mod replay;
 pub mod server;
 pub mod wire;
 pub mod workload;

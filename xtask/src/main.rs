@@ -4,7 +4,8 @@
 //!   project cache (`$MONGOWATCH_CACHE`, else `<repo>/.cache`); idempotent, non-interactive.
 //! - `test`: unit tests, then the end-to-end tests against a freshly built `mongowatch` (root).
 //! - `demo`: mongowatch watching a small pymongo application against SecantusDB (root).
-//! - `bench`: the capture-cost ratios and the audit load benchmark (root).
+//! - `bench`: the capture-cost ratios, the audit load benchmark and the replay load generator
+//!   (root).
 //! - `build-ebpf`: builds the kernel programs and prints the object's path.
 //!
 //! `test`, `demo` and `bench` run `setup` first (quick once everything is there), so a fresh
@@ -54,7 +55,7 @@ enum Cmd {
         setup: SetupFirst,
     },
     /// Benchmarks with real servers and drivers: what the capture costs (ratios measured in one
-    /// run) and the audit load benchmark (root).
+    /// run), the audit load benchmark and the replay load generator (root).
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,

@@ -83,8 +83,4 @@ impl RingFill {
         let producer = self.producer.position();
         producer.saturating_sub(consumer).min(self.size)
     }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
 }

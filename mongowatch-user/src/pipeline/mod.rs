@@ -191,7 +191,10 @@ pub fn run(mut opts: Options) -> Result<Report> {
         conns,
         outlet,
         last_counters: KernelCounters::default(),
-        capture: CaptureStats::default(),
+        capture: CaptureStats {
+            ring_size_bytes: u64::from(mongowatch_common::RING_SIZE),
+            ..CaptureStats::default()
+        },
         hooks: opts.hooks,
         last_hook_tick: None,
         tls,
@@ -234,6 +237,7 @@ struct Pipeline {
     excluded: Processes,
     /// `Node` of every record.
     node: Option<String>,
+    /// The ring's fill level: now, and its high-water mark.
     ring_fill: Option<RingFill>,
 }
 
@@ -307,7 +311,14 @@ impl Pipeline {
         let deadline = Instant::now() + FINAL_DRAIN;
         while self.drain(ring.get_mut()) == Drain::Backlog {
             if Instant::now() >= deadline {
-                warn!("events still arriving after {FINAL_DRAIN:?} of draining; stopping anyway");
+                // Never silent: what is left in the ring is counted as lost.
+                let left = self.ring_fill.as_ref().map_or(0, RingFill::pending_bytes);
+                self.capture.ring_bytes_left_at_exit = left;
+                warn!(
+                    bytes = left,
+                    "events still arriving after {FINAL_DRAIN:?} of draining; stopping anyway \
+                     (the events left in the ring are lost)"
+                );
                 break;
             }
         }
@@ -337,6 +348,10 @@ impl Pipeline {
 
     /// Handles a batch of the ring's records (at most `DRAIN_RECORDS`, `DRAIN_BYTES`).
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Drain {
+        if let Some(fill) = &self.ring_fill {
+            let pending = fill.pending_bytes();
+            self.capture.ring_high_water_bytes = self.capture.ring_high_water_bytes.max(pending);
+        }
         let (mut records, mut bytes) = (0, 0);
         while records < DRAIN_RECORDS && bytes < DRAIN_BYTES {
             let Some(item) = ring.next() else { break };
@@ -523,7 +538,6 @@ impl Pipeline {
         capture.watched_processes = self.processes.len() as u64;
         if let Some(fill) = &self.ring_fill {
             capture.ring_pending_bytes = fill.pending_bytes();
-            capture.ring_size = fill.size();
         }
         Stats {
             kernel: self.probes.counters(),

@@ -49,14 +49,20 @@ pub struct CaptureStats {
     /// Ring buffer records read, and those that did not parse (dropped, each logged).
     pub ring_records: u64,
     pub malformed_records: u64,
-    /// Bytes in the ring written by the kernel and not read yet, now, and the ring's size:
-    /// a ring that stays near full is about to lose events.
+    /// Bytes in the ring written by the kernel and not read yet, now: a ring that stays near
+    /// full (`ring_size_bytes`) is about to lose events.
     pub ring_pending_bytes: u64,
-    pub ring_size: u64,
     /// Watched now; children followed since the start; watched processes that ended.
     pub watched_processes: u64,
     pub processes_followed: u64,
     pub processes_exited: u64,
+    /// The fullest the kernel ring was when a drain began (bytes waiting, headers included),
+    /// and its size: how close the run came to losing events.
+    pub ring_high_water_bytes: u64,
+    pub ring_size_bytes: u64,
+    /// Bytes still in the ring when the final drain at exit ran out of time: lost, never
+    /// decoded.
+    pub ring_bytes_left_at_exit: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

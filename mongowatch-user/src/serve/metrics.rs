@@ -264,9 +264,10 @@ impl Collector for StatsCollector {
             "Ring buffer records read",
             s.capture.ring_records,
         )?;
-        if s.capture.ring_size > 0 {
-            let fill =
-                ConstGauge::new(s.capture.ring_pending_bytes as f64 / s.capture.ring_size as f64);
+        if s.capture.ring_size_bytes > 0 {
+            let fill = ConstGauge::new(
+                s.capture.ring_pending_bytes as f64 / s.capture.ring_size_bytes as f64,
+            );
             fill.encode(enc.encode_descriptor(
                 "mongowatch_ring_fill_ratio",
                 "Share of the kernel ring buffer written and not read yet (events are lost at 1)",
@@ -508,7 +509,7 @@ mod tests {
         s.wire.decode_errors.bad_bson = 2;
         s.capture.watched_processes = 3;
         s.capture.ring_pending_bytes = 1 << 20;
-        s.capture.ring_size = 4 << 20;
+        s.capture.ring_size_bytes = 4 << 20;
         m.publish(&s);
         let text = m.render().unwrap();
         for line in [
