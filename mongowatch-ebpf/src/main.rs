@@ -19,6 +19,9 @@
 #![no_std]
 #![no_main]
 
+mod sockfn;
+mod syscalls;
+
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -37,7 +40,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use mongowatch_common::{
-    plausible_header, Config, SocketInfo, ConnState, Counters, EventHeader, EventKind, AF_INET,
+    plausible_header, Config, ConnState, Counters, EventHeader, EventKind, SocketInfo, AF_INET,
     AF_INET6, AF_UNIX, CHUNK_SIZE, CLASSIFY_STRIKES, CLASS_MONGO, CLASS_OTHER, CLASS_UNKNOWN,
     DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, MAX_CANDIDATES, MAX_CONNS, RING_SIZE, UIO_MAXIOV,
     WATCHED_WORDS,
@@ -232,6 +235,28 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     if ret <= 0 || sk.is_null() {
         return;
     }
+    // SAFETY: `sk` is the tracepoint's trusted socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    on_socket_data::<true>(pid_tgid, sk, cookie, ret, flags, direction);
+}
+
+/// The data path shared by every capture rung (see `syscalls.rs`, `sockfn.rs`): `ret` bytes
+/// moved on socket `sk` (named `cookie`) by the current syscall. `LOOP` says whether the
+/// kernel has `bpf_loop`; without it a bounded loop copies what it can and counts the rest as
+/// a gap.
+#[inline(always)]
+pub(crate) fn on_socket_data<const LOOP: bool>(
+    pid_tgid: u64,
+    sk: *const u8,
+    cookie: u64,
+    ret: i32,
+    flags: i32,
+    direction: u8,
+) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if ret <= 0 || sk.is_null() {
+        return;
+    }
     if direction == DIR_INGRESS && flags & MSG_PEEK != 0 {
         // The bytes stay in the socket and will be read again.
         return;
@@ -240,7 +265,7 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     if cfg.offsets.valid == 0 {
         return;
     }
-    let Some(state) = conn_state(sk, tgid, &cfg) else {
+    let Some(state) = conn_state(sk, cookie, tgid, &cfg) else {
         return;
     };
     // SAFETY: pointer into an LRU map value; it stays valid for this program run.
@@ -317,18 +342,36 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     } else {
         UIO_MAXIOV
     };
-    // SAFETY: bpf_loop with a static callback; the state is in the COPY map.
-    unsafe {
-        bpf_loop(
-            iovecs + (ret as u32 / CHUNK_SIZE as u32) + 2,
-            copy_chunk as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
+    if LOOP {
+        // SAFETY: bpf_loop with a static callback; the state is in the COPY map.
+        unsafe {
+            bpf_loop(
+                iovecs + (ret as u32 / CHUNK_SIZE as u32) + 2,
+                copy_chunk as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            );
+        }
+    } else {
+        bounded_copy();
     }
     // Had the loop stopped early, what is gathered still goes out and the rest is a counted
     // gap, never a silent loss.
     emit_gap(copy);
+}
+
+/// Copy steps where `bpf_loop` is missing (before Linux 5.17): the verifier walks each one, so
+/// the bound stays small. Each step fills a chunk or finishes an iovec, so a call of up to
+/// about this many chunks is copied whole; what is left past the bound becomes a counted gap.
+const BOUNDED_STEPS: u64 = 24;
+
+#[inline(always)]
+fn bounded_copy() {
+    for i in 0..BOUNDED_STEPS {
+        if copy_chunk(i, core::ptr::null_mut()) != 0 {
+            break;
+        }
+    }
 }
 
 /// A candidate whose bytes look like MongoDB moves to `CONNS`, where other sockets cannot
@@ -609,10 +652,8 @@ fn wakeup_flag() -> u64 {
 /// The connection's state, created on first sight (with a ConnOpen event carrying its ends):
 /// in `CONNS` when a server port says it is MongoDB, else in `CANDIDATES`.
 #[inline(always)]
-fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> {
+fn conn_state(sk: *const u8, cookie: u64, tgid: u32, cfg: &Config) -> Option<*mut ConnState> {
     let key = sk as u64;
-    // SAFETY: `sk` is the tracepoint's trusted socket pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     if let Some(state) = CONNS.get_ptr_mut(&key) {
         // SAFETY: map value pointer.
         if unsafe { (*state).cookie } == cookie {
@@ -788,7 +829,13 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let sk: *const u8 = ctx.arg(0);
-    let key = sk as u64;
+    forget_socket(sk as u64);
+    0
+}
+
+/// The socket at `key` is gone: its connection (if any) is closed.
+#[inline(always)]
+fn forget_socket(key: u64) {
     // SAFETY: map lookup by value.
     if let Some(state) = unsafe { CONNS.get(&key) } {
         let (cookie, tgid) = (state.cookie, state.tgid);
@@ -804,7 +851,6 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             emit_lifecycle(EventKind::ConnClose, tgid, |h| h.conn_id = cookie);
         }
     }
-    0
 }
 
 #[btf_tracepoint(function = "sched_process_fork")]

@@ -7,7 +7,7 @@ use std::{io, process::ExitCode, time::Duration};
 use anyhow::{bail, Result};
 use clap::Parser;
 use mongowatch::{
-    capture::procfs,
+    capture::{ladder::CapturePath, procfs},
     config::{AuditArgs, RECORD_OPTIONS},
     pipeline::{self, Mode, Options, Stop},
 };
@@ -48,6 +48,11 @@ struct Cli {
     /// Also print them every SECS seconds while running.
     #[arg(long, value_name = "SECS", value_parser = parse_interval)]
     stats_interval: Option<Duration>,
+
+    /// Capture the bytes with this kernel hook instead of the best one the kernel offers:
+    /// sock-tracepoints (Linux 6.3+), fentry, kprobes or syscalls (see the README's kernels).
+    #[arg(long, value_name = "NAME")]
+    capture_path: Option<CapturePath>,
 
     #[command(flatten)]
     audit: AuditArgs,
@@ -110,6 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         mode,
         stats_interval: cli.stats_interval,
         memory_budget,
+        capture_path: cli.capture_path,
     })?;
     if cli.stats {
         eprintln!("{}", report.stats.to_json_line());

@@ -27,6 +27,7 @@ use crate::{
     capture::{
         clock::Clock,
         events::{self, Event},
+        ladder::CapturePath,
         probes::{KernelCounters, Probes},
         processes::Processes,
         procfs,
@@ -57,6 +58,8 @@ pub struct Options {
     pub stats_interval: Option<Duration>,
     /// Bytes the connections' stream buffers may hold together.
     pub memory_budget: usize,
+    /// Use this capture path rather than the best one the kernel offers.
+    pub capture_path: Option<CapturePath>,
 }
 
 /// Why the loop ended.
@@ -85,7 +88,7 @@ const FINAL_DRAIN: Duration = Duration::from_secs(1);
 /// Loads the probes, watches `opts.pids` and runs until they exit, a signal, or a dead output.
 pub fn run(opts: Options) -> Result<Report> {
     let outlet = Outlet::open(opts.mode)?;
-    let (mut probes, ring) = Probes::load(&opts.ports)?;
+    let (mut probes, ring) = Probes::load(&opts.ports, opts.capture_path)?;
     let mut processes = Processes::new();
     let mut watch = |pid: u32, processes: &mut Processes| -> Result<bool> {
         let new = processes.add(pid);
@@ -111,6 +114,7 @@ pub fn run(opts: Options) -> Result<Report> {
         }
     }
     info!(pids = ?opts.pids, processes = processes.len(), "watching");
+    let probes_path = probes.capture_path().name();
     let pipeline = Pipeline {
         probes,
         watched: processes.pids().collect(),
@@ -126,7 +130,10 @@ pub fn run(opts: Options) -> Result<Report> {
         ),
         outlet,
         last_counters: KernelCounters::default(),
-        capture: CaptureStats::default(),
+        capture: CaptureStats {
+            path: probes_path,
+            ..CaptureStats::default()
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
