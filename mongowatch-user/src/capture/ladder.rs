@@ -223,7 +223,10 @@ pub fn probe(btf: &KernelBtf, features: &KernelFeatures) -> Offer {
         fentry: functions && loads(ProgramType::Tracing),
         kprobes: functions && kprobe_pmu && loads(ProgramType::KProbe),
         syscalls: syscalls && loads(ProgramType::TracePoint),
-        bpf_loop: features.bpf_loop,
+        // MONGOWATCH_BOUNDED_LOOP=1 loads the variants for kernels without bpf_loop on one
+        // that has it, so that they are verified and run where the tests run.
+        bpf_loop: features.bpf_loop
+            && std::env::var_os("MONGOWATCH_BOUNDED_LOOP").is_none_or(|v| v != "1"),
         inet6: SOCKET_FUNCTIONS
             .iter()
             .filter(|f| !f.required)
