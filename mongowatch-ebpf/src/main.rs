@@ -13,9 +13,11 @@
 //! connections out. A connection whose state was lost anyway gets a new `ConnOpen` with the
 //! same cookie and offsets from 0; userspace continues its stream from where it was.
 //!
-//! No syscall tracepoint is attached: one on `sys_enter_write` alone slows every write of every
-//! process on the machine (measured: an unwatched `dd` went from 0.58 s to 0.95 s), while the
-//! socket tracepoints cost only socket I/O.
+//! Where the kernel has the socket tracepoints, no syscall tracepoint is attached: one on
+//! `sys_enter_write` alone slows every write of every process on the machine (measured: an
+//! unwatched `dd` went from 0.58 s to 0.95 s), while the socket tracepoints cost only socket
+//! I/O. Kernels without them use another rung of the capture ladder (`sockfn.rs`,
+//! `syscalls.rs`), which feeds the same data path, `on_socket_data`.
 #![no_std]
 #![no_main]
 
