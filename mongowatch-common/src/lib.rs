@@ -337,6 +337,8 @@ pub struct Config {
     /// Bit n set: the kernel looks up the current task's cgroup ancestor at level n in
     /// `MAP_CGROUPS` (the levels of the selected cgroups; n <= `MAX_CGROUP_LEVEL`).
     pub cgroup_levels: u32,
+    /// What the rungs without a socket tracepoint need (see `SocketPathOffsets`).
+    pub socket_path: SocketPathOffsets,
 }
 
 impl Config {
@@ -346,9 +348,62 @@ impl Config {
             exit_has_group_dead: 0,
             select: 0,
             cgroup_levels: 0,
+            socket_path: SocketPathOffsets::zeroed(),
         }
     }
 }
+
+/// Field offsets the capture rungs below the socket tracepoints need: the syscall rung finds
+/// the socket behind a file descriptor (task -> files -> fdtable -> file -> socket -> sock),
+/// and the rungs without `bpf_get_socket_cookie` name a connection by its socket inode number.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct SocketPathOffsets {
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.max_fds` and `fdtable.fd`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    /// `file.f_inode`, `file.private_data` (the `struct socket` of a socket file).
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    /// The file's reference count (`f_count`, or `f_ref` from Linux 6.13), and the value it
+    /// holds when one reference is left (1 for `f_count`, 0 for `f_ref`).
+    pub file_count: u32,
+    pub file_count_one: u32,
+    /// `inode.i_mode`, `inode.i_ino`.
+    pub inode_mode: u32,
+    pub inode_ino: u32,
+    /// `socket.sk`, and the socket's inode (`socket_alloc.vfs_inode`, beside the socket).
+    pub socket_sk: u32,
+    pub socket_inode: u32,
+    /// Non-zero once filled in.
+    pub valid: u32,
+}
+
+impl SocketPathOffsets {
+    pub const fn zeroed() -> Self {
+        Self {
+            task_files: 0,
+            files_fdt: 0,
+            fdtable_max_fds: 0,
+            fdtable_fd: 0,
+            file_inode: 0,
+            file_private_data: 0,
+            file_count: 0,
+            file_count_one: 0,
+            inode_mode: 0,
+            inode_ino: 0,
+            socket_sk: 0,
+            socket_inode: 0,
+            valid: 0,
+        }
+    }
+}
+
+/// Connection ids made from a socket inode number carry this bit, so they can never equal a
+/// kernel socket cookie of the same run (the rungs without `bpf_get_socket_cookie` use them).
+pub const INODE_CONN_ID: u64 = 1 << 63;
 
 #[cfg(feature = "user")]
 mod user {
@@ -359,6 +414,7 @@ mod user {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for SocketPathOffsets {}
 }
 
 #[cfg(test)]

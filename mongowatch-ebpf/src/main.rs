@@ -13,13 +13,17 @@
 //! connections out. A connection whose state was lost anyway gets a new `ConnOpen` with the
 //! same cookie and offsets from 0; userspace continues its stream from where it was.
 //!
-//! No syscall tracepoint is attached: one on `sys_enter_write` alone slows every write of every
-//! process on the machine (measured: an unwatched `dd` went from 0.58 s to 0.95 s), while the
-//! socket tracepoints cost only socket I/O.
+//! Where the kernel has the socket tracepoints, no syscall tracepoint is attached: one on
+//! `sys_enter_write` alone slows every write of every process on the machine (measured: an
+//! unwatched `dd` went from 0.58 s to 0.95 s), while the socket tracepoints cost only socket
+//! I/O. Kernels without them use another rung of the capture ladder (`sockfn.rs`,
+//! `syscalls.rs`), which feeds the same data path, `on_socket_data`.
 #![no_std]
 #![no_main]
 
 mod select;
+mod sockfn;
+mod syscalls;
 mod tls;
 
 use core::ffi::c_void;
@@ -192,6 +196,13 @@ fn is_watched(tgid: u32) -> bool {
         .is_some_and(|word| word & (1u64 << (tgid & 63)) != 0)
 }
 
+/// Watched by pid, or chosen by the kernel's own node-wide selection (`select.rs`): the check
+/// every capture rung makes first.
+#[inline(always)]
+pub(crate) fn is_selected(tgid: u32) -> bool {
+    is_watched(tgid) || select::selected(tgid)
+}
+
 #[inline(always)]
 fn config() -> Config {
     // SAFETY: a plain read of a global the loader rewrote; volatile so the compiler does not
@@ -247,12 +258,34 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_watched(tgid) && !select::selected(tgid) {
+    if !is_selected(tgid) {
         return;
     }
     let sk: *const u8 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
     let flags: i32 = ctx.arg(2);
+    if ret <= 0 || sk.is_null() {
+        return;
+    }
+    // SAFETY: `sk` is the tracepoint's trusted socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    on_socket_data::<true>(pid_tgid, sk, cookie, ret, flags, direction);
+}
+
+/// The data path shared by every capture rung (see `syscalls.rs`, `sockfn.rs`): `ret` bytes
+/// moved on socket `sk` (named `cookie`) by the current syscall. `LOOP` says whether the
+/// kernel has `bpf_loop`; without it a bounded loop copies what it can and counts the rest as
+/// a gap.
+#[inline(always)]
+pub(crate) fn on_socket_data<const LOOP: bool>(
+    pid_tgid: u64,
+    sk: *const u8,
+    cookie: u64,
+    ret: i32,
+    flags: i32,
+    direction: u8,
+) {
+    let tgid = (pid_tgid >> 32) as u32;
     if ret <= 0 || sk.is_null() {
         return;
     }
@@ -264,7 +297,7 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
     if cfg.offsets.valid == 0 {
         return;
     }
-    let Some(state) = conn_state(sk, tgid, &cfg) else {
+    let Some(state) = conn_state(sk, cookie, tgid, &cfg) else {
         return;
     };
     // SAFETY: pointer into an LRU map value; it stays valid for this program run.
@@ -299,7 +332,7 @@ fn on_data(ctx: &BtfTracePointContext, direction: u8) {
         emit_gap(copy);
         return;
     }
-    copy_call(sk as u64, state, SLOT_SOCKET);
+    copy_call::<LOOP>(sk as u64, state, SLOT_SOCKET);
 }
 
 /// The copy state of `slot`, set up for a call of `len` bytes at stream `offset` of
@@ -342,7 +375,7 @@ fn start_copy(
 /// The copy state is fetched here, not passed as a `&mut`: the compiler would take a `&mut`
 /// argument as unchanged by the opaque `bpf_loop` call, whose callback does change it.
 #[inline(always)]
-fn copy_call(sk: u64, state: &mut ConnState, slot: u32) {
+fn copy_call<const LOOP: bool>(sk: u64, state: &mut ConnState, slot: u32) {
     let Some(copy) = copy_state(slot) else {
         return;
     };
@@ -374,21 +407,39 @@ fn copy_call(sk: u64, state: &mut ConnState, slot: u32) {
     } else {
         UIO_MAXIOV
     };
-    let mut slot = slot;
-    // SAFETY: bpf_loop with a static callback; the state is in the COPY map, the slot on
-    // this stack for the loop's run.
-    unsafe {
-        bpf_loop(
-            iovecs + (ret as u32 / CHUNK_SIZE as u32) + 2,
-            copy_chunk as *mut c_void,
-            &mut slot as *mut u32 as *mut c_void,
-            0,
-        );
+    let mut slot_arg = slot;
+    if LOOP {
+        // SAFETY: bpf_loop with a static callback; the state is in the COPY map, the slot on
+        // this stack for the loop's run.
+        unsafe {
+            bpf_loop(
+                iovecs + (ret as u32 / CHUNK_SIZE as u32) + 2,
+                copy_chunk as *mut c_void,
+                &mut slot_arg as *mut u32 as *mut c_void,
+                0,
+            );
+        }
+    } else {
+        bounded_copy(&mut slot_arg);
     }
     // Had the loop stopped early, what is gathered still goes out and the rest is a counted
     // gap, never a silent loss.
     if let Some(copy) = copy_state(slot) {
         emit_gap(copy);
+    }
+}
+
+/// Copy steps where `bpf_loop` is missing (before Linux 5.17): the verifier walks each one, so
+/// the bound stays small. Each step fills a chunk or finishes an iovec, so a call of up to
+/// about this many chunks is copied whole; what is left past the bound becomes a counted gap.
+const BOUNDED_STEPS: u64 = 24;
+
+#[inline(always)]
+fn bounded_copy(slot: &mut u32) {
+    for i in 0..BOUNDED_STEPS {
+        if copy_chunk(i, slot as *mut u32 as *mut c_void) != 0 {
+            break;
+        }
     }
 }
 
@@ -671,10 +722,8 @@ fn wakeup_flag() -> u64 {
 /// The connection's state, created on first sight (with a ConnOpen event carrying its ends):
 /// in `CONNS` when a server port says it is MongoDB, else in `CANDIDATES`.
 #[inline(always)]
-fn conn_state(sk: *const u8, tgid: u32, cfg: &Config) -> Option<*mut ConnState> {
+fn conn_state(sk: *const u8, cookie: u64, tgid: u32, cfg: &Config) -> Option<*mut ConnState> {
     let key = sk as u64;
-    // SAFETY: `sk` is the tracepoint's trusted socket pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     if let Some(state) = CONNS.get_ptr_mut(&key) {
         // SAFETY: map value pointer.
         if unsafe { (*state).cookie } == cookie {
@@ -851,7 +900,13 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let sk: *const u8 = ctx.arg(0);
-    let key = sk as u64;
+    forget_socket(sk as u64);
+    0
+}
+
+/// The socket at `key` is gone: its connection (if any) is closed.
+#[inline(always)]
+fn forget_socket(key: u64) {
     // SAFETY: map lookup by value.
     if let Some(state) = unsafe { CONNS.get(&key) } {
         let (cookie, tgid) = (state.cookie, state.tgid);
@@ -867,7 +922,6 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             emit_lifecycle(EventKind::ConnClose, tgid, |h| h.conn_id = cookie);
         }
     }
-    0
 }
 
 #[btf_tracepoint(function = "sched_process_fork")]

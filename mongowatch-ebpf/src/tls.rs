@@ -106,7 +106,7 @@ static SOCK_SSLS: LruHashMap<u64, SslRef> = LruHashMap::with_max_entries(65536, 
 static LAST_RECV: LruHashMap<u64, SockRef> = LruHashMap::with_max_entries(16384, 0);
 /// A memory-BIO call waiting for the thread's next send.
 #[map]
-static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+static TLS_PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
 /// Per-CPU: non-zero while a probe copies in `SLOT_TLS`.
 #[map]
 static TLS_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
@@ -237,7 +237,7 @@ fn ssl_of(sock: &SockRef) -> Option<u64> {
 #[inline(always)]
 fn pend(pid_tgid: u64, ssl: u64, buf: u64, len: u64) {
     // SAFETY: map lookup by value.
-    if let Some(old) = unsafe { PENDING.get(&pid_tgid) }.copied() {
+    if let Some(old) = unsafe { TLS_PENDING.get(&pid_tgid) }.copied() {
         if old.len != 0 && old.ssl != ssl {
             if len != 0 {
                 unmapped();
@@ -246,7 +246,7 @@ fn pend(pid_tgid: u64, ssl: u64, buf: u64, len: u64) {
         }
     }
     let pending = Pending { ssl, buf, len };
-    let _ = PENDING.insert(&pid_tgid, &pending, 0);
+    let _ = TLS_PENDING.insert(&pid_tgid, &pending, 0);
 }
 
 #[inline(always)]
@@ -387,10 +387,10 @@ pub fn on_socket_bytes(sk: u64, state: &mut ConnState, direction: u8, pid_tgid: 
     }
     if direction == DIR_INGRESS {
         let _ = LAST_RECV.insert(&pid_tgid, &sock, 0);
-    } else if let Some(pending) = unsafe { PENDING.get(&pid_tgid) }.copied() {
+    } else if let Some(pending) = unsafe { TLS_PENDING.get(&pid_tgid) }.copied() {
         // Only a socket no SSL* is known for can be the pending call's.
         if ssl_of(&sock).is_none() {
-            let _ = PENDING.remove(&pid_tgid);
+            let _ = TLS_PENDING.remove(&pid_tgid);
             learn(tgid, pending.ssl, &sock);
             mark_tls(state);
             if pending.len != 0 {
@@ -465,7 +465,8 @@ fn emit(
     if let Some(c) = counters() {
         c.tls_calls += 1;
     }
-    copy_call(sk, state, slot);
+    // TLS capture needs bpf_loop (5.17): the TLS probes are not loaded on older kernels.
+    copy_call::<true>(sk, state, slot);
 }
 
 #[inline(always)]

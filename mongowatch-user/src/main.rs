@@ -7,8 +7,11 @@ use std::{io, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::{bail, Result};
 use clap::Parser;
 use mongowatch::{
-    capture::procfs,
-    capture::select::{SelectArgs, Selection},
+    capture::{
+        ladder::CapturePath,
+        procfs,
+        select::{SelectArgs, Selection},
+    },
     config::{AuditArgs, AuditConfig, RECORD_OPTIONS},
     pipeline::{self, Hooks, Mode, Options, Stop},
     serve::{self, Health, Listener, Metrics},
@@ -53,6 +56,11 @@ struct Cli {
     /// Also print them every SECS seconds while running.
     #[arg(long, value_name = "SECS", value_parser = parse_interval)]
     stats_interval: Option<Duration>,
+
+    /// Capture the bytes with this kernel hook instead of the best one the kernel offers:
+    /// sock-tracepoints (Linux 6.3+), fentry, kprobes or syscalls (see the README's kernels).
+    #[arg(long, value_name = "NAME")]
+    capture_path: Option<CapturePath>,
 
     #[command(flatten)]
     audit: AuditArgs,
@@ -138,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
         memory_budget,
         hooks,
         selection,
+        capture_path: cli.capture_path,
     })?;
     if cli.stats {
         eprintln!("{}", report.stats.to_json_line());

@@ -7,6 +7,8 @@
 //! - `bench`: the capture-cost ratios, the audit load benchmark and the replay load generator
 //!   (root).
 //! - `build-ebpf`: builds the kernel programs and prints the object's path.
+//! - `kernels`: the kernel matrix: Debian's 6.1 and 6.12 kernels booted under qemu, the capture
+//!   test run in each on every capture path the kernel offers (root, for apt).
 //!
 //! `test`, `demo` and `bench` run `setup` first (quick once everything is there), so a fresh
 //! machine needs nothing else; `--no-setup` leaves it out. `demo` sets up only what it uses
@@ -14,6 +16,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod kernels;
 mod run_tests;
 mod setup;
 mod util;
@@ -62,6 +65,17 @@ enum Cmd {
         #[command(flatten)]
         setup: SetupFirst,
     },
+    /// Boot Debian's 6.1 and 6.12 kernels under qemu and run the capture test in each, on every
+    /// capture path it offers; one PASS/FAIL line per kernel and path (root).
+    Kernels(KernelsCmd),
+}
+
+#[derive(clap::Args)]
+struct KernelsCmd {
+    #[command(flatten)]
+    args: kernels::KernelsArgs,
+    #[command(flatten)]
+    setup: SetupFirst,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +137,10 @@ fn main() -> Result<()> {
         Cmd::Bench { args, setup } => {
             setup.run(&ws, setup::Part::ALL)?;
             bench::run_bench(&ws, &args)?
+        }
+        Cmd::Kernels(KernelsCmd { args, setup }) => {
+            setup.run(&ws, setup::Part::KERNELS)?;
+            kernels::run_kernels(&ws, &args)?
         }
     }
     Ok(())

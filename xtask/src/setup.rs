@@ -59,6 +59,8 @@ pub enum Part {
     Venv,
     Node,
     SecantusdRs,
+    /// qemu and a static busybox, for `cargo xtask kernels` only (not part of the full setup).
+    Qemu,
     /// iproute2 (tests across network namespaces) and openssl (the TLS tests' certificates);
     /// they come with this machine kind's image, listed so another Debian gets them too.
     /// prometheus (and its promtool) scrapes `/metrics` for real in the export tests.
@@ -77,6 +79,8 @@ impl Part {
     /// What `cargo xtask demo` uses: the eBPF toolchain to build mongowatch, and the venv with
     /// secantusd-py and pymongo for the server and the sample application.
     pub const DEMO: &[Part] = &[Part::Apt, Part::BpfLinker, Part::Venv];
+    /// What `cargo xtask kernels` uses: the eBPF toolchain, qemu and busybox.
+    pub const KERNELS: &[Part] = &[Part::Apt, Part::BpfLinker, Part::Qemu];
 
     /// The Debian packages this part needs.
     pub fn apt_packages(self) -> &'static [&'static str] {
@@ -87,6 +91,8 @@ impl Part {
             // secantus-mdb builds WiredTiger with them.
             Part::SecantusdRs => &["cmake", "ninja-build"],
             Part::TestTools => &["iproute2", "openssl", "prometheus"],
+            // No cpio binary on Debian's base image; busybox's builds the initramfs.
+            Part::Qemu => &["qemu-system-x86", "busybox-static"],
         }
     }
 }

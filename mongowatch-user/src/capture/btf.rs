@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Btf, Type};
-use mongowatch_common::KernelOffsets;
+use mongowatch_common::{KernelOffsets, SocketPathOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -44,6 +44,37 @@ pub fn kernel_offsets_from(btf: &Btf) -> Result<KernelOffsets> {
     })
 }
 
+/// The offsets the rungs below the socket tracepoints need (see `SocketPathOffsets`).
+pub fn socket_path_offsets_from(btf: &Btf) -> Result<SocketPathOffsets> {
+    // `struct file`'s reference count was an atomic_long_t `f_count` (1 = one reference) until
+    // Linux 6.13 made it a file_ref_t `f_ref` (0 = one reference).
+    let (file_count, file_count_one) = match field_offset(btf, "file", &["f_count"]) {
+        Ok(off) => (off, 1),
+        Err(_) => (field_offset(btf, "file", &["f_ref", "refcnt"])?, 0),
+    };
+    Ok(SocketPathOffsets {
+        task_files: field_offset(btf, "task_struct", &["files"])?,
+        files_fdt: field_offset(btf, "files_struct", &["fdt"])?,
+        fdtable_max_fds: field_offset(btf, "fdtable", &["max_fds"])?,
+        fdtable_fd: field_offset(btf, "fdtable", &["fd"])?,
+        file_inode: field_offset(btf, "file", &["f_inode"])?,
+        file_private_data: field_offset(btf, "file", &["private_data"])?,
+        file_count,
+        file_count_one,
+        inode_mode: field_offset(btf, "inode", &["i_mode"])?,
+        inode_ino: field_offset(btf, "inode", &["i_ino"])?,
+        socket_sk: field_offset(btf, "socket", &["sk"])?,
+        socket_inode: field_offset(btf, "socket_alloc", &["vfs_inode"])?,
+        valid: 1,
+    })
+}
+
+/// Whether the kernel has a (not inlined) function `name`: BTF lists those only.
+pub fn has_function(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(name)
+        .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+}
+
 /// What the kernel programs need of the kernel, as its BTF tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelFeatures {
@@ -53,6 +84,8 @@ pub struct KernelFeatures {
     pub bpf_loop: bool,
     /// BPF ring buffers (Linux 5.8).
     pub ring_buffer: bool,
+    /// The `bpf_task_pt_regs` helper (Linux 5.15), with which every rung finds the buffers.
+    pub task_pt_regs: bool,
 }
 
 impl KernelFeatures {
@@ -65,6 +98,7 @@ impl KernelFeatures {
                 && has_type(btf, "btf_trace_sock_recv_length"),
             bpf_loop: has_enum_value(btf, "bpf_func_id", "BPF_FUNC_loop"),
             ring_buffer: has_enum_value(btf, "bpf_map_type", "BPF_MAP_TYPE_RINGBUF"),
+            task_pt_regs: has_enum_value(btf, "bpf_func_id", "BPF_FUNC_task_pt_regs"),
         }
     }
 }
@@ -242,8 +276,17 @@ mod tests {
             KernelFeatures {
                 sock_length_tracepoints: true,
                 bpf_loop: true,
-                ring_buffer: true
+                ring_buffer: true,
+                task_pt_regs: true,
             }
+        );
+        // The socket-layer functions the fentry and kprobe rungs hook.
+        for function in crate::capture::ladder::SOCKET_FUNCTIONS {
+            assert!(has_function(&btf, function.name), "{}", function.name);
+        }
+        assert!(
+            !has_function(&btf, "sock_send_length"),
+            "a tracepoint, not a function"
         );
         // sk, ret, flags
         assert_eq!(tracepoint_args(&btf, "sock_send_length"), Some(3));
@@ -260,6 +303,22 @@ mod tests {
             "bpf_func_id",
             "BPF_FUNC_no_such_helper"
         ));
+    }
+
+    /// The syscall rung's walk from a descriptor to its socket: offsets that cannot be zero,
+    /// and 6.13's `f_ref` (this kernel is newer) counting from 0.
+    #[test]
+    fn socket_path_offsets_of_this_kernel() {
+        let Some(path) = this_kernel_btf() else {
+            return;
+        };
+        let off = socket_path_offsets_from(&read_btf(path).unwrap()).expect("offsets");
+        assert!(off.task_files > 0 && off.fdtable_fd > 0 && off.file_private_data > 0);
+        assert!(off.inode_ino > off.inode_mode);
+        // struct socket_alloc { struct socket socket; struct inode vfs_inode; }
+        assert!(off.socket_inode > off.socket_sk);
+        assert_eq!(off.file_count_one, 0);
+        assert_eq!(off.valid, 1);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Capture: loads the kernel programs, reads their events, keeps the watched set.
-//! `probes` and `tls` (the TLS library probes) are the only modules that touch the kernel
-//! (and `ring_fill`, which reads the ring's position counters); the rest is pure code.
+//! `probes`, `ladder` and `tls` (the TLS library probes) are the only modules that touch the
+//! kernel (and `ring_fill`, which reads the ring's position counters); the rest is pure code.
 pub mod btf;
 pub mod cgroup;
 pub mod clock;
 pub mod events;
+pub mod ladder;
 pub mod probes;
 pub mod processes;
 pub mod procfs;

@@ -13,20 +13,25 @@ use mongowatch_common::{
     MAP_EVENTS, MAP_EXCLUDED, MAP_PORTS, MAP_SCRATCH, MAP_WATCHED, MAX_CANDIDATES, MAX_CONNS,
     SCRATCH_SLOTS,
 };
+use tracing::{info, warn};
 
-use super::select::KernelSelection;
-
-use super::btf::{kernel_offsets_from, read_btf, tracepoint_args, KernelFeatures, VMLINUX_BTF};
+use super::{
+    btf::{
+        kernel_offsets_from, read_btf, socket_path_offsets_from, tracepoint_args, KernelFeatures,
+        VMLINUX_BTF,
+    },
+    ladder::{self, CapturePath},
+    select::KernelSelection,
+};
 
 /// The object built from `mongowatch-ebpf` (empty when built without the eBPF toolchain).
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mongowatch-ebpf.o"));
 
-/// The programs and the tracepoints they attach to. All are BTF tracepoints: they cost a
-/// direct call, not a trip through the perf buffer of a classic tracepoint.
+/// The lifecycle programs every capture path uses, and the tracepoints they attach to. All are
+/// BTF tracepoints: they cost a direct call, not a trip through the perf buffer of a classic
+/// tracepoint. The data programs depend on the capture path (`ladder`).
 const PROGRAMS: &[(&str, &str)] = &[
-    ("sock_send_length", "sock_send_length"),
-    ("sock_recv_length", "sock_recv_length"),
     ("inet_sock_set_state", "inet_sock_set_state"),
     ("sched_process_fork", "sched_process_fork"),
     ("sched_process_exit", "sched_process_exit"),
@@ -74,6 +79,7 @@ pub struct Probes {
     /// Processes the kernel's own selection must skip (see `select`).
     excluded: Array<MapData, u64>,
     counters: PerCpuArray<MapData, Counters>,
+    path: CapturePath,
 }
 
 /// Checks what mongowatch needs before trying to load anything, so a user gets one clear
@@ -117,16 +123,12 @@ pub struct TooOld {
 }
 
 /// Decides from what the kernel has whether the programs can load: every missing feature is
-/// named with the kernel version that brought it.
+/// named with the kernel version that brought it. (The socket tracepoints and `bpf_loop` are
+/// not needed: the capture ladder has rungs without them.)
 pub fn check_features(have: &KernelFeatures, release: &str) -> Result<(), TooOld> {
     // Newest first: the first missing one is the version to ask for.
     let needs = [
-        (
-            have.sock_length_tracepoints,
-            "the tracepoints sock/sock_send_length and sock/sock_recv_length",
-            "6.3",
-        ),
-        (have.bpf_loop, "the bpf_loop helper", "5.17"),
+        (have.task_pt_regs, "the bpf_task_pt_regs helper", "5.15"),
         (have.ring_buffer, "BPF ring buffers", "5.8"),
     ];
     let missing: Vec<_> = needs.iter().filter(|(has, ..)| !has).collect();
@@ -169,15 +171,19 @@ fn has_bpf_privileges() -> bool {
 }
 
 impl Probes {
-    /// Loads the programs with the running kernel's struct offsets and attaches them.
-    /// Returns the probes and the ring buffer to read events from.
+    /// Loads the programs with the running kernel's struct offsets and attaches them, on the
+    /// best capture path the kernel offers (or `forced`). Returns the probes and the ring
+    /// buffer to read events from.
     pub fn load(
         server_ports: &[u16],
         selection: &KernelSelection,
+        forced: Option<CapturePath>,
     ) -> Result<(Self, RingBuf<MapData>)> {
         preflight()?;
         raise_memlock();
         let kernel_btf = read_btf(Path::new(VMLINUX_BTF))?;
+        let offer = ladder::probe(&kernel_btf, &KernelFeatures::read(&kernel_btf));
+        let candidates = offer.candidates(forced)?;
         let config = Config {
             offsets: kernel_offsets_from(&kernel_btf)?,
             // Recent kernels pass `group_dead` to sched_process_exit; on older ones the
@@ -187,6 +193,12 @@ impl Probes {
             ),
             select: selection.select,
             cgroup_levels: selection.cgroup_levels,
+            // Only the rungs below the socket tracepoints read these; a kernel whose layout
+            // lacks one can still use the socket tracepoints.
+            socket_path: socket_path_offsets_from(&kernel_btf).unwrap_or_else(|e| {
+                tracing::debug!("no offsets for the fallback capture paths: {e:#}");
+                Default::default()
+            }),
         };
         // One scratch entry per possible CPU (the programs index it by the running CPU).
         let cpus = aya::util::nr_cpus()
@@ -218,6 +230,39 @@ impl Probes {
                 .attach()
                 .with_context(|| format!("attaching {name} to tracepoint {tracepoint}"))?;
         }
+        let mut path = None;
+        let mut failures = Vec::new();
+        for candidate in candidates {
+            if candidate != CapturePath::SockTracepoints && config.socket_path.valid == 0 {
+                failures.push(format!(
+                    "{candidate}: the kernel's BTF lacks a field it reads"
+                ));
+                continue;
+            }
+            match ladder::attach(&mut ebpf, candidate, &btf, &offer) {
+                Ok(()) => {
+                    path = Some(candidate);
+                    break;
+                }
+                Err(e) => {
+                    warn!("capture path {candidate} failed, trying the next: {e:#}");
+                    failures.push(format!("{candidate}: {e:#}"));
+                }
+            }
+        }
+        let Some(path) = path else {
+            bail!(
+                "no capture path could be attached ({})",
+                failures.join("; ")
+            );
+        };
+        info!(
+            capture_path = %path,
+            offered = ?offer.paths().iter().map(|p| p.name()).collect::<Vec<_>>(),
+            bpf_loop = offer.bpf_loop,
+            forced = forced.is_some(),
+            "capture path chosen"
+        );
         let mut ports: HashMap<_, u16, u8> =
             HashMap::try_from(ebpf.map_mut(MAP_PORTS).context("map PORTS missing")?)?;
         for port in server_ports {
@@ -249,6 +294,7 @@ impl Probes {
                 watched,
                 excluded,
                 counters,
+                path,
             },
             ring,
         ))
@@ -275,6 +321,11 @@ impl Probes {
             .take(2 * max as usize)
             .filter(Result::is_ok)
             .count() as u64
+    }
+
+    /// The capture path in use.
+    pub fn capture_path(&self) -> CapturePath {
+        self.path
     }
 
     /// Starts copying the bytes of process `pid` (and, from now on, of its children). Also
@@ -357,6 +408,7 @@ mod tests {
         sock_length_tracepoints: true,
         bpf_loop: true,
         ring_buffer: true,
+        task_pt_regs: true,
     };
 
     #[test]
@@ -364,20 +416,16 @@ mod tests {
         assert_eq!(check_features(&ALL, "6.18.0"), Ok(()));
     }
 
+    /// 6.1 has no socket tracepoints, 5.15 no bpf_loop: both load (on a lower rung, with the
+    /// bounded copy loop on 5.15).
     #[test]
-    fn a_6_1_kernel_is_told_it_needs_6_3() {
+    fn kernels_without_the_socket_tracepoints_or_bpf_loop_pass() {
         let have = KernelFeatures {
             sock_length_tracepoints: false,
+            bpf_loop: false,
             ..ALL
         };
-        let err = check_features(&have, "6.1.0-13-amd64").unwrap_err();
-        assert_eq!(err.needed, "6.3");
-        assert_eq!(
-            err.to_string(),
-            "this kernel (6.1.0-13-amd64) is too old for mongowatch: it lacks the tracepoints \
-             sock/sock_send_length and sock/sock_recv_length (Linux 6.3); mongowatch needs \
-             Linux 6.3 or newer"
-        );
+        assert_eq!(check_features(&have, "5.15.0-91-generic"), Ok(()));
     }
 
     #[test]
@@ -386,28 +434,22 @@ mod tests {
             sock_length_tracepoints: false,
             bpf_loop: false,
             ring_buffer: false,
+            task_pt_regs: false,
         };
         let err = check_features(&have, "5.4.0").unwrap_err();
         assert_eq!(
             err.missing,
             vec![
-                "the tracepoints sock/sock_send_length and sock/sock_recv_length (Linux 6.3)",
-                "the bpf_loop helper (Linux 5.17)",
+                "the bpf_task_pt_regs helper (Linux 5.15)",
                 "BPF ring buffers (Linux 5.8)",
             ]
         );
-        assert_eq!(err.needed, "6.3");
-        // A kernel with the tracepoints has the rest (they came later), but the check does not
-        // rely on it.
-        let have = KernelFeatures {
-            bpf_loop: false,
-            ..ALL
-        };
-        let err = check_features(&have, "x").unwrap_err();
-        assert_eq!(err.needed, "5.17");
-        assert!(
-            err.to_string().contains("bpf_loop helper (Linux 5.17)"),
-            "{err}"
+        assert_eq!(err.needed, "5.15");
+        assert_eq!(
+            err.to_string(),
+            "this kernel (5.4.0) is too old for mongowatch: it lacks the bpf_task_pt_regs \
+             helper (Linux 5.15), BPF ring buffers (Linux 5.8); mongowatch needs Linux 5.15 or \
+             newer"
         );
     }
 }

@@ -29,6 +29,7 @@ use crate::{
     capture::{
         clock::Clock,
         events::{self, Event},
+        ladder::CapturePath,
         probes::{KernelCounters, Probes},
         processes::Processes,
         procfs,
@@ -66,6 +67,8 @@ pub struct Options {
     pub hooks: Hooks,
     /// Processes watched besides `pids` (`--all`, `--comm`, `--cgroup`, ...).
     pub selection: Selection,
+    /// Use this capture path rather than the best one the kernel offers.
+    pub capture_path: Option<CapturePath>,
 }
 
 /// Callbacks for those who report on the daemon (health, metrics); the pipeline knows
@@ -116,7 +119,8 @@ pub fn run(mut opts: Options) -> Result<Report> {
     if let (OutletKind::Audit(auditor), Some(tap)) = (&mut outlet.kind, opts.hooks.record.take()) {
         auditor.set_observer(tap);
     }
-    let (mut probes, ring) = Probes::load(&opts.ports, &opts.selection.kernel())?;
+    let (mut probes, ring) =
+        Probes::load(&opts.ports, &opts.selection.kernel(), opts.capture_path)?;
     // The daemon's own sockets (an API client, an OTLP exporter) are never audited.
     probes.exclude(std::process::id(), true);
     let ring_fill = RingFill::new(
@@ -169,6 +173,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         attached(true);
     }
     info!(pids = ?opts.pids, processes = processes.len(), "watching");
+    let probes_path = probes.capture_path().name();
     let node = origin::node_name();
     let mut conns = Connections::new(
         Clock::now(),
@@ -193,6 +198,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         last_counters: KernelCounters::default(),
         capture: CaptureStats {
             ring_size_bytes: u64::from(mongowatch_common::RING_SIZE),
+            path: probes_path,
             ..CaptureStats::default()
         },
         hooks: opts.hooks,

@@ -46,6 +46,8 @@ impl Stats {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CaptureStats {
+    /// The capture path in use (`sock-tracepoints`, `fentry`, `kprobes`, `syscalls`).
+    pub path: &'static str,
     /// Ring buffer records read, and those that did not parse (dropped, each logged).
     pub ring_records: u64,
     pub malformed_records: u64,

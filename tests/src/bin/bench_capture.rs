@@ -8,7 +8,9 @@
 //!
 //! Runs alternate (without and with, in ABBA order) and the medians are compared, so a noisy
 //! machine shifts both sides alike. Prints a table and one JSON line. `BENCH_OPS` sets the
-//! workload's size (default 2000); `BENCH_ONLY=unwatched` runs part 2 alone.
+//! workload's size (default 2000); `BENCH_ONLY=unwatched` runs part 2 alone. Part 2 runs on
+//! each capture path in `BENCH_PATHS` (comma-separated, default `sock-tracepoints,syscalls`:
+//! those a 6.3+ kernel without kprobes or fentry offers), side by side in the same rounds.
 
 use std::{
     io::{Read, Write},
@@ -36,12 +38,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// An idle process for mongowatch to watch while the unwatched measurements run.
-fn idle_watch() -> Result<(ChildGuard, Mongowatch)> {
+fn idle_watch(path: &str) -> Result<(ChildGuard, Mongowatch)> {
     let idle = ChildGuard::spawn(
         "idle",
         Command::new("sleep").arg("3600").stdin(Stdio::null()),
     )?;
-    let mut mw = Mongowatch::watch_pid(idle.pid(), &[])?;
+    let mut mw = Mongowatch::watch_pid(idle.pid(), &["--capture-path", path])?;
     mw.wait_for_stderr("watching", Duration::from_secs(60))?;
     Ok((idle, mw))
 }
@@ -174,26 +176,35 @@ fn main() -> Result<()> {
         (median(without), median(with))
     };
 
-    // 2. Unwatched processes, with mongowatch watching something else.
-    let (mut dd0, mut dd1, mut tcp0, mut tcp1, mut ux0, mut ux1) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    // 2. Unwatched processes, with mongowatch watching something else, on each capture path.
+    let paths: Vec<String> = std::env::var("BENCH_PATHS")
+        .unwrap_or_else(|_| "sock-tracepoints,syscalls".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let (mut dd0, mut tcp0, mut ux0) = (vec![], vec![], vec![]);
+    let mut with: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); paths.len()];
     for round in 0..ROUNDS {
         dd0.push(dd_secs()?);
         tcp0.push(tcp_ping_pong(trips)?);
         ux0.push(unix_ping_pong(trips)?);
-        let (_idle, mut mw) = idle_watch()?;
-        dd1.push(dd_secs()?);
-        tcp1.push(tcp_ping_pong(trips)?);
-        ux1.push(unix_ping_pong(trips)?);
-        mw.stop()?;
         eprintln!(
-            "round {round}: dd {:.3}s/{:.3}s, tcp {:.0}/{:.0} rt/s, unix {:.0}/{:.0} rt/s",
-            dd0[round], dd1[round], tcp0[round], tcp1[round], ux0[round], ux1[round]
+            "round {round}: without: dd {:.3}s, tcp {:.0} rt/s, unix {:.0} rt/s",
+            dd0[round], tcp0[round], ux0[round]
         );
+        for (path, (dd1, tcp1, ux1)) in paths.iter().zip(with.iter_mut()) {
+            let (_idle, mut mw) = idle_watch(path)?;
+            dd1.push(dd_secs()?);
+            tcp1.push(tcp_ping_pong(trips)?);
+            ux1.push(unix_ping_pong(trips)?);
+            mw.stop()?;
+            eprintln!(
+                "round {round}: {path}: dd {:.3}s, tcp {:.0} rt/s, unix {:.0} rt/s",
+                dd1[round], tcp1[round], ux1[round]
+            );
+        }
     }
-    let dd = (median(dd0), median(dd1));
-    let tcp = (median(tcp0), median(tcp1));
-    let ux = (median(ux0), median(ux1));
+    let base = (median(dd0), median(tcp0), median(ux0));
 
     println!("capture cost (medians of {ROUNDS} alternating rounds)");
     println!(
@@ -201,27 +212,33 @@ fn main() -> Result<()> {
         py.0, py.1, py.1 / py.0
     );
     println!(
-        "  unwatched dd (2M x 64 B):     {:.3} s without, {:.3} s with -> ratio {:.3} (goal 1.00)",
-        dd.0,
-        dd.1,
-        dd.0 / dd.1
+        "  unwatched, without mongowatch: dd (2M x 64 B) {:.3} s, TCP ping-pong {:.0} rt/s, unix ping-pong {:.0} rt/s",
+        base.0, base.1, base.2
     );
-    println!(
-        "  unwatched TCP ping-pong:      {:.0} rt/s without, {:.0} with -> ratio {:.3} (goal >= 0.95)",
-        tcp.0, tcp.1, tcp.1 / tcp.0
-    );
-    println!(
-        "  unwatched unix ping-pong:     {:.0} rt/s without, {:.0} with -> ratio {:.3} (goal >= 0.95)",
-        ux.0, ux.1, ux.1 / ux.0
-    );
+    let mut per_path = serde_json::Map::new();
+    for (path, (dd1, tcp1, ux1)) in paths.iter().zip(with) {
+        let (dd, tcp, ux) = (median(dd1), median(tcp1), median(ux1));
+        println!(
+            "  unwatched, mongowatch on {path:<17} dd ratio {:.3} (goal 1.00), TCP ping-pong {:.3}, unix ping-pong {:.3} (goals >= 0.95)",
+            base.0 / dd,
+            tcp / base.1,
+            ux / base.2
+        );
+        per_path.insert(
+            path.clone(),
+            json!({
+                "dd_secs": {"without": base.0, "with": dd, "ratio": base.0 / dd},
+                "tcp_ping_pong_rt_per_sec": {"without": base.1, "with": tcp, "ratio": tcp / base.1},
+                "unix_ping_pong_rt_per_sec": {"without": base.2, "with": ux, "ratio": ux / base.2},
+            }),
+        );
+    }
     println!(
         "{}",
         json!({
             "pymongo_ops_per_sec": {"without": py.0, "with": py.1, "ratio": py.1 / py.0},
             "events_lost": lost,
-            "dd_secs": {"without": dd.0, "with": dd.1, "ratio": dd.0 / dd.1},
-            "tcp_ping_pong_rt_per_sec": {"without": tcp.0, "with": tcp.1, "ratio": tcp.1 / tcp.0},
-            "unix_ping_pong_rt_per_sec": {"without": ux.0, "with": ux.1, "ratio": ux.1 / ux.0},
+            "unwatched_by_capture_path": per_path,
         })
     );
     Ok(())
