@@ -2,8 +2,11 @@
 //! the main CLI flattens, and the same keys in a TOML config file. The command line wins over
 //! the file, the file over the defaults. See `mongowatch.example.toml`.
 
+mod output;
+
 use std::path::{Path, PathBuf};
 
+pub use output::{OutputConfig, OutputKey, OutputKind, OutputTable, OutputTarget, DEFAULT_QUEUE};
 use serde::Deserialize;
 
 use crate::{
@@ -100,9 +103,16 @@ pub struct AuditArgs {
     #[arg(long, value_name = "TEMPLATE")]
     pub template: Option<String>,
 
-    /// Append records to FILE (created with mode 0600) instead of stdout.
+    /// Append records to FILE (created with mode 0600) instead of stdout. (In the config
+    /// file, `[[output]]` tables set several outputs at once instead.)
     #[arg(short = 'o', long = "output", value_name = "FILE")]
+    #[serde(skip)]
     pub output: Option<PathBuf>,
+
+    /// The file's `output` key: a path (read into `output`) or `[[output]]` tables.
+    #[arg(skip)]
+    #[serde(rename = "output")]
+    pub file_output: Option<OutputKey>,
 
     /// Rotate the output file when it passes SIZE bytes (suffixes K, M, G).
     #[arg(long, value_name = "SIZE")]
@@ -176,10 +186,15 @@ impl AuditArgs {
     /// such as `timout = 5` must not leave the default silently in force); the message names the
     /// key, its line and `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut args: AuditArgs = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_string(),
-        })
+        })?;
+        if let Some(OutputKey::Path(p)) = &args.file_output {
+            args.output = Some(p.clone());
+            args.file_output = None;
+        }
+        Ok(args)
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -198,6 +213,7 @@ impl AuditArgs {
             fields: self.fields.or(file.fields),
             template: self.template.or(file.template),
             output: self.output.or(file.output),
+            file_output: self.file_output.or(file.file_output),
             rotate_size: self.rotate_size.or(file.rotate_size),
             rotate_keep: self.rotate_keep.or(file.rotate_keep),
             filter: self.filter.or(file.filter),
@@ -212,15 +228,43 @@ impl AuditArgs {
         }
     }
 
-    /// Command line + config file (when `--config` names one), unchecked.
+    /// Command line + config file (when `--config` names one), unchecked but for one rule:
+    /// with `[[output]]` tables, the options of a single output (on the command line or at the
+    /// top of the file) are an error, since they could mean any of the tables.
     pub fn merged(self) -> Result<AuditArgs, ConfigError> {
-        Ok(match &self.config {
+        let merged = match &self.config {
             Some(path) => {
                 let file = AuditArgs::from_file(path)?;
                 self.or(file)
             }
             None => self,
-        })
+        };
+        if let Some(key) = merged.single_output_options_set().first() {
+            return Err(ConfigError::Invalid(format!(
+                "`{key}` with [[output]] tables: set it in each table that needs it"
+            )));
+        }
+        Ok(merged)
+    }
+
+    /// With `[[output]]` tables: the single-output options also set, by their file names.
+    fn single_output_options_set(&self) -> Vec<&'static str> {
+        if !matches!(self.file_output, Some(OutputKey::Tables(_))) {
+            return Vec::new();
+        }
+        let set = [
+            ("format", self.format.is_some()),
+            ("fields", self.fields.is_some()),
+            ("template", self.template.is_some()),
+            ("output", self.output.is_some()),
+            ("rotate-size", self.rotate_size.is_some()),
+            ("rotate-keep", self.rotate_keep.is_some()),
+            ("filter", self.filter.is_some()),
+            ("mask", self.mask.is_some()),
+            ("ops", self.ops.is_some()),
+            ("db", self.db.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect()
     }
 
     /// Command line + config file (when `--config` names one) + defaults, checked.
@@ -244,12 +288,16 @@ impl AuditArgs {
             self.delay.is_some(),
             self.include_heartbeats.is_some(),
         ];
-        RECORD_OPTIONS
+        let mut keys: Vec<&'static str> = RECORD_OPTIONS
             .iter()
             .zip(set)
             .filter(|(_, on)| *on)
             .map(|(key, _)| *key)
-            .collect()
+            .collect();
+        if matches!(self.file_output, Some(OutputKey::Tables(_))) {
+            keys.push("[[output]]");
+        }
+        keys
     }
 }
 
@@ -287,6 +335,8 @@ pub struct AuditConfig {
     pub include_heartbeats: bool,
     /// Bytes the stream buffers of all connections may hold together.
     pub memory_budget: usize,
+    /// The `[[output]]` tables; empty: the single output the fields above describe.
+    pub outputs: Vec<OutputConfig>,
 }
 
 impl Default for AuditConfig {
@@ -309,6 +359,7 @@ impl Default for AuditConfig {
             delay_secs: 0.0,
             include_heartbeats: false,
             memory_budget: crate::stream::DEFAULT_MEMORY_BUDGET,
+            outputs: Vec::new(),
         }
     }
 }
@@ -348,40 +399,18 @@ impl TryFrom<AuditArgs> for AuditConfig {
 
     fn try_from(a: AuditArgs) -> Result<Self, ConfigError> {
         let d = AuditConfig::default();
-        let format = match (a.format, &a.template) {
-            (None, Some(_)) => Format::Template,
-            (Some(f), Some(_)) if f != Format::Template => {
-                return Err(ConfigError::Invalid(
-                    "--template needs --format template (or no --format)".into(),
-                ))
-            }
-            (f, _) => f.unwrap_or_default(),
-        };
-        if a.output.is_none() && (a.rotate_size.is_some() || a.rotate_keep.is_some()) {
-            return Err(ConfigError::Invalid(
-                "--rotate-size and --rotate-keep need -o FILE".into(),
-            ));
-        }
-        if a.rotate_size == Some(ByteSize(0)) {
-            return Err(ConfigError::Invalid(
-                "--rotate-size must be more than 0".into(),
-            ));
-        }
-        if a.rotate_keep == Some(0) {
-            return Err(ConfigError::Invalid(
-                "--rotate-keep must be at least 1".into(),
-            ));
-        }
+        let format = output::resolve_format(a.format, &a.template)?;
         let memory_budget = a.memory_budget()?;
+        let output = output::resolve_spec(a.output, a.rotate_size, a.rotate_keep)?;
+        let outputs = match a.file_output {
+            Some(OutputKey::Tables(t)) => output::resolve_tables(t)?,
+            _ => Vec::new(),
+        };
         let cfg = AuditConfig {
             format,
             fields: a.fields,
             template: a.template,
-            output: OutputSpec {
-                path: a.output,
-                rotate_size: a.rotate_size.map(|b| b.0),
-                rotate_keep: a.rotate_keep.unwrap_or(d.output.rotate_keep),
-            },
+            output,
             filter: a.filter,
             mask: a.mask.unwrap_or(d.mask),
             ops: a.ops,
@@ -391,6 +420,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             delay_secs: secs_ok("delay", a.delay.unwrap_or(d.delay_secs), true)?,
             include_heartbeats: a.include_heartbeats.unwrap_or(d.include_heartbeats),
             memory_budget,
+            outputs,
         };
         // Fail at startup, not on the first record.
         cfg.formatter()?;
@@ -400,6 +430,31 @@ impl TryFrom<AuditArgs> for AuditConfig {
 }
 
 impl AuditConfig {
+    /// Every output: the `[[output]]` tables, or the single one the shorthand describes.
+    pub fn output_configs(&self) -> Vec<OutputConfig> {
+        if !self.outputs.is_empty() {
+            return self.outputs.clone();
+        }
+        vec![OutputConfig {
+            name: self
+                .output
+                .path
+                .as_ref()
+                .map_or("stdout".to_owned(), |p| p.display().to_string()),
+            target: OutputTarget::Lines {
+                spec: self.output.clone(),
+                format: self.format,
+                fields: self.fields.clone(),
+                template: self.template.clone(),
+            },
+            filter: self.filter.clone(),
+            mask: self.mask,
+            ops: self.ops.clone(),
+            db: self.db.clone(),
+            queue: DEFAULT_QUEUE,
+        }]
+    }
+
     pub fn formatter(&self) -> Result<Formatter, crate::sink::SinkError> {
         Formatter::new(
             self.format,

@@ -1,17 +1,19 @@
-//! The audit half of the pipeline: ops inputs -> the ops tracker -> delay queue -> filter ->
-//! sink. Each of those layers returns values; this is where they are wired together.
+//! The audit half of the pipeline: ops inputs -> the ops tracker -> delay queue -> the
+//! outputs (each with its filter and sink, [`super::outputs`]). Each of those layers returns
+//! values; this is where they are wired together.
 
-use std::io::Write;
+use std::{collections::BTreeMap, io::Write};
 
 use serde::Serialize;
 
+use super::outputs::{OutputPlan, OutputStats, Outputs, CLOSE_DEADLINE};
 use crate::{
     config::AuditConfig,
-    filter::{RateCounter, RateSummary, RecordFilter, Verdict},
+    filter::{RateCounter, RateSummary},
     ops::{Emit, Input, OpsStats, Tracker, TrackerConfig},
     queue::{QueueConfig, QueueStats, WatchQueue},
     record::{Record, WatchIds},
-    sink::{open_output, Output, Sink, SinkError},
+    sink::{Output, Sink, SinkError},
     wire::Exchange,
 };
 
@@ -23,9 +25,15 @@ pub enum AuditError {
     Filter(#[from] crate::filter::FilterError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error("starting an output's thread: {0}")]
+    Thread(std::io::Error),
+    /// Every output has failed; each failure was said when it happened.
+    #[error("no output can be written any more ({0})")]
+    OutputsFailed(String),
 }
 
-/// Counters for a stats line.
+/// Counters for a stats line. The record counts are summed over the outputs (each output's
+/// own are in [`super::Stats::outputs`]).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct AuditStats {
     pub records_written: u64,
@@ -35,6 +43,8 @@ pub struct AuditStats {
     pub filter_errors: u64,
     /// Records that could not be written.
     pub write_errors: u64,
+    /// Records dropped because an output's queue was full.
+    pub records_dropped: u64,
     pub rate_summaries: u64,
     pub open_operations: usize,
     pub ops: OpsStats,
@@ -44,8 +54,7 @@ pub struct AuditStats {
 pub struct Auditor {
     tracker: Tracker,
     queue: WatchQueue,
-    filter: RecordFilter,
-    sink: Sink,
+    outputs: Outputs,
     rate: Option<RateCounter>,
     rate_out: Box<dyn Write + Send>,
     stats: AuditStats,
@@ -78,27 +87,48 @@ fn secs_to_ns(s: f64) -> u64 {
 }
 
 impl Auditor {
-    /// Opens the configured output (stdout or `-o FILE`); rate summaries go to stderr.
+    /// Opens the configured outputs (stdout, `-o FILE`, or the `[[output]]` tables), each
+    /// with its own worker thread; rate summaries go to stderr.
     pub fn new(config: &AuditConfig) -> Result<Self, AuditError> {
-        let out = open_output(&config.output)?;
-        Self::with_output(
+        let plans = config
+            .output_configs()
+            .iter()
+            .map(OutputPlan::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::with_outputs(
             config,
-            out,
+            Outputs::spawn(plans)?,
             Box::new(std::io::stderr()),
             WatchIds::new(WatchIds::unique_for_this_run()),
         )
     }
 
-    /// Like [`Auditor::new`] with the record output, the rate summary output and the WatchID
-    /// source given (tests, or a daemon that routes them itself).
+    /// Like [`Auditor::new`] with one output (the shorthand's format and filter, written to
+    /// `out` on the caller's thread), the rate summary output and the WatchID source given
+    /// (tests, or a daemon that routes them itself).
     pub fn with_output(
         config: &AuditConfig,
         out: Output,
         rate_out: Box<dyn Write + Send>,
         ids: WatchIds,
     ) -> Result<Self, AuditError> {
-        let formatter = config.formatter()?;
-        let filter = config.record_filter()?;
+        let single = AuditConfig {
+            outputs: Vec::new(),
+            ..config.clone()
+        };
+        let cfg = &single.output_configs()[0];
+        let sink = Sink::new(config.formatter()?, out);
+        let plan = OutputPlan::with_writer(cfg, Box::new(sink))?;
+        Self::with_outputs(config, Outputs::inline(vec![plan]), rate_out, ids)
+    }
+
+    /// With the outputs given.
+    pub fn with_outputs(
+        config: &AuditConfig,
+        outputs: Outputs,
+        rate_out: Box<dyn Write + Send>,
+        ids: WatchIds,
+    ) -> Result<Self, AuditError> {
         let tracker = Tracker::new(
             TrackerConfig {
                 include_heartbeats: config.include_heartbeats,
@@ -113,8 +143,7 @@ impl Auditor {
         Ok(Self {
             tracker,
             queue,
-            filter,
-            sink: Sink::new(formatter, out),
+            outputs,
             rate: config.rate.map(RateCounter::new),
             rate_out,
             stats: AuditStats::default(),
@@ -122,8 +151,9 @@ impl Auditor {
         })
     }
 
-    /// Feeds one input (in time order). Records that are due are written before it returns.
-    /// An error means records could not be written (they are counted in `write_errors`).
+    /// Feeds one input (in time order). Records that are due are handed to the outputs before
+    /// it returns. An error means no output can write any more (what they could not write is
+    /// counted in `write_errors`).
     pub fn handle(&mut self, input: Input) -> Result<(), AuditError> {
         let now = input_time(&input).max(self.queue.now_ns());
         self.emits.clear();
@@ -147,17 +177,38 @@ impl Auditor {
     pub fn shutdown(&mut self, now_ns: u64) -> Result<(), AuditError> {
         let now = now_ns.max(self.queue.now_ns());
         let rest = self.queue.flush_all(now);
-        let mut result = self.write_records(rest, now);
+        self.write_records(rest, now)?;
         if let Some(summary) = self.rate.as_mut().and_then(|r| r.flush(now)) {
-            result = result.and(self.write_rate(&summary));
+            self.write_rate(&summary)?;
         }
-        result.and(self.sink.flush().map_err(AuditError::from))
+        self.outputs.close(CLOSE_DEADLINE);
+        self.outputs_ok()
+    }
+
+    /// Each output's counters, by name.
+    pub fn output_stats(&self) -> BTreeMap<String, OutputStats> {
+        self.outputs.stats()
+    }
+
+    fn outputs_ok(&self) -> Result<(), AuditError> {
+        if self.outputs.all_failed() {
+            return Err(AuditError::OutputsFailed(
+                self.outputs.failure().unwrap_or_default(),
+            ));
+        }
+        Ok(())
     }
 
     /// Counters so far.
     pub fn stats(&self) -> AuditStats {
         let mut s = self.stats.clone();
-        s.filter_errors = self.filter.errors();
+        for o in self.outputs.stats().values() {
+            s.records_written += o.written;
+            s.records_filtered += o.filtered;
+            s.filter_errors += o.filter_errors;
+            s.write_errors += o.failed;
+            s.records_dropped += o.dropped;
+        }
         s.open_operations = self.tracker.open_operations();
         s.ops = self.tracker.stats().clone();
         s.queue = self.queue.stats().clone();
@@ -180,36 +231,17 @@ impl Auditor {
             .map_err(|e| AuditError::Sink(SinkError::Write(e)))
     }
 
+    /// Hands the records to every output (each filters, masks and writes them on its own);
+    /// the rate summary counts them all, before any output's filter.
     fn write_records(&mut self, records: Vec<Record>, now: u64) -> Result<(), AuditError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut first_err = None;
-        for mut r in records {
-            if self.filter.check(&r) == Verdict::Drop {
-                self.stats.records_filtered += 1;
-                continue;
-            }
+        if !records.is_empty() {
             if let Some(rate) = self.rate.as_mut() {
-                rate.observe(&r, now);
-            }
-            self.filter.mask(&mut r);
-            match self.sink.write(&r) {
-                Ok(()) => self.stats.records_written += 1,
-                Err(e) => {
-                    self.stats.write_errors += 1;
-                    if first_err.is_none() {
-                        first_err = Some(e);
-                    }
+                for r in &records {
+                    rate.observe(r, now);
                 }
             }
+            self.outputs.send(records);
         }
-        if let Err(e) = self.sink.flush() {
-            first_err.get_or_insert(e);
-        }
-        match first_err {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        self.outputs_ok()
     }
 }

@@ -4,6 +4,7 @@
 
 mod format;
 pub mod messages;
+mod writer;
 
 use std::{
     fs::OpenOptions,
@@ -14,6 +15,7 @@ use std::{
 
 use file_rotate::{compression::Compression, suffix::AppendCount, ContentLimit, FileRotate};
 pub use format::{Format, Formatter, DEFAULT_TEXT_FIELDS};
+pub use writer::RecordWriter;
 
 use crate::record::Record;
 
