@@ -5,11 +5,13 @@
 //! messages, paired) -> `ops` (commands, cursors, operations) -> `queue` (the delay queue) ->
 //! `sink` (formats and outputs). `record` is the audit record they share, `filter` decides
 //! which records are written, `config` reads the options, and `pipeline` owns the daemon loop
-//! and drives each layer in turn. Everything below `capture` is pure code that needs no root.
+//! and drives each layer in turn. `logs` reads audit logs back (`aggregate`, `digest`).
+//! Everything below `capture` is pure code that needs no root.
 
 pub mod capture;
 pub mod config;
 pub mod filter;
+pub mod logs;
 pub mod ops;
 pub mod pipeline;
 pub mod queue;

@@ -9,6 +9,7 @@ use clap::Parser;
 use mongowatch::{
     capture::procfs,
     config::{AuditArgs, RECORD_OPTIONS},
+    logs::cli::Tool,
     pipeline::{self, Mode, Options, Stop},
 };
 
@@ -17,9 +18,19 @@ use mongowatch::{
 /// Writes one audit record per application-level operation (a find and all its getMores are
 /// one record). Runs as root. Exits when every watched process has exited, or on
 /// SIGINT/SIGTERM, after writing every pending record.
+///
+/// `mongowatch aggregate` and `mongowatch digest` read the logs it wrote.
 #[derive(Parser, Debug)]
-#[command(name = "mongowatch", version)]
+#[command(
+    name = "mongowatch",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    tool: Option<Tool>,
+
     /// A process to watch (repeat for several), with all its descendants: those already running
     /// and those it starts later.
     #[arg(long = "pid", value_name = "PID", required = true)]
@@ -80,6 +91,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(tool) = cli.tool {
+        return tool.run();
+    }
     for pid in &cli.pids {
         if !procfs::alive(*pid) {
             bail!("no running process has pid {pid}");
