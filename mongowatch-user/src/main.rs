@@ -5,7 +5,7 @@
 use std::{io, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use mongowatch::{
     capture::procfs,
     config::{AuditArgs, RECORD_OPTIONS},
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(tool) = cli.tool {
-        return tool.run();
+        return tool.run(Cli::command);
     }
     for pid in &cli.pids {
         if !procfs::alive(*pid) {

@@ -6,6 +6,9 @@
 //! - `demo`: mongowatch watching a small pymongo application against SecantusDB (root).
 //! - `bench`: the capture-cost ratios and the audit load benchmark (root).
 //! - `build-ebpf`: builds the kernel programs and prints the object's path.
+//! - `man`, `completions`: the man pages and shell completions, from the clap definitions.
+//! - `deb`: the Debian package (cargo-deb): binary, systemd unit, config, man pages,
+//!   completions.
 //!
 //! `test`, `demo` and `bench` run `setup` first (quick once everything is there), so a fresh
 //! machine needs nothing else; `--no-setup` leaves it out. `demo` sets up only what it uses
@@ -13,6 +16,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod package;
 mod run_tests;
 mod setup;
 mod util;
@@ -58,6 +62,22 @@ enum Cmd {
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,
+        #[command(flatten)]
+        setup: SetupFirst,
+    },
+    /// Generate the man pages (default into target/packaging/man).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Generate the bash, zsh and fish completions (default into target/packaging/completions).
+    Completions {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Build the .deb (cargo-deb, installed into the project cache when missing): the binary
+    /// with its eBPF programs, the systemd unit, the default config, man pages, completions.
+    Deb {
         #[command(flatten)]
         setup: SetupFirst,
     },
@@ -122,6 +142,13 @@ fn main() -> Result<()> {
         Cmd::Bench { args, setup } => {
             setup.run(&ws, setup::Part::ALL)?;
             bench::run_bench(&ws, &args)?
+        }
+        Cmd::Man { out } => package::man(&ws, out)?,
+        Cmd::Completions { out } => package::completions(&ws, out)?,
+        Cmd::Deb { setup } => {
+            // The eBPF toolchain only: the package ships the real kernel programs.
+            setup.run(&ws, &[setup::Part::Apt, setup::Part::BpfLinker])?;
+            package::deb(&ws)?
         }
     }
     Ok(())

@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 
 use super::{aggregate::aggregate, concat, digest, read_log, Log};
 
-/// Offline tools over the audit logs mongowatch wrote.
+/// The subcommands: offline tools over the audit logs mongowatch wrote (and, hidden, the
+/// generator of the man pages and completions the packages ship).
 #[derive(clap::Subcommand, Debug)]
 pub enum Tool {
     /// Keep the last record of each WatchID (a long operation is written at each timeout and
@@ -20,6 +21,20 @@ pub enum Tool {
     /// Per query shape (Operation, DB.Collection, the Filter with values masked): count,
     /// total and p50/p95/p99 Duration, documents matched and bytes, ranked by total Duration.
     Digest(DigestArgs),
+    /// Write the man pages or the shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generated {
+    Man,
+    Completions,
 }
 
 #[derive(clap::Args, Debug)]
@@ -115,10 +130,22 @@ fn stdout(text: &str) -> Result<()> {
 }
 
 impl Tool {
-    pub fn run(self) -> Result<()> {
+    /// `command`: the whole command line's definition, which `generate` documents.
+    pub fn run(self, command: impl FnOnce() -> clap::Command) -> Result<()> {
         match self {
             Tool::Aggregate(a) => run_aggregate(a),
             Tool::Digest(d) => run_digest(d),
+            Tool::Generate { what, dir } => {
+                let written = match what {
+                    Generated::Man => crate::manual::write_man_pages(command(), &dir),
+                    Generated::Completions => crate::manual::write_completions(command(), &dir),
+                }
+                .with_context(|| format!("writing into {}", dir.display()))?;
+                for path in written {
+                    println!("{}", path.display());
+                }
+                Ok(())
+            }
         }
     }
 }
