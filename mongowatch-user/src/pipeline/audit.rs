@@ -177,12 +177,13 @@ impl Auditor {
     pub fn shutdown(&mut self, now_ns: u64) -> Result<(), AuditError> {
         let now = now_ns.max(self.queue.now_ns());
         let rest = self.queue.flush_all(now);
-        self.write_records(rest, now)?;
+        let mut result = self.write_records(rest, now);
         if let Some(summary) = self.rate.as_mut().and_then(|r| r.flush(now)) {
-            self.write_rate(&summary)?;
+            result = result.and(self.write_rate(&summary));
         }
+        // Closed even after a failure, so what every output holds is written or counted.
         self.outputs.close(CLOSE_DEADLINE);
-        self.outputs_ok()
+        result.and(self.outputs_ok())
     }
 
     /// Each output's counters, by name.
