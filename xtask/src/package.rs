@@ -121,7 +121,15 @@ pub fn deb(ws: &Path) -> Result<()> {
     let out_dir = util::target_dir(ws)?.join("debian");
     let out = Command::new(&deb_tool)
         .current_dir(ws)
-        .args(["deb", "-p", "mongowatch-user", "--no-build", "--output"])
+        // The release profile keeps line tables for profiling; the package need not ship them.
+        .args([
+            "deb",
+            "-p",
+            "mongowatch-user",
+            "--no-build",
+            "--strip",
+            "--output",
+        ])
         .arg(&out_dir)
         .output()
         .context("running cargo-deb")?;
