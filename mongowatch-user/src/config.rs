@@ -2,8 +2,11 @@
 //! the main CLI flattens, and the same keys in a TOML config file. The command line wins over
 //! the file, the file over the defaults. See `mongowatch.example.toml`.
 
+mod output;
+
 use std::path::{Path, PathBuf};
 
+pub use output::{OutputConfig, OutputKey, OutputKind, OutputTable, OutputTarget, DEFAULT_QUEUE};
 use serde::Deserialize;
 
 use crate::{
@@ -103,9 +106,16 @@ pub struct AuditArgs {
     #[arg(long, value_name = "TEMPLATE")]
     pub template: Option<String>,
 
-    /// Append records to FILE (created with mode 0600) instead of stdout.
+    /// Append records to FILE (created with mode 0600) instead of stdout. (In the config
+    /// file, `[[output]]` tables set several outputs at once instead.)
     #[arg(short = 'o', long = "output", value_name = "FILE")]
+    #[serde(skip)]
     pub output: Option<PathBuf>,
+
+    /// The file's `output` key: a path (read into `output`) or `[[output]]` tables.
+    #[arg(skip)]
+    #[serde(rename = "output")]
+    pub file_output: Option<OutputKey>,
 
     /// Rotate the output file when it passes SIZE bytes (suffixes K, M, G).
     #[arg(long, value_name = "SIZE")]
@@ -207,10 +217,15 @@ impl AuditArgs {
     /// such as `timout = 5` must not leave the default silently in force); the message names the
     /// key, its line and `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut args: AuditArgs = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_string(),
-        })
+        })?;
+        if let Some(OutputKey::Path(p)) = &args.file_output {
+            args.output = Some(p.clone());
+            args.file_output = None;
+        }
+        Ok(args)
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -229,6 +244,7 @@ impl AuditArgs {
             fields: self.fields.or(file.fields),
             template: self.template.or(file.template),
             output: self.output.or(file.output),
+            file_output: self.file_output.or(file.file_output),
             rotate_size: self.rotate_size.or(file.rotate_size),
             rotate_keep: self.rotate_keep.or(file.rotate_keep),
             filter: self.filter.or(file.filter),
@@ -248,15 +264,43 @@ impl AuditArgs {
         }
     }
 
-    /// Command line + config file (when `--config` names one), unchecked.
+    /// Command line + config file (when `--config` names one), unchecked but for one rule:
+    /// with `[[output]]` tables, the options of a single output (on the command line or at the
+    /// top of the file) are an error, since they could mean any of the tables.
     pub fn merged(self) -> Result<AuditArgs, ConfigError> {
-        Ok(match &self.config {
+        let merged = match &self.config {
             Some(path) => {
                 let file = AuditArgs::from_file(path)?;
                 self.or(file)
             }
             None => self,
-        })
+        };
+        if let Some(key) = merged.single_output_options_set().first() {
+            return Err(ConfigError::Invalid(format!(
+                "`{key}` with [[output]] tables: set it in each table that needs it"
+            )));
+        }
+        Ok(merged)
+    }
+
+    /// With `[[output]]` tables: the single-output options also set, by their file names.
+    fn single_output_options_set(&self) -> Vec<&'static str> {
+        if !matches!(self.file_output, Some(OutputKey::Tables(_))) {
+            return Vec::new();
+        }
+        let set = [
+            ("format", self.format.is_some()),
+            ("fields", self.fields.is_some()),
+            ("template", self.template.is_some()),
+            ("output", self.output.is_some()),
+            ("rotate-size", self.rotate_size.is_some()),
+            ("rotate-keep", self.rotate_keep.is_some()),
+            ("filter", self.filter.is_some()),
+            ("mask", self.mask.is_some()),
+            ("ops", self.ops.is_some()),
+            ("db", self.db.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect()
     }
 
     /// Command line + config file (when `--config` names one) + defaults, checked.
@@ -282,12 +326,16 @@ impl AuditArgs {
             self.otlp_endpoint.is_some(),
             self.otlp_protocol.is_some(),
         ];
-        RECORD_OPTIONS
+        let mut keys: Vec<&'static str> = RECORD_OPTIONS
             .iter()
             .zip(set)
             .filter(|(_, on)| *on)
             .map(|(key, _)| *key)
-            .collect()
+            .collect();
+        if matches!(self.file_output, Some(OutputKey::Tables(_))) {
+            keys.push("[[output]]");
+        }
+        keys
     }
 }
 
@@ -331,6 +379,8 @@ pub struct AuditConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// OTLP logs beside the output (`--otlp-endpoint` or the OTEL_* variables).
     pub otlp: Option<crate::sink::otlp::OtlpConfig>,
+    /// The `[[output]]` tables; empty: the single output the fields above describe.
+    pub outputs: Vec<OutputConfig>,
 }
 
 impl Default for AuditConfig {
@@ -355,6 +405,7 @@ impl Default for AuditConfig {
             memory_budget: crate::stream::DEFAULT_MEMORY_BUDGET,
             listen: None,
             otlp: None,
+            outputs: Vec::new(),
         }
     }
 }
@@ -394,40 +445,18 @@ impl TryFrom<AuditArgs> for AuditConfig {
 
     fn try_from(a: AuditArgs) -> Result<Self, ConfigError> {
         let d = AuditConfig::default();
-        let format = match (a.format, &a.template) {
-            (None, Some(_)) => Format::Template,
-            (Some(f), Some(_)) if f != Format::Template => {
-                return Err(ConfigError::Invalid(
-                    "--template needs --format template (or no --format)".into(),
-                ))
-            }
-            (f, _) => f.unwrap_or_default(),
-        };
-        if a.output.is_none() && (a.rotate_size.is_some() || a.rotate_keep.is_some()) {
-            return Err(ConfigError::Invalid(
-                "--rotate-size and --rotate-keep need -o FILE".into(),
-            ));
-        }
-        if a.rotate_size == Some(ByteSize(0)) {
-            return Err(ConfigError::Invalid(
-                "--rotate-size must be more than 0".into(),
-            ));
-        }
-        if a.rotate_keep == Some(0) {
-            return Err(ConfigError::Invalid(
-                "--rotate-keep must be at least 1".into(),
-            ));
-        }
+        let format = output::resolve_format(a.format, &a.template)?;
         let memory_budget = a.memory_budget()?;
+        let output = output::resolve_spec(a.output, a.rotate_size, a.rotate_keep)?;
+        let outputs = match a.file_output {
+            Some(OutputKey::Tables(t)) => output::resolve_tables(t)?,
+            _ => Vec::new(),
+        };
         let cfg = AuditConfig {
             format,
             fields: a.fields,
             template: a.template,
-            output: OutputSpec {
-                path: a.output,
-                rotate_size: a.rotate_size.map(|b| b.0),
-                rotate_keep: a.rotate_keep.unwrap_or(d.output.rotate_keep),
-            },
+            output,
             filter: a.filter,
             mask: a.mask.unwrap_or(d.mask),
             ops: a.ops,
@@ -443,6 +472,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 a.otlp_protocol,
                 &|k| std::env::var(k).ok(),
             )?,
+            outputs,
         };
         // Fail at startup, not on the first record.
         cfg.formatter()?;
@@ -452,6 +482,48 @@ impl TryFrom<AuditArgs> for AuditConfig {
 }
 
 impl AuditConfig {
+    /// Every output: the `[[output]]` tables, or the single one the shorthand describes.
+    pub fn output_configs(&self) -> Vec<OutputConfig> {
+        let mut outputs = if self.outputs.is_empty() {
+            vec![self.line_output()]
+        } else {
+            self.outputs.clone()
+        };
+        // `--otlp-endpoint` (or the OTEL_* variables) is one more output, with the command
+        // line's filter and mask.
+        if let Some(otlp) = &self.otlp {
+            let line = self.line_output();
+            outputs.push(OutputConfig {
+                name: "otlp".to_owned(),
+                target: OutputTarget::Otlp(otlp.clone()),
+                ..line
+            });
+        }
+        outputs
+    }
+
+    /// The single output the command line's flags describe.
+    fn line_output(&self) -> OutputConfig {
+        OutputConfig {
+            name: self
+                .output
+                .path
+                .as_ref()
+                .map_or("stdout".to_owned(), |p| p.display().to_string()),
+            target: OutputTarget::Lines {
+                spec: self.output.clone(),
+                format: self.format,
+                fields: self.fields.clone(),
+                template: self.template.clone(),
+            },
+            filter: self.filter.clone(),
+            mask: self.mask,
+            ops: self.ops.clone(),
+            db: self.db.clone(),
+            queue: DEFAULT_QUEUE,
+        }
+    }
+
     pub fn formatter(&self) -> Result<Formatter, crate::sink::SinkError> {
         Formatter::new(
             self.format,

@@ -6,11 +6,14 @@
 //! `sink` (formats and outputs). `record` is the audit record they share, `filter` decides
 //! which records are written, `config` reads the options, and `pipeline` owns the daemon loop
 //! and drives each layer in turn. `serve` is the `--listen` HTTP listener (health, metrics),
-//! fed by the pipeline's hooks. Everything below `capture` is pure code that needs no root.
+//! fed by the pipeline's hooks. `logs` reads audit logs back (`aggregate`, `digest`).
+//! Everything below `capture` is pure code that needs no root.
 
 pub mod capture;
 pub mod config;
 pub mod filter;
+pub mod logs;
+pub mod manual;
 pub mod ops;
 pub mod pipeline;
 pub mod queue;

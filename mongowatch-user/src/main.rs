@@ -5,7 +5,7 @@
 use std::{io, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{bail, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use mongowatch::{
     capture::{
         ladder::CapturePath,
@@ -13,6 +13,7 @@ use mongowatch::{
         select::{SelectArgs, Selection},
     },
     config::{AuditArgs, AuditConfig, RECORD_OPTIONS},
+    logs::cli::Tool,
     pipeline::{self, Hooks, Mode, Options, Stop},
     serve::{self, Health, Listener, Metrics},
 };
@@ -22,9 +23,19 @@ use mongowatch::{
 /// Writes one audit record per application-level operation (a find and all its getMores are
 /// one record). Runs as root. Exits when every watched process has exited, or on
 /// SIGINT/SIGTERM, after writing every pending record.
+///
+/// `mongowatch aggregate` and `mongowatch digest` read the logs it wrote.
 #[derive(Parser, Debug)]
-#[command(name = "mongowatch", version)]
+#[command(
+    name = "mongowatch",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    tool: Option<Tool>,
+
     /// A process to watch (repeat for several), with all its descendants: those already running
     /// and those it starts later.
     #[arg(long = "pid", value_name = "PID")]
@@ -93,6 +104,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(tool) = cli.tool {
+        return tool.run(Cli::command);
+    }
     for pid in &cli.pids {
         if !procfs::alive(*pid) {
             bail!("no running process has pid {pid}");
@@ -132,10 +146,14 @@ fn run(cli: Cli) -> Result<()> {
     select.extend(tables.0);
     exclude.extend(tables.1);
     if cli.pids.is_empty() && select.is_empty() {
-        bail!(
-            "nothing to watch: give --pid, --all, --comm, --exe, --cgroup or --container-id \
-             (or [[select]] tables in --config)"
-        );
+        // A usage error like clap's own (exit 2, with the usage line).
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "nothing to watch: give --pid, --all, --comm, --exe, --cgroup or \
+                 --container-id (or [[select]] tables in --config)",
+            )
+            .exit();
     }
     let selection = Selection::new(&select, &exclude)?;
     let report = pipeline::run(Options {

@@ -366,7 +366,7 @@ fn prometheus_scrapes_one_observation_per_operation() -> Result<()> {
     // Published once a second, so it may trail the histogram by a scrape or two.
     let deadline = Instant::now() + Duration::from_secs(10);
     let written = loop {
-        let w = prom.query("mongowatch_records_written_total{output=\"main\"}")?;
+        let w = prom.query("mongowatch_records_written_total{output=\"stdout\"}")?;
         if (w.len() == 1 && w[0].1 == ops.len() as f64) || Instant::now() > deadline {
             break w;
         }

@@ -9,6 +9,9 @@
 //! - `build-ebpf`: builds the kernel programs and prints the object's path.
 //! - `kernels`: the kernel matrix: Debian's 6.1 and 6.12 kernels booted under qemu, the capture
 //!   test run in each on every capture path the kernel offers (root, for apt).
+//! - `man`, `completions`: the man pages and shell completions, from the clap definitions.
+//! - `deb`: the Debian package (cargo-deb): binary, systemd unit, config, man pages,
+//!   completions.
 //!
 //! `test`, `demo` and `bench` run `setup` first (quick once everything is there), so a fresh
 //! machine needs nothing else; `--no-setup` leaves it out. `demo` sets up only what it uses
@@ -17,6 +20,7 @@ mod bench;
 mod demo;
 mod ebpf;
 mod kernels;
+mod package;
 mod run_tests;
 mod setup;
 mod util;
@@ -68,6 +72,22 @@ enum Cmd {
     /// Boot Debian's 6.1 and 6.12 kernels under qemu and run the capture test in each, on every
     /// capture path it offers; one PASS/FAIL line per kernel and path (root).
     Kernels(KernelsCmd),
+    /// Generate the man pages (default into target/packaging/man).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Generate the bash, zsh and fish completions (default into target/packaging/completions).
+    Completions {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Build the .deb (cargo-deb, installed into the project cache when missing): the binary
+    /// with its eBPF programs, the systemd unit, the default config, man pages, completions.
+    Deb {
+        #[command(flatten)]
+        setup: SetupFirst,
+    },
 }
 
 #[derive(clap::Args)]
@@ -141,6 +161,13 @@ fn main() -> Result<()> {
         Cmd::Kernels(KernelsCmd { args, setup }) => {
             setup.run(&ws, setup::Part::KERNELS)?;
             kernels::run_kernels(&ws, &args)?
+        }
+        Cmd::Man { out } => package::man(&ws, out)?,
+        Cmd::Completions { out } => package::completions(&ws, out)?,
+        Cmd::Deb { setup } => {
+            // The eBPF toolchain only: the package ships the real kernel programs.
+            setup.run(&ws, &[setup::Part::Apt, setup::Part::BpfLinker])?;
+            package::deb(&ws)?
         }
     }
     Ok(())

@@ -156,6 +156,11 @@ impl RecordFilter {
         }
     }
 
+    /// Whether [`RecordFilter::mask`] changes records.
+    pub fn masks(&self) -> bool {
+        self.mask
+    }
+
     /// Applies `--mask` to the record (its Filter values).
     pub fn mask(&self, r: &mut Record) {
         if self.mask {

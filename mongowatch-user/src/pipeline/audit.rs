@@ -1,21 +1,19 @@
-//! The audit half of the pipeline: ops inputs -> the ops tracker -> delay queue -> filter ->
-//! sink. Each of those layers returns values; this is where they are wired together.
+//! The audit half of the pipeline: ops inputs -> the ops tracker -> delay queue -> the
+//! outputs (each with its filter and sink, [`super::outputs`]). Each of those layers returns
+//! values; this is where they are wired together.
 
-use std::io::Write;
+use std::{collections::BTreeMap, io::Write};
 
 use serde::Serialize;
 
+use super::outputs::{OutputPlan, OutputStats, Outputs, CLOSE_DEADLINE};
 use crate::{
     config::AuditConfig,
-    filter::{RateCounter, RateSummary, RecordFilter, Verdict},
+    filter::{RateCounter, RateSummary},
     ops::{Emit, Input, OpsStats, Tracker, TrackerConfig},
     queue::{QueueConfig, QueueStats, WatchQueue},
     record::{Record, WatchIds},
-    sink::{
-        open_output,
-        otlp::{OtlpSink, OtlpStats},
-        Output, Sink, SinkError,
-    },
+    sink::{otlp::OtlpStats, Output, Sink, SinkError},
     wire::Exchange,
 };
 
@@ -29,9 +27,15 @@ pub enum AuditError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Otlp(#[from] crate::sink::otlp::OtlpError),
+    #[error("starting an output's thread: {0}")]
+    Thread(std::io::Error),
+    /// Every output has failed; each failure was said when it happened.
+    #[error("no output can be written any more ({0})")]
+    OutputsFailed(String),
 }
 
-/// Counters for a stats line.
+/// Counters for a stats line. The record counts are summed over the outputs (each output's
+/// own are in [`super::Stats::outputs`]).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct AuditStats {
     pub records_written: u64,
@@ -41,33 +45,29 @@ pub struct AuditStats {
     pub filter_errors: u64,
     /// Records that could not be written.
     pub write_errors: u64,
+    /// Records dropped because an output's queue was full.
+    pub records_dropped: u64,
     pub rate_summaries: u64,
     pub open_operations: usize,
     pub ops: OpsStats,
     pub queue: QueueStats,
-    /// The OTLP output beside the main one (`--otlp-endpoint`).
+    /// The OTLP exporter's own counters (batches, retries, its queue), when an output is OTLP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpStats>,
 }
-
-/// How long the OTLP exporter may go on sending at exit.
-const OTLP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Called with every record as it leaves the delay queue, before any filter (metrics).
 pub type RecordTap = Box<dyn FnMut(&Record) + Send>;
 
 pub struct Auditor {
     tracker: Tracker,
-    observer: Option<RecordTap>,
     queue: WatchQueue,
-    filter: RecordFilter,
-    sink: Sink,
-    /// OTLP logs beside `sink`: the same records, after the same filter and mask.
-    otlp: Option<OtlpSink>,
+    outputs: Outputs,
     rate: Option<RateCounter>,
     rate_out: Box<dyn Write + Send>,
     stats: AuditStats,
     emits: Vec<Emit>,
+    observer: Option<RecordTap>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -96,27 +96,48 @@ fn secs_to_ns(s: f64) -> u64 {
 }
 
 impl Auditor {
-    /// Opens the configured output (stdout or `-o FILE`); rate summaries go to stderr.
+    /// Opens the configured outputs (stdout, `-o FILE`, or the `[[output]]` tables), each
+    /// with its own worker thread; rate summaries go to stderr.
     pub fn new(config: &AuditConfig) -> Result<Self, AuditError> {
-        let out = open_output(&config.output)?;
-        Self::with_output(
+        let plans = config
+            .output_configs()
+            .iter()
+            .map(OutputPlan::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::with_outputs(
             config,
-            out,
+            Outputs::spawn(plans)?,
             Box::new(std::io::stderr()),
             WatchIds::new(WatchIds::unique_for_this_run()),
         )
     }
 
-    /// Like [`Auditor::new`] with the record output, the rate summary output and the WatchID
-    /// source given (tests, or a daemon that routes them itself).
+    /// Like [`Auditor::new`] with one output (the shorthand's format and filter, written to
+    /// `out` on the caller's thread), the rate summary output and the WatchID source given
+    /// (tests, or a daemon that routes them itself).
     pub fn with_output(
         config: &AuditConfig,
         out: Output,
         rate_out: Box<dyn Write + Send>,
         ids: WatchIds,
     ) -> Result<Self, AuditError> {
-        let formatter = config.formatter()?;
-        let filter = config.record_filter()?;
+        let single = AuditConfig {
+            outputs: Vec::new(),
+            ..config.clone()
+        };
+        let cfg = &single.output_configs()[0];
+        let sink = Sink::new(config.formatter()?, out);
+        let plan = OutputPlan::with_writer(cfg, Box::new(sink))?;
+        Self::with_outputs(config, Outputs::inline(vec![plan]), rate_out, ids)
+    }
+
+    /// With the outputs given.
+    pub fn with_outputs(
+        config: &AuditConfig,
+        outputs: Outputs,
+        rate_out: Box<dyn Write + Send>,
+        ids: WatchIds,
+    ) -> Result<Self, AuditError> {
         let tracker = Tracker::new(
             TrackerConfig {
                 include_heartbeats: config.include_heartbeats,
@@ -130,20 +151,19 @@ impl Auditor {
         });
         Ok(Self {
             tracker,
-            observer: None,
             queue,
-            filter,
-            sink: Sink::new(formatter, out),
-            otlp: config.otlp.clone().map(OtlpSink::open).transpose()?,
+            outputs,
             rate: config.rate.map(RateCounter::new),
             rate_out,
             stats: AuditStats::default(),
             emits: Vec::new(),
+            observer: None,
         })
     }
 
-    /// Feeds one input (in time order). Records that are due are written before it returns.
-    /// An error means records could not be written (they are counted in `write_errors`).
+    /// Feeds one input (in time order). Records that are due are handed to the outputs before
+    /// it returns. An error means no output can write any more (what they could not write is
+    /// counted in `write_errors`).
     pub fn handle(&mut self, input: Input) -> Result<(), AuditError> {
         let now = input_time(&input).max(self.queue.now_ns());
         self.emits.clear();
@@ -176,25 +196,44 @@ impl Auditor {
         if let Some(summary) = self.rate.as_mut().and_then(|r| r.flush(now)) {
             result = result.and(self.write_rate(&summary));
         }
-        if let Some(otlp) = self.otlp.as_mut() {
-            otlp.shutdown(OTLP_GRACE);
-        }
-        result.and(self.sink.flush().map_err(AuditError::from))
+        // Closed even after a failure, so what every output holds is written or counted.
+        self.outputs.close(CLOSE_DEADLINE);
+        result.and(self.outputs_ok())
     }
 
-    /// Sees every record before the filter: what happened, whatever the output keeps.
+    /// Sees every record before the filter: what happened, whatever the outputs keep.
     pub fn set_observer(&mut self, tap: RecordTap) {
         self.observer = Some(tap);
+    }
+
+    /// Each output's counters, by name.
+    pub fn output_stats(&self) -> BTreeMap<String, OutputStats> {
+        self.outputs.stats()
+    }
+
+    fn outputs_ok(&self) -> Result<(), AuditError> {
+        if self.outputs.all_failed() {
+            return Err(AuditError::OutputsFailed(
+                self.outputs.failure().unwrap_or_default(),
+            ));
+        }
+        Ok(())
     }
 
     /// Counters so far.
     pub fn stats(&self) -> AuditStats {
         let mut s = self.stats.clone();
-        s.filter_errors = self.filter.errors();
+        for o in self.outputs.stats().values() {
+            s.records_written += o.written;
+            s.records_filtered += o.filtered;
+            s.filter_errors += o.filter_errors;
+            s.write_errors += o.failed;
+            s.records_dropped += o.dropped;
+        }
         s.open_operations = self.tracker.open_operations();
         s.ops = self.tracker.stats().clone();
         s.queue = self.queue.stats().clone();
-        s.otlp = self.otlp.as_ref().map(OtlpSink::stats);
+        s.otlp = self.outputs.otlp_stats();
         s
     }
 
@@ -214,42 +253,20 @@ impl Auditor {
             .map_err(|e| AuditError::Sink(SinkError::Write(e)))
     }
 
+    /// Hands the records to every output (each filters, masks and writes them on its own);
+    /// the rate summary counts them all, before any output's filter.
     fn write_records(&mut self, records: Vec<Record>, now: u64) -> Result<(), AuditError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut first_err = None;
-        for mut r in records {
+        if !records.is_empty() {
             if let Some(observe) = self.observer.as_mut() {
-                observe(&r);
-            }
-            if self.filter.check(&r) == Verdict::Drop {
-                self.stats.records_filtered += 1;
-                continue;
+                records.iter().for_each(observe);
             }
             if let Some(rate) = self.rate.as_mut() {
-                rate.observe(&r, now);
-            }
-            self.filter.mask(&mut r);
-            if let Some(otlp) = &self.otlp {
-                otlp.send(&r);
-            }
-            match self.sink.write(&r) {
-                Ok(()) => self.stats.records_written += 1,
-                Err(e) => {
-                    self.stats.write_errors += 1;
-                    if first_err.is_none() {
-                        first_err = Some(e);
-                    }
+                for r in &records {
+                    rate.observe(r, now);
                 }
             }
+            self.outputs.send(records);
         }
-        if let Err(e) = self.sink.flush() {
-            first_err.get_or_insert(e);
-        }
-        match first_err {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        self.outputs_ok()
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod audit;
 mod origin;
+pub mod outputs;
 mod select;
 mod stats;
 
@@ -560,6 +561,10 @@ impl Pipeline {
                 OutletKind::Audit(_) => None,
                 OutletKind::Messages { stats, .. } => Some(stats.clone()),
             },
+            outputs: match &self.outlet.kind {
+                OutletKind::Audit(a) => a.output_stats(),
+                OutletKind::Messages { .. } => Default::default(),
+            },
         }
     }
 }
@@ -688,8 +693,20 @@ impl Outlet {
     fn input(&mut self, input: Input) {
         if let OutletKind::Audit(auditor) = &mut self.kind {
             if let Err(e) = auditor.handle(input) {
-                self.fail(e.to_string());
+                self.audit_failed(e);
             }
+        }
+    }
+
+    /// Each output said its own failure when it happened: not again here.
+    fn audit_failed(&mut self, e: audit::AuditError) {
+        match e {
+            audit::AuditError::OutputsFailed(_) if self.failed.is_none() => {
+                tracing::error!("every output has failed; stopping");
+                self.failed = Some(e.to_string());
+            }
+            audit::AuditError::OutputsFailed(_) => {}
+            e => self.fail(e.to_string()),
         }
     }
 
@@ -706,7 +723,7 @@ impl Outlet {
         match &mut self.kind {
             OutletKind::Audit(auditor) => {
                 if let Err(e) = auditor.shutdown(now_ns) {
-                    self.fail(e.to_string());
+                    self.audit_failed(e);
                 }
             }
             OutletKind::Messages { .. } => self.flush(),

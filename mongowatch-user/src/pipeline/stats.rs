@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use super::audit::AuditStats;
+use std::collections::BTreeMap;
+
+use super::{audit::AuditStats, outputs::OutputStats};
 use crate::{
     capture::{
         probes::{KernelCounters, KernelMaps},
@@ -35,6 +37,10 @@ pub struct Stats {
     /// `--messages` mode: the lines written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<MessageStats>,
+    /// Audit mode: each output's records written, filtered, dropped (its queue was full) and
+    /// failed, under the output's name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, OutputStats>,
 }
 
 impl Stats {

@@ -337,6 +337,7 @@ impl Collector for StatsCollector {
             }
         }
         if let Some(a) = &s.audit {
+            // Each output by its name (stdout, a file's path, an [[output]] table's name).
             let written = ConstCounter::new(a.records_written);
             let mut m = enc.encode_descriptor(
                 "mongowatch_records_written",
@@ -344,9 +345,9 @@ impl Collector for StatsCollector {
                 None,
                 written.metric_type(),
             )?;
-            written.encode(m.encode_family(&[("output", "main")])?)?;
-            if let Some(o) = &a.otlp {
-                ConstCounter::new(o.exported).encode(m.encode_family(&[("output", "otlp")])?)?;
+            for (name, o) in &s.outputs {
+                ConstCounter::new(o.written)
+                    .encode(m.encode_family(&[("output", name.as_str())])?)?;
             }
             let mut m = enc.encode_descriptor(
                 "mongowatch_records_dropped",
@@ -354,21 +355,31 @@ impl Collector for StatsCollector {
                 None,
                 written.metric_type(),
             )?;
-            for (reason, v) in [
-                ("filtered", a.records_filtered),
-                ("write_error", a.write_errors),
-            ] {
-                ConstCounter::new(v)
-                    .encode(m.encode_family(&[("output", "main"), ("reason", reason)])?)?;
+            for (name, o) in &s.outputs {
+                for (reason, v) in [
+                    ("filtered", o.filtered),
+                    ("queue_full", o.dropped),
+                    ("write_error", o.failed),
+                ] {
+                    ConstCounter::new(v).encode(
+                        m.encode_family(&[("output", name.as_str()), ("reason", reason)])?,
+                    )?;
+                }
             }
             if let Some(o) = &a.otlp {
-                for (reason, v) in [
+                let mut m = enc.encode_descriptor(
+                    "mongowatch_otlp_records",
+                    "What the OTLP exporters did with the records they were given",
+                    None,
+                    written.metric_type(),
+                )?;
+                for (state, v) in [
+                    ("exported", o.exported),
                     ("queue_full", o.dropped_queue_full),
                     ("rejected", o.rejected),
                     ("unsent_at_exit", o.unsent_at_exit),
                 ] {
-                    ConstCounter::new(v)
-                        .encode(m.encode_family(&[("output", "otlp"), ("reason", reason)])?)?;
+                    ConstCounter::new(v).encode(m.encode_family(&[("state", state)])?)?;
                 }
             }
             gauge(

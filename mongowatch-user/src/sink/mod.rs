@@ -6,6 +6,7 @@
 mod format;
 pub mod messages;
 pub mod otlp;
+mod writer;
 
 use std::{
     fs::OpenOptions,
@@ -16,6 +17,7 @@ use std::{
 
 use file_rotate::{compression::Compression, suffix::AppendCount, ContentLimit, FileRotate};
 pub use format::{Format, Formatter, DEFAULT_TEXT_FIELDS};
+pub use writer::RecordWriter;
 
 use crate::record::Record;
 

@@ -526,6 +526,29 @@ pub struct OtlpStats {
     pub retries: u64,
 }
 
+impl OtlpStats {
+    /// Adds another exporter's counters (several OTLP outputs).
+    pub fn add(&mut self, o: &OtlpStats) {
+        self.queued += o.queued;
+        self.exported += o.exported;
+        self.dropped_queue_full += o.dropped_queue_full;
+        self.rejected += o.rejected;
+        self.unsent_at_exit += o.unsent_at_exit;
+        self.batches += o.batches;
+        self.retries += o.retries;
+    }
+}
+
+/// Reads an exporter's counters from another thread than the output worker that owns it.
+#[derive(Clone, Debug)]
+pub struct OtlpStatsSource(Arc<Counters>);
+
+impl OtlpStatsSource {
+    pub fn snapshot(&self) -> OtlpStats {
+        self.0.snapshot()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     queued: AtomicU64,
@@ -638,6 +661,11 @@ impl OtlpSink {
 
     pub fn stats(&self) -> OtlpStats {
         self.counters.snapshot()
+    }
+
+    /// The counters, readable while the sink is owned by its output's worker.
+    pub fn stats_source(&self) -> OtlpStatsSource {
+        OtlpStatsSource(self.counters.clone())
     }
 
     /// Sends what is queued, trying for at most `grace`; what is left then is counted as
@@ -963,6 +991,25 @@ impl Exporter {
                 }
             }
         }
+    }
+}
+
+/// The OTLP exporter as one of the daemon's outputs: `write` only queues (the exporter thread
+/// batches, sends and retries, and counts what it loses), so it never fails or blocks.
+impl super::RecordWriter for OtlpSink {
+    fn write(&mut self, r: &Record) -> Result<(), super::SinkError> {
+        self.send(r);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), super::SinkError> {
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), super::SinkError> {
+        // Within the outputs' own exit deadline.
+        self.shutdown(Duration::from_secs(4));
+        Ok(())
     }
 }
 
