@@ -203,9 +203,10 @@ fn byte_exact(driver: Driver, path: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The byte-exact tests, on mongowatch's own choice and on each capture path forced. The
-/// forced ones are those a kernel of the project's kind (6.3 or newer, no kprobes or fentry)
-/// offers; the others are proven in guests by `cargo xtask kernels`.
+/// The byte-exact tests, on mongowatch's own choice (the socket tracepoints on a kernel of the
+/// project's kind: 6.3 or newer, no kprobes or fentry) and on the syscall tracepoints forced,
+/// the other path such a kernel offers; fentry and kprobes are proven in guests by
+/// `cargo xtask kernels`.
 macro_rules! byte_exact_tests {
     ($($name:ident: $driver:expr, $need:expr, $path:expr;)*) => {$(
         #[test]
@@ -219,10 +220,6 @@ macro_rules! byte_exact_tests {
 byte_exact_tests! {
     pymongo_capture_is_byte_exact: Driver::Pymongo, Need::Pymongo, None;
     node_capture_is_byte_exact: Driver::Node, Need::NodeDriver, None;
-    pymongo_capture_is_byte_exact_on_sock_tracepoints:
-        Driver::Pymongo, Need::Pymongo, Some("sock-tracepoints");
-    node_capture_is_byte_exact_on_sock_tracepoints:
-        Driver::Node, Need::NodeDriver, Some("sock-tracepoints");
     pymongo_capture_is_byte_exact_on_syscalls: Driver::Pymongo, Need::Pymongo, Some("syscalls");
     node_capture_is_byte_exact_on_syscalls: Driver::Node, Need::NodeDriver, Some("syscalls");
 }
