@@ -377,6 +377,46 @@ format = "csv"
     }
 
     #[test]
+    fn an_otlp_table_is_an_output_of_its_own() {
+        let outs = tables(
+            r#"
+[[output]]
+path = "all.jsonl"
+[[output]]
+kind = "otlp"
+endpoint = "http://127.0.0.1:4317"
+protocol = "grpc"
+ops = ["find"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(outs.len(), 2);
+        assert_eq!(outs[1].name, "otlp");
+        let OutputTarget::Otlp(c) = &outs[1].target else {
+            panic!("an OTLP output: {:?}", outs[1].target)
+        };
+        assert_eq!(
+            (c.endpoint.as_str(), c.protocol),
+            ("http://127.0.0.1:4317", crate::sink::otlp::Protocol::Grpc)
+        );
+        assert_eq!(outs[1].ops, Some(vec!["find".to_owned()]));
+        assert!(outs[1].formatter().unwrap().is_none(), "no line format");
+        for (text, want) in [
+            (
+                "[[output]]\nkind = \"otlp\"\nendpoint = \"http://h:4318\"\nformat = \"csv\"\n",
+                "#1: kind = \"otlp\" takes no `format`",
+            ),
+            (
+                "[[output]]\nendpoint = \"http://h:4318\"\n",
+                "are for kind = \"otlp\"",
+            ),
+        ] {
+            let e = tables(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_tables_are_errors_that_say_which() {
         let cases = [
             ("[[output]]\nformat = \"text\"\nbogus = 1\n", "bogus"),
