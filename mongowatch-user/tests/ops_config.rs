@@ -359,6 +359,8 @@ fn select_and_exclude_tables() {
     let tables: String = text
         .lines()
         .skip_while(|l| !l.starts_with("# [[select]]"))
+        // The selection's example ends at the first blank line.
+        .take_while(|l| !l.is_empty())
         .map(|l| l.strip_prefix("# ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n");
