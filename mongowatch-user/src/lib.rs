@@ -10,6 +10,7 @@
 pub mod capture;
 pub mod config;
 pub mod filter;
+pub mod k8s;
 pub mod ops;
 pub mod pipeline;
 pub mod queue;
