@@ -8,7 +8,10 @@
 //!
 //! Runs alternate (without and with, in ABBA order) and the medians are compared, so a noisy
 //! machine shifts both sides alike. Prints a table and one JSON line. `BENCH_OPS` sets the
-//! workload's size (default 2000); `BENCH_ONLY=unwatched` runs part 2 alone.
+//! workload's size (default 2000); `BENCH_ONLY=unwatched` runs part 2 alone;
+//! `BENCH_SELECT="--all"` (or `"--cgroup DIR"`, ...) adds a node-wide selection to the
+//! mongowatch of part 2, to measure what that selection costs the processes it does not
+//! pick (with `--all`: processes whose sockets are not MongoDB).
 
 use std::{
     io::{Read, Write},
@@ -41,7 +44,9 @@ fn idle_watch() -> Result<(ChildGuard, Mongowatch)> {
         "idle",
         Command::new("sleep").arg("3600").stdin(Stdio::null()),
     )?;
-    let mut mw = Mongowatch::watch_pid(idle.pid(), &[])?;
+    let select = std::env::var("BENCH_SELECT").unwrap_or_default();
+    let extra: Vec<&str> = select.split_whitespace().collect();
+    let mut mw = Mongowatch::watch_pid(idle.pid(), &extra)?;
     mw.wait_for_stderr("watching", Duration::from_secs(60))?;
     Ok((idle, mw))
 }
