@@ -216,10 +216,14 @@ fn k8s_selectors_and_pod_fields_from_the_api_server() -> Result<()> {
 
     let mut by_ns = Mongowatch::spawn(["--k8s-namespace", "shop"])?;
     let mut by_label = Mongowatch::spawn(["--k8s-label", "app=api"])?;
+    // Everything but a namespace: the batch app, watched by --all from the start, leaves once
+    // its pod is known.
+    let mut all_but = Mongowatch::spawn(["--all", "--exclude-k8s-namespace", "batch"])?;
     for mw in [&mut by_ns, &mut by_label] {
         mw.wait_for_stderr("pod metadata synced", WAIT)?;
         mw.wait_for_stderr(&shop.container_id, WAIT)?;
     }
+    all_but.wait_for_stderr(&other.container_id, WAIT)?;
     in_shop.release()?;
     in_other.release()?;
     let (pid_shop, pid_other) = (in_shop.pid(), in_other.pid());
@@ -229,6 +233,25 @@ fn k8s_selectors_and_pod_fields_from_the_api_server() -> Result<()> {
     }
     records_of(&mut by_ns, &db, APP_OPS.len())?;
     records_of(&mut by_label, &db, APP_OPS.len())?;
+    records_of(&mut all_but, &db, APP_OPS.len())?;
+    all_but.stop()?;
+    let seen: Vec<Value> = all_but
+        .records()?
+        .into_iter()
+        .filter(|r| r["DB"] == db.as_str())
+        .collect();
+    ensure!(
+        ops(&seen
+            .iter()
+            .filter(|r| r["Pid"] == pid_shop)
+            .collect::<Vec<_>>())
+            == APP_OPS,
+        "--all: the shop app: {seen:?}"
+    );
+    ensure!(
+        !seen.iter().any(|r| r["Pid"] == pid_other),
+        "--exclude-k8s-namespace batch: the batch app ({pid_other}) was audited: {seen:?}"
+    );
 
     // A pod added while mongowatch runs, and an app started in it: watched from its first
     // operation, with the new pod's fields.

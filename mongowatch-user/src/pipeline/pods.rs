@@ -68,6 +68,7 @@ impl Pipeline {
     fn pod_changed(&mut self, pod: &Pod) {
         let choice = self.selection.pod_choice(pod);
         let Some(pods) = &mut self.pods else { return };
+        let mut leave = Vec::new();
         for (id, name) in &pod.containers {
             if let Some(waiting) = pods.pending.remove(id) {
                 for origin in waiting.iter().filter_map(Weak::upgrade) {
@@ -84,18 +85,33 @@ impl Pipeline {
                     debug!(pod = %pod.name, container = %name, cgroup = %dir.path, "pod container selected");
                     self.probes.set_cgroup(dir.id, Some(choice));
                     pods.applied.insert(id.clone(), dir.id);
-                    if choice == mongowatch_common::SEL_INCLUDE {
-                        for pid in procfs::pids() {
-                            if cgroup::container_id(pid).as_deref() == Some(id.as_str())
-                                && self.processes.add(pid)
-                            {
+                    let include = choice == mongowatch_common::SEL_INCLUDE;
+                    for pid in procfs::pids() {
+                        if cgroup::container_id(pid).as_deref() != Some(id.as_str()) {
+                            continue;
+                        }
+                        if include {
+                            if self.processes.add(pid) {
                                 self.capture.processes_followed += 1;
+                            }
+                        } else {
+                            // Watched already (by --all, say, before the pods were known):
+                            // its connections end here and the kernel skips it from now on.
+                            if self.processes.contains(pid) {
+                                leave.push(pid);
+                            }
+                            if self.excluded.add(pid) {
+                                self.probes.exclude(pid, true);
                             }
                         }
                     }
                 }
                 Err(e) => warn!("pod {}/{} container {name}: {e}", pod.namespace, pod.name),
             }
+        }
+        let now = self.conns.clock().now_epoch_ns();
+        for pid in leave {
+            self.process_exited(pid, now);
         }
     }
 
