@@ -13,6 +13,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod image;
 mod run_tests;
 mod setup;
 mod util;
@@ -60,6 +61,11 @@ enum Cmd {
         args: bench::BenchArgs,
         #[command(flatten)]
         setup: SetupFirst,
+    },
+    /// Build the OCI image of the DaemonSet (deploy/) with podman or buildah, FROM scratch.
+    Image {
+        #[command(flatten)]
+        args: image::ImageArgs,
     },
 }
 
@@ -123,6 +129,7 @@ fn main() -> Result<()> {
             setup.run(&ws, setup::Part::ALL)?;
             bench::run_bench(&ws, &args)?
         }
+        Cmd::Image { args } => image::build_image(&ws, &args)?,
     }
     Ok(())
 }
