@@ -12,6 +12,7 @@
 pub mod capture;
 pub mod config;
 pub mod filter;
+pub mod k8s;
 pub mod logs;
 pub mod manual;
 pub mod ops;

@@ -297,12 +297,13 @@ fn place_fields_in_a_cluster() {
     let origin = Origin {
         container_id: Some("ab".repeat(32)),
         node: Some("node-1".into()),
-        k8s: Some(K8sMeta {
+        k8s: K8sMeta {
             namespace: "shop".into(),
             pod: "api-7d9f".into(),
             pod_uid: "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f".into(),
             container: Some("api".into()),
-        }),
+        }
+        .into(),
     };
     let mut r = example();
     r.place = Place::new(&origin, Side::Server);

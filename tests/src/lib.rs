@@ -49,6 +49,7 @@
 //! # }
 //! ```
 
+pub mod cgroup;
 pub mod mongowatch;
 pub mod oracle_ops;
 pub mod paths;
@@ -60,6 +61,7 @@ pub mod server;
 pub mod wire;
 pub mod workload;
 
+pub use cgroup::PodCgroup;
 pub use mongowatch::Mongowatch;
 pub use process::{is_root, monotonic_ns, ChildGuard};
 pub use proxy::{Chunk, ConnectionRecord, Direction, RecordingProxy};

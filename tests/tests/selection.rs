@@ -9,14 +9,13 @@
 
 use std::{
     fs,
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use mongowatch_tests::{
-    paths, skip_unless, ChildGuard, GatedPython, Mongowatch, Need, Server, ServerKind,
+    paths, skip_unless, ChildGuard, GatedPython, Mongowatch, Need, PodCgroup, Server, ServerKind,
 };
 use serde_json::Value;
 
@@ -167,93 +166,6 @@ fn comm_picks_one_of_two_identical_apps() -> Result<()> {
     Ok(())
 }
 
-/// A cgroup v2 directory laid out like a kubelet's (systemd driver, containerd), removed (with
-/// the parents this test made) when dropped; processes still in it are moved to the root.
-struct PodCgroup {
-    root: PathBuf,
-    made: Vec<PathBuf>,
-    scope: PathBuf,
-    container_id: String,
-    /// `/kubepods.slice/...`: the path `/proc/PID/cgroup` shows.
-    rel: String,
-}
-
-impl PodCgroup {
-    fn create() -> Result<PodCgroup> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        let root = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                if right.split_whitespace().next()? != "cgroup2" {
-                    return None;
-                }
-                Some(PathBuf::from(left.split_whitespace().nth(4)?))
-            })
-            .context("no cgroup2 mount on this machine")?;
-        let seed = format!(
-            "{:016x}{:08x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos() as u64,
-            std::process::id()
-        );
-        let container_id = format!("{seed}{seed}{}", &seed[..16]);
-        assert_eq!(container_id.len(), 64);
-        let uid = format!(
-            "{}-{}-{}-{}-{}",
-            &seed[..8],
-            &seed[8..12],
-            &seed[12..16],
-            &seed[16..20],
-            &seed[..12]
-        );
-        let rel = format!(
-            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/\
-             cri-containerd-{container_id}.scope",
-            uid.replace('-', "_")
-        );
-        let mut made = Vec::new();
-        let mut dir = root.clone();
-        for part in rel.trim_start_matches('/').split('/') {
-            dir = dir.join(part);
-            if !dir.exists() {
-                fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-                made.push(dir.clone());
-            }
-        }
-        Ok(PodCgroup {
-            root,
-            made,
-            scope: dir,
-            container_id,
-            rel,
-        })
-    }
-
-    fn enter(&self, pid: u32) -> Result<()> {
-        fs::write(self.scope.join("cgroup.procs"), pid.to_string())
-            .with_context(|| format!("moving {pid} into {}", self.scope.display()))
-    }
-
-    fn procs_file(&self) -> PathBuf {
-        self.scope.join("cgroup.procs")
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        if let Ok(pids) = fs::read_to_string(self.procs_file()) {
-            for pid in pids.lines() {
-                let _ = fs::write(self.root.join("cgroup.procs"), pid);
-            }
-        }
-        for dir in self.made.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
-    }
-}
-
 fn in_cgroup_of(pid: u32, cg: &PodCgroup) -> bool {
     fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .is_ok_and(|t| t.lines().any(|l| l == format!("0::{}", cg.rel)))
@@ -393,16 +305,19 @@ fn a_watched_server_gives_every_clients_operations_with_user_and_address() -> Re
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
     let (server, uri) = server_with_auth()?;
     let db = unique("mw_server");
-    // Two clients; each reports its own connections' local ports before it closes them.
-    let code = APP.replace(
-        "c.close()\n",
-        "open(sys.argv[3], 'w').write('ready')\ntime.sleep(0.5)\nc.close()\n",
-    );
+    // Two clients, each under its own AppName; each says when it is through, then keeps its
+    // connections open a while so that their addresses can be read.
+    let code = APP
+        .replace("appname='mw-select'", "appname=sys.argv[4]")
+        .replace(
+            "c.close()\n",
+            "open(sys.argv[3], 'w').write('ready')\ntime.sleep(5)\nc.close()\n",
+        );
     let dir = tempfile::tempdir()?;
     let (ready_a, ready_b) = (dir.path().join("a"), dir.path().join("b"));
     let (ra, rb) = (ready_a.display().to_string(), ready_b.display().to_string());
-    let a = GatedPython::spawn("client a", &code, &[&uri, &db, &ra])?;
-    let b = GatedPython::spawn("client b", &code, &[&uri, &db, &rb])?;
+    let a = GatedPython::spawn("client a", &code, &[&uri, &db, &ra, "mw-client-a"])?;
+    let b = GatedPython::spawn("client b", &code, &[&uri, &db, &rb, "mw-client-b"])?;
     // Server-side mode by name: other tests' servers are selected too; this one's pid tells.
     let mut mw = mongowatch(&["--comm", "secantusd-py"])?;
     a.release()?;
@@ -426,38 +341,39 @@ fn a_watched_server_gives_every_clients_operations_with_user_and_address() -> Re
         .filter(|r| r["Pid"] == server.pid())
         .collect();
     ensure!(mine.len() == 2 * APP_OPS.len(), "{records:?}");
-    for (i, ports) in ports.iter().enumerate() {
+    let mut want = APP_OPS.to_vec();
+    want.sort();
+    for (ports, app_name) in ports.iter().zip(["mw-client-a", "mw-client-b"]) {
         ensure!(
             !ports.is_empty(),
-            "client {i} had no connection to the server"
+            "{app_name} had no connection to the server"
         );
-        let of_client: Vec<&&Value> = mine
-            .iter()
-            .filter(|r| {
-                r["Client"].as_str().is_some_and(|c| {
-                    c.rsplit_once(':')
-                        .and_then(|(_, p)| p.parse::<u16>().ok())
-                        .is_some_and(|p| ports.contains(&p))
-                })
-            })
-            .collect();
+        let of_client: Vec<&&Value> = mine.iter().filter(|r| r["AppName"] == app_name).collect();
         let mut ops: Vec<&str> = of_client
             .iter()
             .map(|r| r["Operation"].as_str().unwrap_or("?"))
             .collect();
         ops.sort();
-        let mut want = APP_OPS.to_vec();
-        want.sort();
         ensure!(
             ops == want,
-            "client {i}'s operations seen by the server: {ops:?}"
+            "{app_name}'s operations seen by the server: {ops:?}"
         );
+        // Each under the address of one of that client's own connections.
+        for r in of_client {
+            let port = r["Client"]
+                .as_str()
+                .and_then(|c| c.strip_prefix("127.0.0.1:"))
+                .and_then(|p| p.parse::<u16>().ok());
+            ensure!(
+                port.is_some_and(|p| ports.contains(&p)),
+                "{app_name} ({ports:?}): {r}"
+            );
+        }
     }
     for r in &mine {
         ensure!(r["Side"] == "server", "{r}");
         ensure!(r["User"] == AUTH_USER, "{r}");
         ensure!(r["Server"] == server.addr().to_string().as_str(), "{r}");
-        ensure!(r["AppName"] == "mw-select", "{r}");
         ensure!(r["Comm"] == "secantusd-py", "{r}");
     }
     let text: String = records.iter().map(|r| r.to_string()).collect();

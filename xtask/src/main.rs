@@ -19,6 +19,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod image;
 mod kernels;
 mod package;
 mod run_tests;
@@ -68,6 +69,11 @@ enum Cmd {
         args: bench::BenchArgs,
         #[command(flatten)]
         setup: SetupFirst,
+    },
+    /// Build the OCI image of the DaemonSet (deploy/) with podman or buildah, FROM scratch.
+    Image {
+        #[command(flatten)]
+        args: image::ImageArgs,
     },
     /// Boot Debian's 6.1 and 6.12 kernels under qemu and run the capture test in each, on every
     /// capture path it offers; one PASS/FAIL line per kernel and path (root).
@@ -169,6 +175,7 @@ fn main() -> Result<()> {
             setup.run(&ws, &[setup::Part::Apt, setup::Part::BpfLinker])?;
             package::deb(&ws)?
         }
+        Cmd::Image { args } => image::build_image(&ws, &args)?,
     }
     Ok(())
 }

@@ -78,6 +78,8 @@ pub struct Probes {
     watched: Array<MapData, u64>,
     /// Processes the kernel's own selection must skip (see `select`).
     excluded: Array<MapData, u64>,
+    /// Selected and excluded cgroups; pods' containers come and go.
+    cgroups: HashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, Counters>,
     path: CapturePath,
 }
@@ -273,8 +275,8 @@ impl Probes {
         for (comm, value) in &selection.comms {
             comms.insert(comm, value, 0)?;
         }
-        let mut cgroups: HashMap<_, u64, u8> =
-            HashMap::try_from(ebpf.map_mut(MAP_CGROUPS).context("map CGROUPS missing")?)?;
+        let mut cgroups: HashMap<MapData, u64, u8> =
+            HashMap::try_from(ebpf.take_map(MAP_CGROUPS).context("map CGROUPS missing")?)?;
         for (id, value) in &selection.cgroups {
             cgroups.insert(id, value, 0)?;
         }
@@ -293,6 +295,7 @@ impl Probes {
                 ebpf,
                 watched,
                 excluded,
+                cgroups,
                 counters,
                 path,
             },
@@ -344,6 +347,18 @@ impl Probes {
 
     fn set_bit(&mut self, pid: u32, on: bool) -> Result<()> {
         set_bit(&mut self.watched, pid, on)
+    }
+
+    /// Selects (`SEL_INCLUDE`) or excludes (`SEL_EXCLUDE`) the processes of cgroup `id` and
+    /// below, or forgets it (`None`).
+    pub fn set_cgroup(&mut self, id: u64, choice: Option<u8>) {
+        let result = match choice {
+            Some(v) => self.cgroups.insert(id, v, 0),
+            None => self.cgroups.remove(&id),
+        };
+        if let Err(e) = result {
+            tracing::warn!("updating cgroup {id} in the kernel's selection: {e}");
+        }
     }
 
     /// Makes the kernel's own selection (`--all`, `--comm`, `--cgroup`) skip `pid` (`on`), or

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{cgroup, procfs};
+use crate::k8s::{Pod, PodSelector};
 use mongowatch_common::{
     EXCLUDE_CGROUP, EXCLUDE_COMM, EXEC_EVENTS, MAX_CGROUP_LEVEL, SELECT_ALL, SELECT_CGROUP,
     SELECT_COMM, SEL_EXCLUDE, SEL_INCLUDE,
@@ -35,6 +36,12 @@ pub struct SelectorTable {
     pub cgroup: Vec<String>,
     /// Container ids, full or a unique prefix.
     pub container_id: Vec<String>,
+    /// Kubernetes namespaces of the pods (resolved through the API server).
+    pub k8s_namespace: Vec<String>,
+    /// Pod names.
+    pub k8s_pod: Vec<String>,
+    /// Pod labels `KEY=VALUE`, all of which a pod must carry.
+    pub k8s_label: Vec<String>,
 }
 
 impl SelectorTable {
@@ -44,6 +51,11 @@ impl SelectorTable {
             && self.exe.is_empty()
             && self.cgroup.is_empty()
             && self.container_id.is_empty()
+            && self.pods_empty()
+    }
+
+    fn pods_empty(&self) -> bool {
+        self.k8s_namespace.is_empty() && self.k8s_pod.is_empty() && self.k8s_label.is_empty()
     }
 }
 
@@ -66,6 +78,16 @@ pub struct SelectArgs {
     /// Watch the processes of this container (its id, or a unique prefix); repeatable.
     #[arg(long, value_name = "ID")]
     pub container_id: Vec<String>,
+    /// Watch the processes of the pods of this Kubernetes namespace (needs the API server: run
+    /// in a pod with a service account that may list and watch pods); repeatable.
+    #[arg(long, value_name = "NS")]
+    pub k8s_namespace: Vec<String>,
+    /// Watch the processes of the pods of this name; repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub k8s_pod: Vec<String>,
+    /// Watch the processes of the pods with this label; repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = label_arg)]
+    pub k8s_label: Vec<String>,
     /// Do not watch processes with this name, whatever else selects them; repeatable.
     #[arg(long, value_name = "NAME")]
     pub exclude_comm: Vec<String>,
@@ -78,6 +100,19 @@ pub struct SelectArgs {
     /// Do not watch the processes of this container; repeatable.
     #[arg(long, value_name = "ID")]
     pub exclude_container_id: Vec<String>,
+    /// Do not watch the processes of the pods of this namespace (kube-system, say); repeatable.
+    #[arg(long, value_name = "NS")]
+    pub exclude_k8s_namespace: Vec<String>,
+    /// Do not watch the processes of the pods of this name (the DaemonSet's own); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub exclude_k8s_pod: Vec<String>,
+    /// Do not watch the processes of the pods with this label; repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = label_arg)]
+    pub exclude_k8s_label: Vec<String>,
+}
+
+fn label_arg(s: &str) -> Result<String, String> {
+    crate::k8s::parse_label(s).map(|_| s.to_string())
 }
 
 impl SelectArgs {
@@ -115,22 +150,43 @@ impl SelectArgs {
             }));
             t
         }
-        (
-            split(
-                self.all,
-                &self.comm,
-                &self.exe,
-                &self.cgroup,
-                &self.container_id,
-            ),
-            split(
-                false,
-                &self.exclude_comm,
-                &self.exclude_exe,
-                &self.exclude_cgroup,
-                &self.exclude_container_id,
-            ),
-        )
+        fn pods(ns: &[String], pod: &[String], label: &[String]) -> Vec<SelectorTable> {
+            let mut t: Vec<SelectorTable> = Vec::new();
+            t.extend(ns.iter().map(|v| SelectorTable {
+                k8s_namespace: vec![v.clone()],
+                ..Default::default()
+            }));
+            t.extend(pod.iter().map(|v| SelectorTable {
+                k8s_pod: vec![v.clone()],
+                ..Default::default()
+            }));
+            t.extend(label.iter().map(|v| SelectorTable {
+                k8s_label: vec![v.clone()],
+                ..Default::default()
+            }));
+            t
+        }
+        let mut select = split(
+            self.all,
+            &self.comm,
+            &self.exe,
+            &self.cgroup,
+            &self.container_id,
+        );
+        select.extend(pods(&self.k8s_namespace, &self.k8s_pod, &self.k8s_label));
+        let mut exclude = split(
+            false,
+            &self.exclude_comm,
+            &self.exclude_exe,
+            &self.exclude_cgroup,
+            &self.exclude_container_id,
+        );
+        exclude.extend(pods(
+            &self.exclude_k8s_namespace,
+            &self.exclude_k8s_pod,
+            &self.exclude_k8s_label,
+        ));
+        (select, exclude)
     }
 }
 
@@ -144,6 +200,10 @@ pub enum SelectError {
     EmptyComm(String),
     #[error("too many selectors for the kernel's maps (at most {0})")]
     TooMany(u32),
+    #[error("a table with k8s-namespace, k8s-pod or k8s-label may have no other selector")]
+    MixedPods,
+    #[error("{0}")]
+    Label(String),
 }
 
 /// A table with its cgroups resolved.
@@ -156,6 +216,9 @@ struct Table {
     /// container is a cgroup).
     cgroups: Vec<cgroup::CgroupDir>,
     has_cgroup: bool,
+    /// Pods (alone in their table): their containers' cgroups go to the kernel as the pods
+    /// become known.
+    pods: Option<PodSelector>,
 }
 
 impl Table {
@@ -169,6 +232,35 @@ impl Table {
         }
         if let Some(c) = t.comm.iter().find(|c| c.is_empty()) {
             return Err(SelectError::EmptyComm(c.clone()));
+        }
+        if !t.pods_empty() {
+            let only_pods = SelectorTable {
+                k8s_namespace: t.k8s_namespace.clone(),
+                k8s_pod: t.k8s_pod.clone(),
+                k8s_label: t.k8s_label.clone(),
+                ..Default::default()
+            };
+            if *t != only_pods {
+                return Err(SelectError::MixedPods);
+            }
+            let labels = t
+                .k8s_label
+                .iter()
+                .map(|l| crate::k8s::parse_label(l))
+                .collect::<Result<_, _>>()
+                .map_err(SelectError::Label)?;
+            return Ok(Self {
+                all: false,
+                comm: vec![],
+                exe: vec![],
+                cgroups: vec![],
+                has_cgroup: false,
+                pods: Some(PodSelector {
+                    namespaces: t.k8s_namespace.clone(),
+                    pods: t.k8s_pod.clone(),
+                    labels,
+                }),
+            });
         }
         let mut cgroups = Vec::new();
         if !t.cgroup.is_empty() || !t.container_id.is_empty() {
@@ -191,11 +283,15 @@ impl Table {
             exe: t.exe.clone(),
             has_cgroup: !cgroups.is_empty(),
             cgroups,
+            pods: None,
         })
     }
 
     /// The one kind this table selects on, when it has one only: then the kernel decides it.
     fn kernel_kind(&self) -> Option<Kind> {
+        if self.pods.is_some() {
+            return Some(Kind::Pods);
+        }
         let kinds = [!self.comm.is_empty(), !self.exe.is_empty(), self.has_cgroup];
         match kinds {
             [false, false, false] if self.all => Some(Kind::All),
@@ -205,8 +301,12 @@ impl Table {
         }
     }
 
-    /// Does the process match? `None` when /proc could not tell (it exited).
+    /// Does the process match? `None` when /proc could not tell (it exited), or for pods
+    /// (decided by the kernel's cgroup map, which follows the pod metadata).
     fn matches(&self, p: &mut ProcInfo) -> Option<bool> {
+        if self.pods.is_some() {
+            return None;
+        }
         if !self.comm.is_empty() && !self.comm.iter().any(|c| Some(c.as_str()) == p.comm()) {
             return p.comm().map(|_| false);
         }
@@ -235,6 +335,7 @@ enum Kind {
     All,
     Comm,
     Cgroup,
+    Pods,
 }
 
 fn truncate_comm(c: &str) -> &str {
@@ -327,6 +428,16 @@ impl Selection {
                         }
                     }
                 }
+                // The containers' cgroups are added as the pods become known, at whatever
+                // depth the runtime makes them: every level is looked at.
+                Some(Kind::Pods) => {
+                    k.select |= if include {
+                        SELECT_CGROUP
+                    } else {
+                        EXCLUDE_CGROUP
+                    };
+                    k.cgroup_levels |= ((1u32 << (MAX_CGROUP_LEVEL + 1)) - 1) & !1;
+                }
                 // Decided here, on exec events and from /proc.
                 _ => k.select |= EXEC_EVENTS,
             }
@@ -350,10 +461,34 @@ impl Selection {
         k
     }
 
+    /// Whether pods are selected or excluded (the API server is needed).
+    pub fn uses_pods(&self) -> bool {
+        self.select
+            .iter()
+            .chain(&self.exclude)
+            .any(|t| t.pods.is_some())
+    }
+
+    /// What the pod tables say of `pod`: excluded wins over selected; `None`: neither.
+    pub fn pod_choice(&self, pod: &Pod) -> Option<u8> {
+        let hit = |ts: &[Table]| {
+            ts.iter()
+                .any(|t| t.pods.as_ref().is_some_and(|s| s.matches(pod)))
+        };
+        if hit(&self.exclude) {
+            Some(SEL_EXCLUDE)
+        } else if hit(&self.select) {
+            Some(SEL_INCLUDE)
+        } else {
+            None
+        }
+    }
+
     /// Is the process selected and not excluded? `None` when /proc could not tell.
     pub fn matches(&self, p: &mut ProcInfo) -> Option<bool> {
         for t in &self.exclude {
-            if t.matches(p)? {
+            // An exclusion that cannot be told here (a pod) is the kernel's.
+            if t.matches(p) == Some(true) {
                 return Some(false);
             }
         }
@@ -569,6 +704,7 @@ mod tests {
     #[test]
     fn cgroups_match_inside_and_below() {
         let table = Table {
+            pods: None,
             all: false,
             comm: vec![],
             exe: vec![],
@@ -587,6 +723,50 @@ mod tests {
     }
 
     #[test]
+    fn pod_tables_go_to_the_kernel_at_every_level() {
+        let sel = Selection::with_v2(
+            &[t(|t| {
+                t.k8s_namespace = vec!["shop".into()];
+                t.k8s_label = vec!["app=api".into()];
+            })],
+            &[t(|t| t.k8s_namespace = vec!["kube-system".into()])],
+            None,
+        )
+        .unwrap();
+        assert!(sel.uses_pods());
+        let k = sel.kernel();
+        assert_eq!(k.select, SELECT_CGROUP | EXCLUDE_CGROUP);
+        assert_eq!(k.cgroup_levels, 0xfffe);
+        let pod = |ns: &str, app: &str| Pod {
+            namespace: ns.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(sel.pod_choice(&pod("shop", "api")), Some(SEL_INCLUDE));
+        assert_eq!(sel.pod_choice(&pod("shop", "db")), None, "labels ANDed");
+        assert_eq!(
+            sel.pod_choice(&pod("kube-system", "api")),
+            Some(SEL_EXCLUDE)
+        );
+        // Mixed with another kind: refused.
+        assert!(matches!(
+            Selection::with_v2(
+                &[t(|t| {
+                    t.k8s_pod = vec!["a".into()];
+                    t.comm = vec!["x".into()];
+                })],
+                &[],
+                None
+            ),
+            Err(SelectError::MixedPods)
+        ));
+        assert!(matches!(
+            Selection::with_v2(&[t(|t| t.k8s_label = vec!["nolabel".into()])], &[], None),
+            Err(SelectError::Label(_))
+        ));
+    }
+
+    #[test]
     fn each_flag_is_a_table() {
         let args = SelectArgs {
             comm: vec!["a".into(), "b".into()],
@@ -597,5 +777,13 @@ mod tests {
         let (s, e) = args.tables();
         assert_eq!(s.len(), 3);
         assert_eq!(e.len(), 1);
+        let args = SelectArgs {
+            k8s_label: vec!["app=api".into(), "tier=web".into()],
+            exclude_k8s_namespace: vec!["kube-system".into()],
+            ..Default::default()
+        };
+        let (s, e) = args.tables();
+        assert_eq!(s.len(), 2, "each label flag its own table");
+        assert_eq!(e[0].k8s_namespace, vec!["kube-system"]);
     }
 }

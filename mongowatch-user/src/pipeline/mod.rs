@@ -7,6 +7,7 @@
 pub mod audit;
 mod origin;
 pub mod outputs;
+mod pods;
 mod select;
 mod stats;
 
@@ -207,6 +208,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         tls,
         ticks: 0,
         node_wide: opts.selection.is_node_wide(),
+        pods: start_pods(&opts.selection, node.as_deref())?,
         node,
         selection: opts.selection,
         excluded: Processes::new(),
@@ -220,6 +222,23 @@ pub fn run(mut opts: Options) -> Result<Report> {
         .build()
         .context("starting the event loop")?;
     runtime.block_on(pipeline.run(ring, opts.stats_interval))
+}
+
+/// Starts the pod metadata client when running in a cluster; `--k8s-*` selectors need one.
+fn start_pods(selection: &Selection, node: Option<&str>) -> Result<Option<pods::Pods>> {
+    let config = node.and_then(crate::k8s::client::ApiConfig::in_cluster);
+    let Some(config) = config else {
+        if selection.uses_pods() {
+            anyhow::bail!(
+                "--k8s-namespace, --k8s-pod and --k8s-label need the Kubernetes API: run \
+                 mongowatch in a pod (KUBERNETES_SERVICE_HOST is not set here)"
+            );
+        }
+        return Ok(None);
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    crate::k8s::client::spawn(config, tx).context("starting the pod metadata client")?;
+    Ok(Some(pods::Pods::new(rx)))
 }
 
 struct Pipeline {
@@ -246,6 +265,8 @@ struct Pipeline {
     node: Option<String>,
     /// The ring's fill level: now, and its high-water mark.
     ring_fill: Option<RingFill>,
+    /// Pod metadata from the Kubernetes API (in a cluster, or for `--k8s-*`).
+    pods: Option<pods::Pods>,
 }
 
 /// Ticks between two scans of every watched process for TLS libraries mapped late (Python
@@ -446,6 +467,7 @@ impl Pipeline {
             }
         }
         self.forget_excluded();
+        self.pod_updates();
         let Self { conns, outlet, .. } = self;
         conns.expire(now, &mut |ev| outlet.deliver(ev));
         outlet.input(Input::Tick { now_ns: now });

@@ -25,11 +25,12 @@ impl Pipeline {
         if self.conns.has_origin(pid) {
             return;
         }
-        let origin = Origin {
+        let origin = Arc::new(Origin {
             container_id: cgroup::container_id(pid),
             node: self.node.clone(),
-            k8s: None,
-        };
-        self.conns.set_origin(pid, Arc::new(origin));
+            k8s: Default::default(),
+        });
+        self.pod_of(&origin);
+        self.conns.set_origin(pid, origin);
     }
 }

@@ -78,7 +78,9 @@ pub struct Origin {
     /// The 64-hex container id from `/proc/PID/cgroup`.
     pub container_id: Option<String>,
     pub node: Option<String>,
-    pub k8s: Option<K8sMeta>,
+    /// Set once the pod of `container_id` is known (it may be learnt after the process's first
+    /// connection).
+    pub k8s: std::sync::OnceLock<K8sMeta>,
 }
 
 /// The pod a container belongs to, from the Kubernetes API.
@@ -211,7 +213,7 @@ pub struct Place {
 
 impl Place {
     pub fn new(origin: &Origin, side: Side) -> Self {
-        let k8s = origin.k8s.as_ref();
+        let k8s = origin.k8s.get();
         Self {
             container_id: origin.container_id.clone(),
             node: origin.node.clone(),

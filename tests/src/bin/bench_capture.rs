@@ -10,7 +10,10 @@
 //! machine shifts both sides alike. Prints a table and one JSON line. `BENCH_OPS` sets the
 //! workload's size (default 2000); `BENCH_ONLY=unwatched` runs part 2 alone. Part 2 runs on
 //! each capture path in `BENCH_PATHS` (comma-separated, default `sock-tracepoints,syscalls`:
-//! those a 6.3+ kernel without kprobes or fentry offers), side by side in the same rounds.
+//! those a 6.3+ kernel without kprobes or fentry offers), side by side in the same rounds;
+//! `BENCH_SELECT="--all"` (or `"--cgroup DIR"`, ...) adds a node-wide selection to the
+//! mongowatch of part 2, to measure what that selection costs the processes it does not
+//! pick (with `--all`: processes whose sockets are not MongoDB).
 
 use std::{
     io::{Read, Write},
@@ -43,7 +46,12 @@ fn idle_watch(path: &str) -> Result<(ChildGuard, Mongowatch)> {
         "idle",
         Command::new("sleep").arg("3600").stdin(Stdio::null()),
     )?;
-    let mut mw = Mongowatch::watch_pid(idle.pid(), &["--capture-path", path])?;
+    let select = std::env::var("BENCH_SELECT").unwrap_or_default();
+    let extra: Vec<&str> = ["--capture-path", path]
+        .into_iter()
+        .chain(select.split_whitespace())
+        .collect();
+    let mut mw = Mongowatch::watch_pid(idle.pid(), &extra)?;
     mw.wait_for_stderr("watching", Duration::from_secs(60))?;
     Ok((idle, mw))
 }
