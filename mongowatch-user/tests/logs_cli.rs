@@ -29,26 +29,17 @@ fn rec(id: u32, op: &str, filter: Option<Json>, dur_ms: u64, iteration: u32) -> 
         filter,
         matched: (op != "insert").then_some(i64::from(iteration) * 100),
         inserted: (op == "insert").then_some(1),
-        upserted: None,
-        modified: None,
-        deleted: None,
         iteration,
-        state: State::Final,
-        cursor_id: None,
-        error: None,
         pid: 4242,
         comm: "python3".into(),
         client: "127.0.0.1:51432".into(),
         server: "127.0.0.1:27017".into(),
-        user: None,
         // A line break inside a CSV value: quoted, kept.
         app_name: Some("shop\napi".into()),
         driver: Some("PyMongo 4.20.1".into()),
-        compression: None,
-        tls: false,
         request_bytes: 100,
         reply_bytes: 1000 * u64::from(iteration),
-        place: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -26,26 +26,14 @@ fn rec() -> Record {
             ("n".into(), Json::Int(3)),
         ])),
         matched: Some(250),
-        inserted: None,
-        upserted: None,
-        modified: None,
-        deleted: None,
         iteration: 3,
-        state: State::Final,
-        cursor_id: None,
-        error: None,
         pid: 4242,
         comm: "python3".into(),
         client: "c".into(),
         server: "s".into(),
-        user: None,
-        app_name: None,
-        driver: None,
-        compression: None,
-        tls: false,
         request_bytes: 1,
         reply_bytes: 2,
-        place: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -458,7 +458,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::record::State;
 
     fn rec(i: u32, db: &str) -> Record {
         Record {
@@ -469,28 +468,15 @@ mod tests {
             db: db.into(),
             collection: Some("c".into()),
             operation: "find".into(),
-            filter: None,
             matched: Some(1),
-            inserted: None,
-            upserted: None,
-            modified: None,
-            deleted: None,
             iteration: 1,
-            state: State::Final,
-            cursor_id: None,
-            error: None,
             pid: 1,
             comm: "app".into(),
             client: "127.0.0.1:1".into(),
             server: "127.0.0.1:27017".into(),
-            user: None,
-            app_name: None,
-            driver: None,
-            compression: None,
-            tls: false,
             request_bytes: 10,
             reply_bytes: 20,
-            place: Default::default(),
+            ..Default::default()
         }
     }
 

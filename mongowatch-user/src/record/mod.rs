@@ -94,10 +94,11 @@ pub struct K8sMeta {
 }
 
 /// Why a record was written.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Reply received, cursor exhausted or killed.
+    #[default]
     Final,
     /// The idle timeout fired (or the daemon stopped) while the operation was still open.
     Timeout,
@@ -129,7 +130,7 @@ pub struct ErrorInfo {
 
 /// One audit record. Times are kept as ns since the Unix epoch and rendered as RFC 3339 UTC
 /// with microseconds; `Duration` is kept in ns and rendered in seconds.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Record {
     #[serde(rename = "WatchID")]
     pub watch_id: String,

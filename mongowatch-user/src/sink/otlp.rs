@@ -1016,7 +1016,7 @@ impl super::RecordWriter for OtlpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{ErrorInfo, State};
+    use crate::record::ErrorInfo;
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: BTreeMap<String, String> = vars
@@ -1095,15 +1095,8 @@ mod tests {
             db: "shop".into(),
             collection: Some("orders".into()),
             operation: "insert".into(),
-            filter: None,
-            matched: None,
             inserted: Some(0),
-            upserted: None,
-            modified: None,
-            deleted: None,
             iteration: 1,
-            state: State::Final,
-            cursor_id: None,
             error: Some(ErrorInfo {
                 code: Some(11000),
                 code_name: Some("DuplicateKey".into()),
@@ -1115,13 +1108,9 @@ mod tests {
             client: "127.0.0.1:51432".into(),
             server: "[::1]:27017".into(),
             user: Some("app".into()),
-            app_name: None,
-            driver: None,
-            compression: None,
-            tls: false,
             request_bytes: 100,
             reply_bytes: 200,
-            place: Default::default(),
+            ..Default::default()
         }
     }
 
