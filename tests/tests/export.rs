@@ -280,6 +280,20 @@ fn prometheus_scrapes_one_observation_per_operation() -> Result<()> {
     ensure!(status == 200, "/readyz once watching: {status} {body}");
     let (status, body) = http_get(&listen, "/healthz")?;
     ensure!(status == 200, "/healthz: {status} {body}");
+    // Prometheus scrapes once a second from its own start: the workload (a few seconds on an
+    // idle machine) is released only once a scrape has seen both watched processes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let watched = prom.query("mongowatch_watched_processes")?;
+        if watched.len() == 1 && watched[0].1 == 2.0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no scrape saw the two watched processes: {watched:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (ops, _records) = run.run_workload()?;
     let want = ops_by_name(&ops);
     // Scraped every second: wait for a scrape that saw every operation.
@@ -349,13 +363,20 @@ fn prometheus_scrapes_one_observation_per_operation() -> Result<()> {
         want_errors > 0 && !errors.is_empty(),
         "error types {errors:?}"
     );
-    // mongowatch's own health, from the same scrapes.
-    // Two while the workload ran (it has exited by now: one is left).
-    let watched = prom.query("max_over_time(mongowatch_watched_processes[1m])")?;
-    ensure!(
-        watched.len() == 1 && watched[0].1 == 2.0,
-        "watched processes {watched:?}"
-    );
+    // mongowatch's own health, from the same scrapes. Two were watched while the workload
+    // ran; it has exited by now, and the last scrapes say so: one is left.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let watched = prom.query("mongowatch_watched_processes")?;
+        if watched.len() == 1 && watched[0].1 == 1.0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the exited workload is still counted as watched: {watched:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let lost = prom.query("mongowatch_kernel_events_lost_total")?;
     ensure!(lost.len() == 1 && lost[0].1 == 0.0, "events lost {lost:?}");
     let fill = prom.query("max_over_time(mongowatch_ring_fill_ratio[1m])")?;
