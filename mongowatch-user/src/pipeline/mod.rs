@@ -206,6 +206,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         hooks: opts.hooks,
         last_hook_tick: None,
         tls,
+        tls_first_conn: HashSet::new(),
         ticks: 0,
         node_wide: opts.selection.is_node_wide(),
         pods: start_pods(&opts.selection, node.as_deref())?,
@@ -255,6 +256,8 @@ struct Pipeline {
     last_hook_tick: Option<Instant>,
     /// The TLS libraries of the watched processes, hooked as they turn up.
     tls: TlsHooks,
+    /// Processes whose first connection has been seen (and their TLS libraries looked for).
+    tls_first_conn: HashSet<u32>,
     ticks: u64,
     selection: Selection,
     /// Runs until stopped, not until its processes exit: new ones may match.
@@ -410,6 +413,12 @@ impl Pipeline {
         }
         if let Event::ConnOpen { header, .. } = &event {
             self.note_origin(header.tgid);
+            // A process maps its TLS library when it first needs it (Python imports `ssl`
+            // late): its first connection is the moment to look, not the next rescan, which
+            // a short-lived program may not live to see.
+            if self.tls_first_conn.insert(header.tgid) {
+                self.scan_tls(header.tgid);
+            }
         }
         match event {
             Event::ProcFork {
@@ -502,6 +511,7 @@ impl Pipeline {
         for pid in self.watched.difference(&alive) {
             self.probes.unwatch(*pid);
             self.tls.forget(*pid);
+            self.tls_first_conn.remove(pid);
         }
         let new: Vec<u32> = alive.difference(&self.watched).copied().collect();
         for pid in &new {
