@@ -114,6 +114,10 @@ pub enum EventKind {
     /// A process called exec (sent only with `EXEC_EVENTS`): userspace checks its new
     /// executable and name against the selection. No payload.
     ProcExec = 7,
+    /// A selected process mapped a file executable (`mmap` with `PROT_EXEC`: a shared
+    /// library) or exec'd a new image: userspace looks for a TLS library to hook in it, before
+    /// the process's first TLS call if it can. No payload.
+    ProcMapped = 8,
 }
 
 impl EventKind {
@@ -126,6 +130,7 @@ impl EventKind {
             5 => Self::ProcFork,
             6 => Self::ProcExit,
             7 => Self::ProcExec,
+            8 => Self::ProcMapped,
             _ => return None,
         })
     }
@@ -454,10 +459,11 @@ mod tests {
             EventKind::ProcFork,
             EventKind::ProcExit,
             EventKind::ProcExec,
+            EventKind::ProcMapped,
         ] {
             assert_eq!(EventKind::from_u8(k as u8), Some(k));
         }
         assert_eq!(EventKind::from_u8(0), None);
-        assert_eq!(EventKind::from_u8(8), None);
+        assert_eq!(EventKind::from_u8(9), None);
     }
 }

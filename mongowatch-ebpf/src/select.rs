@@ -21,7 +21,7 @@ use mongowatch_common::{
     SELECT_ALL, SELECT_CGROUP, SELECT_COMM, SEL_EXCLUDE, SEL_INCLUDE, WATCHED_WORDS,
 };
 
-use crate::{emit_lifecycle, CONFIG};
+use crate::{emit_lifecycle, is_selected, CONFIG};
 
 #[map]
 static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SELECTORS, 0);
@@ -108,11 +108,14 @@ fn cgroup_choice(levels: u32) -> Option<u8> {
 pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
     // -- include/trace/events/sched.h. Runs in the task that exec'd, after the new image is in.
-    let (select, _) = select_bits();
-    if select & EXEC_EVENTS == 0 {
-        return 0;
-    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    emit_lifecycle(EventKind::ProcExec, tgid, |_| {});
+    // The new image may carry its own TLS library (Node's OpenSSL is inside `node`).
+    if is_selected(tgid) {
+        emit_lifecycle(EventKind::ProcMapped, tgid, |_| {});
+    }
+    let (select, _) = select_bits();
+    if select & EXEC_EVENTS != 0 {
+        emit_lifecycle(EventKind::ProcExec, tgid, |_| {});
+    }
     0
 }

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// `struct trace_event_raw_sys_exit`: `long ret` after the common fields and `__syscall_nr`.
-const EXIT_RET: usize = 16;
+pub(crate) const EXIT_RET: usize = 16;
 /// `struct trace_event_raw_sys_enter`: the first argument.
 const ENTER_ARG0: usize = 16;
 
@@ -121,7 +121,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 
 /// The current task's syscall registers.
 #[inline(always)]
-fn syscall_regs() -> Option<Regs> {
+pub(crate) fn syscall_regs() -> Option<Regs> {
     // SAFETY: helpers valid in tracing programs; the regs pointer is read with probe_read.
     unsafe {
         let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf();

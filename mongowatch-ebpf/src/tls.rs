@@ -2,7 +2,8 @@
 //!
 //! Userspace attaches these programs to every copy of OpenSSL a watched process maps (the
 //! system `libssl`, Node's built-in copy, Python cryptography's); they fire for every process
-//! using that file and return at once for unwatched ones.
+//! using that file and return at once for those not selected. `sys_exit_mmap` tells userspace
+//! when a selected process maps a new library, so that it is hooked before it is called.
 //!
 //! The socket of an `SSL*` is learnt without any OpenSSL struct offset (they move between
 //! versions): while an `SSL_*` call is active on a thread, the socket tracepoint that fires on
@@ -25,17 +26,24 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::{map, uprobe, uretprobe},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::{LruHashMap, PerCpuArray},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use mongowatch_common::{
-    ConnState, CLASS_OTHER, CLASS_UNKNOWN, DIR_EGRESS, DIR_INGRESS, EVENT_FLAG_TLS,
+    ConnState, EventKind, CLASS_OTHER, CLASS_UNKNOWN, DIR_EGRESS, DIR_INGRESS, EVENT_FLAG_TLS,
 };
 
 use crate::{
-    copy_call, counters, is_watched, start_copy, CONNS, CANDIDATES, SLOT_SOCKET, SLOT_TLS,
+    copy_call, counters, emit_lifecycle, is_selected, start_copy,
+    syscalls::{syscall_regs, EXIT_RET},
+    CONNS, CANDIDATES, SLOT_SOCKET, SLOT_TLS,
 };
+
+const PROT_EXEC: u64 = 0x4;
+const MAP_ANONYMOUS: u64 = 0x20;
+/// The largest errno a syscall returns as `-errno`.
+const MAX_ERRNO: i64 = 4095;
 
 /// One `SSL_*` call in progress on a thread.
 #[repr(C)]
@@ -111,6 +119,33 @@ static TLS_PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(1638
 #[map]
 static TLS_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// A selected process mapped a file executable: a library it may call `SSL_*` from soon
+/// (Python maps libssl when it imports `ssl`, then connects). Userspace is told at once, so
+/// that it hooks the library before the first TLS call rather than at its next rescan.
+#[tracepoint]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_selected(tgid) {
+        return 0;
+    }
+    // SAFETY: the field's offset in this tracepoint's fixed record.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(EXIT_RET) }) else {
+        return 0;
+    };
+    if (-MAX_ERRNO..0).contains(&ret) {
+        return 0;
+    }
+    // mmap(addr, len, prot, flags, fd, offset): still in the syscall registers at exit.
+    let Some(regs) = syscall_regs() else {
+        return 0;
+    };
+    if regs.dx & PROT_EXEC == 0 || regs.r10 & MAP_ANONYMOUS != 0 || (regs.r8 as i32) < 0 {
+        return 0;
+    }
+    emit_lifecycle(EventKind::ProcMapped, tgid, |_| {});
+    0
+}
+
 // int SSL_read(SSL *ssl, void *buf, int num) -- ssl/ssl_lib.c
 #[uprobe]
 pub fn ssl_read(ctx: ProbeContext) -> u32 {
@@ -163,7 +198,7 @@ pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_watched((pid_tgid >> 32) as u32) {
+    if !is_selected((pid_tgid >> 32) as u32) {
         return 0;
     }
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
@@ -175,7 +210,7 @@ pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
 pub fn ssl_do_handshake_ret(_ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_watched(tgid) {
+    if !is_selected(tgid) {
         return 0;
     }
     // SAFETY: map lookup by value.
@@ -196,7 +231,7 @@ pub fn ssl_do_handshake_ret(_ctx: RetProbeContext) -> u32 {
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_watched(tgid) {
+    if !is_selected(tgid) {
         return 0;
     }
     let key = SslKey {
@@ -252,7 +287,7 @@ fn pend(pid_tgid: u64, ssl: u64, buf: u64, len: u64) {
 #[inline(always)]
 fn enter(ctx: &ProbeContext, calls: &LruHashMap<u64, SslCall>, len_arg: Option<usize>) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_watched((pid_tgid >> 32) as u32) {
+    if !is_selected((pid_tgid >> 32) as u32) {
         return;
     }
     let call = SslCall {
@@ -269,7 +304,7 @@ fn enter(ctx: &ProbeContext, calls: &LruHashMap<u64, SslCall>, len_arg: Option<u
 fn exit(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, direction: u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_watched(tgid) {
+    if !is_selected(tgid) {
         return;
     }
     // SAFETY: map lookup by value, copied out before the entry goes.

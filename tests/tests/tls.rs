@@ -462,13 +462,11 @@ client.close()
 fn unwatched_tls_process_yields_nothing() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
     let server = Server::start_tls(ServerKind::SecantusPy)?;
-    // The app maps libssl when it imports pymongo, after mongowatch has started; it then
-    // waits past one periodic rescan (1 s) so that its library is hooked before its first
-    // connection. (A program whose first TLS connections come sooner is not read from its
-    // first messages: see the issue's note.) What this test checks is the other process.
+    // The app maps libssl when it imports pymongo, after mongowatch has started, and connects
+    // at once: the kernel's report of the mapping gets the library hooked before the first
+    // TLS call, so all 40 operations are read (a rescan every second would miss the first).
     let code = r#"
 import pymongo
-time.sleep(1.5)
 client = pymongo.MongoClient(sys.argv[1])
 db = client[sys.argv[2]]
 for i in range(int(sys.argv[3])):
@@ -491,11 +489,11 @@ client.close()
     );
     let records = mw.records()?;
     let stats = mw.stats()?;
-    ensure!(
-        records.len() >= 40,
-        "the watched app's 40 operations: {} records; {stats}",
-        records.len()
-    );
+    // Its first insert included: read from its first TLS message.
+    for op in ["insert", "find"] {
+        let n = records.iter().filter(|r| r["Operation"] == op).count();
+        ensure!(n == 20, "the watched app's 20 {op}s: {n} records; {stats}");
+    }
     for r in &records {
         ensure!(
             r["Pid"] == watched.pid() && r["DB"] == "watched" && r["Tls"] == true,
@@ -506,8 +504,56 @@ client.close()
     Ok(())
 }
 
-/// mongosh (Node's built-in OpenSSL, mapped only once the shell wrapper execs node: found by
-/// the periodic rescan) running a script over TLS: its records match the shell's own command
+/// A TLS app nobody gave a pid of, chosen by the kernel by its name (`--comm`), started after
+/// mongowatch and connecting as soon as it has imported pymongo: its library is hooked when it
+/// maps it, and the uprobes take it as selected, so every operation is read from the first.
+#[test]
+fn a_tls_app_selected_by_name_is_read_from_its_first_operation() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start_tls(ServerKind::SecantusPy)?;
+    let name = format!("mwtls-{:05}", std::process::id() % 100_000);
+    // Named before it maps libssl (importing pymongo), as a program named at exec would be.
+    let code = r#"
+import ctypes
+ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)
+import pymongo
+client = pymongo.MongoClient(sys.argv[1])
+t = client.mw_tls_comm.t
+for i in range(5):
+    t.insert_one({"i": i})
+    t.find_one({"i": i})
+client.close()
+"#;
+    let app = GatedPython::spawn("TLS app", code, &[&server.uri(), &name])?;
+    let mut mw = Mongowatch::spawn(["--comm", &name, "--stats"])?;
+    mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+    app.release()?;
+    let pid = app.pid();
+    let mut app = app.app;
+    ensure!(
+        app.wait_exit(Duration::from_secs(120))?.success(),
+        "the app failed"
+    );
+    mw.wait_for_records(10, Duration::from_secs(30))?;
+    mw.stop()?;
+    let records = mw.records()?;
+    let stats = mw.stats()?;
+    for op in ["insert", "find"] {
+        let n = records.iter().filter(|r| r["Operation"] == op).count();
+        ensure!(n == 5, "5 {op}s: {n} records; {stats}");
+    }
+    for r in &records {
+        ensure!(
+            r["Pid"] == pid && r["Comm"] == name.as_str() && r["Tls"] == true,
+            "a record not of the app, or without Tls: {r}"
+        );
+    }
+    check_tls_stats(&stats)?;
+    Ok(())
+}
+
+/// mongosh (Node's built-in OpenSSL, mapped only once the shell wrapper execs node: reported
+/// by the kernel at the exec) running a script over TLS: its records match the shell's own command
 /// monitoring, all Tls: true.
 #[test]
 fn mongosh_tls_records_match_monitor_commands() -> Result<()> {

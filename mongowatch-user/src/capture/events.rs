@@ -56,6 +56,11 @@ pub enum Event<'a> {
         header: EventHeader,
         pid: u32,
     },
+    /// Selected process `pid` mapped a new executable file (a library, or its image at exec).
+    ProcMapped {
+        header: EventHeader,
+        pid: u32,
+    },
 }
 
 impl Event<'_> {
@@ -67,7 +72,8 @@ impl Event<'_> {
             | Event::ConnClose { header }
             | Event::ProcFork { header, .. }
             | Event::ProcExit { header, .. }
-            | Event::ProcExec { header, .. } => header,
+            | Event::ProcExec { header, .. }
+            | Event::ProcMapped { header, .. } => header,
         }
     }
 
@@ -79,7 +85,8 @@ impl Event<'_> {
             | Event::ConnClose { header }
             | Event::ProcFork { header, .. }
             | Event::ProcExit { header, .. }
-            | Event::ProcExec { header, .. } => header,
+            | Event::ProcExec { header, .. }
+            | Event::ProcMapped { header, .. } => header,
         }
     }
 }
@@ -167,6 +174,10 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, EventError> {
             header,
         },
         EventKind::ProcExec => Event::ProcExec {
+            pid: header.tgid,
+            header,
+        },
+        EventKind::ProcMapped => Event::ProcMapped {
             pid: header.tgid,
             header,
         },

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use mongowatch_common::{
@@ -172,6 +172,23 @@ fn has_bpf_privileges() -> bool {
     caps & (1 << 21) != 0 || (caps & (1 << 39) != 0 && caps & (1 << 38) != 0)
 }
 
+/// `sys_exit_mmap`: the kernel reports each file a selected process maps executable
+/// (`ProcMapped`), so that its TLS library is hooked before its first call into it.
+fn attach_mmap_report(ebpf: &mut Ebpf) -> Result<()> {
+    let program: &mut TracePoint = ebpf
+        .program_mut("sys_exit_mmap")
+        .context("program sys_exit_mmap missing from the eBPF object")?
+        .try_into()
+        .context("program sys_exit_mmap is not a tracepoint")?;
+    program
+        .load()
+        .context("the kernel refused program sys_exit_mmap")?;
+    program
+        .attach("syscalls", "sys_exit_mmap")
+        .context("attaching to tracepoint syscalls/sys_exit_mmap")?;
+    Ok(())
+}
+
 impl Probes {
     /// Loads the programs with the running kernel's struct offsets and attaches them, on the
     /// best capture path the kernel offers (or `forced`). Returns the probes and the ring
@@ -231,6 +248,13 @@ impl Probes {
             program
                 .attach()
                 .with_context(|| format!("attaching {name} to tracepoint {tracepoint}"))?;
+        }
+        // Without it, a library mapped later is found at the next rescan only.
+        if let Err(e) = attach_mmap_report(&mut ebpf) {
+            warn!(
+                "TLS libraries a watched process maps later are found only by the periodic \
+                 rescan: {e:#}"
+            );
         }
         let mut path = None;
         let mut failures = Vec::new();

@@ -8,8 +8,10 @@
 //! own lookup takes the first name match, which may be an undefined import). The file is opened
 //! through `/proc/PID/root`, so the copy inside a container is the one probed; each file
 //! (device, inode) is attached once, for every process, and the programs filter by the watched
-//! set. Python maps libssl only when it imports `ssl`, so watched processes are scanned again
-//! from time to time.
+//! set. Python maps libssl only when it imports `ssl`: the kernel reports each file a selected
+//! process maps executable (`ProcMapped`) and the process is scanned then, before its first TLS
+//! call; watched processes are also scanned again from time to time (a kernel without the
+//! mmap tracepoint, a lost event).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -90,6 +92,15 @@ pub struct Mapping {
     pub dev: String,
     pub inode: u64,
     pub path: String,
+}
+
+/// What one look at a process's maps found.
+pub struct Libraries {
+    files: Vec<Mapping>,
+    /// A library it maps is hooked.
+    hooked: bool,
+    /// Why hooking one failed.
+    failure: Option<String>,
 }
 
 /// The executable file mappings of a `/proc/PID/maps` text, each file once.
@@ -200,6 +211,30 @@ impl TlsHooks {
     /// Scans `pid`'s maps and attaches to any OpenSSL copy not hooked yet. Returns the
     /// process's verdict when it changed.
     pub fn scan(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<Reach> {
+        let Libraries {
+            files,
+            hooked,
+            failure,
+        } = self.hook(ebpf, pid)?;
+        let reach = if hooked {
+            Reach::Hooked
+        } else if let Some(why) = failure {
+            Reach::Not(why)
+        } else {
+            let exe = std::fs::read(format!("/proc/{pid}/exe")).ok();
+            Reach::Not(runtime_hint(&files, exe.as_deref()))
+        };
+        if self.reach.get(&pid) == Some(&reach) {
+            return None;
+        }
+        self.reach.insert(pid, reach.clone());
+        Some(reach)
+    }
+
+    /// Attaches to any OpenSSL copy `pid` maps that is not hooked yet, keeping no verdict on
+    /// the process: for a process the kernel selected that has no connection yet (it may
+    /// never have one, and nothing would forget it).
+    pub fn hook(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<Libraries> {
         self.stats.scans += 1;
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
         let files = executable_files(&maps);
@@ -237,19 +272,11 @@ impl TlsHooks {
                 }
             }
         }
-        let reach = if hooked {
-            Reach::Hooked
-        } else if let Some(why) = failure {
-            Reach::Not(why)
-        } else {
-            let exe = std::fs::read(format!("/proc/{pid}/exe")).ok();
-            Reach::Not(runtime_hint(&files, exe.as_deref()))
-        };
-        if self.reach.get(&pid) == Some(&reach) {
-            return None;
-        }
-        self.reach.insert(pid, reach.clone());
-        Some(reach)
+        Some(Libraries {
+            files,
+            hooked,
+            failure,
+        })
     }
 
     fn attach(

@@ -207,6 +207,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         last_hook_tick: None,
         tls,
         tls_first_conn: HashSet::new(),
+        tls_mapped: HashSet::new(),
         ticks: 0,
         node_wide: opts.selection.is_node_wide(),
         pods: start_pods(&opts.selection, node.as_deref())?,
@@ -258,6 +259,8 @@ struct Pipeline {
     tls: TlsHooks,
     /// Processes whose first connection has been seen (and their TLS libraries looked for).
     tls_first_conn: HashSet<u32>,
+    /// Selected processes that mapped a new executable file in this batch (`ProcMapped`).
+    tls_mapped: HashSet<u32>,
     ticks: u64,
     selection: Selection,
     /// Runs until stopped, not until its processes exit: new ones may match.
@@ -398,6 +401,15 @@ impl Pipeline {
         }
         self.capture.ring_records += records as u64;
         self.sync_watched();
+        for pid in std::mem::take(&mut self.tls_mapped) {
+            if self.processes.contains(pid) {
+                self.scan_tls(pid);
+            } else {
+                // Selected by the kernel, not known here until its first connection (which
+                // scans it again, then keeping its verdict).
+                self.tls.hook(self.probes.ebpf_mut(), pid);
+            }
+        }
         if records == 0 {
             Drain::Idle
         } else if records == DRAIN_RECORDS || bytes >= DRAIN_BYTES {
@@ -411,11 +423,16 @@ impl Pipeline {
         if self.node_wide && !self.selected(&event) {
             return;
         }
+        if let Event::ProcMapped { pid, .. } = event {
+            // Scanned once the batch is handled: a process maps its libraries in bursts.
+            self.tls_mapped.insert(pid);
+            return;
+        }
         if let Event::ConnOpen { header, .. } = &event {
             self.note_origin(header.tgid);
-            // A process maps its TLS library when it first needs it (Python imports `ssl`
-            // late): its first connection is the moment to look, not the next rescan, which
-            // a short-lived program may not live to see.
+            // Its TLS library was hooked when it mapped it; its first connection is when
+            // this process gets a verdict, and a last chance to hook it when the mapping was
+            // not reported (a process the kernel selected before mongowatch started).
             if self.tls_first_conn.insert(header.tgid) {
                 self.scan_tls(header.tgid);
             }

@@ -284,7 +284,10 @@ impl Connections {
                     self.finish(conn, self.clock.epoch_ns(header.ts_ns), out);
                 }
             }
-            Event::ProcFork { .. } | Event::ProcExit { .. } | Event::ProcExec { .. } => {}
+            Event::ProcFork { .. }
+            | Event::ProcExit { .. }
+            | Event::ProcExec { .. }
+            | Event::ProcMapped { .. } => {}
         }
     }
 
