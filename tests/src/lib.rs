@@ -90,6 +90,9 @@ pub enum Need {
     PyModule(&'static str),
     /// PyOpenSSL apart from the venv ([`paths::pyopenssl_dir`]), which pymongo then uses.
     PyOpenSsl,
+    /// pymongo 4.8 with PyOpenSSL over OpenSSL 1.1.1, apart from the venv
+    /// ([`paths::openssl11_dir`]).
+    OpenSsl11,
     /// The Node `mongodb` driver (the cache's node_modules) and `node`.
     NodeDriver,
     /// mongosh (the cache's node_modules).
@@ -144,6 +147,10 @@ impl Need {
             Need::PyOpenSsl => file(
                 paths::pyopenssl_dir().join("OpenSSL/__init__.py"),
                 "PyOpenSSL",
+            ),
+            Need::OpenSsl11 => file(
+                paths::openssl11_dir().join("OpenSSL/__init__.py"),
+                "PyOpenSSL over OpenSSL 1.1.1",
             ),
             Need::NodeDriver => file(
                 paths::node_modules().join("mongodb/package.json"),

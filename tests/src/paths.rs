@@ -57,6 +57,12 @@ pub fn pyopenssl_dir() -> PathBuf {
     cache_dir().join("pyopenssl")
 }
 
+/// pymongo 4.8 with PyOpenSSL over cryptography 3.4's OpenSSL 1.1.1
+/// (tests/requirements-openssl11.txt), for PYTHONPATH.
+pub fn openssl11_dir() -> PathBuf {
+    cache_dir().join("openssl11")
+}
+
 /// The venv's interpreter (runs the pymongo workloads).
 pub fn venv_python() -> PathBuf {
     venv_dir().join("bin/python")

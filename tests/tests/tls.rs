@@ -35,13 +35,13 @@ struct AuditApp {
 }
 
 impl AuditApp {
-    /// `pyopenssl`: pymongo through PyOpenSSL (installed apart, put on PYTHONPATH).
+    /// `overlay`: pymongo through PyOpenSSL (installed apart, put on PYTHONPATH).
     fn spawn(
         driver: Driver,
         uri: &str,
         dir: &Path,
         start: &Path,
-        pyopenssl: bool,
+        overlay: Option<Overlay>,
     ) -> Result<AuditApp> {
         let script = match driver {
             Driver::Pymongo => paths::workloads_dir().join("audit_pymongo.py"),
@@ -50,8 +50,8 @@ impl AuditApp {
         let oracle = dir.join("main.oracle.jsonl");
         let stderr = dir.join("main.stderr");
         let mut cmd = driver.command(&script);
-        if pyopenssl {
-            cmd.env("PYTHONPATH", paths::pyopenssl_dir());
+        if let Some(overlay) = overlay {
+            cmd.env("PYTHONPATH", overlay.dir());
         }
         cmd.current_dir(dir)
             .args(["--uri", uri, "--db", "mongowatch_tls", "--role", "main"])
@@ -76,7 +76,7 @@ impl AuditApp {
 
 /// The records of a TLS driver equal its command monitoring, operation by operation (cursors
 /// with getMores on pooled connections, a held cursor, errors), and every one says TLS.
-fn audit_over_tls(driver: Driver, pyopenssl: bool) -> Result<()> {
+fn audit_over_tls(driver: Driver, overlay: Option<Overlay>) -> Result<()> {
     let server = Server::start_tls(ServerKind::SecantusPy)?;
     let uri = server.uri();
     ensure!(uri.contains("tls=true"), "{uri}");
@@ -84,7 +84,7 @@ fn audit_over_tls(driver: Driver, pyopenssl: bool) -> Result<()> {
         .prefix("mongowatch-tls-")
         .tempdir()?;
     let start = dir.path().join("start");
-    let mut app = AuditApp::spawn(driver, &uri, dir.path(), &start, pyopenssl)?;
+    let mut app = AuditApp::spawn(driver, &uri, dir.path(), &start, overlay)?;
     let mut mw = Mongowatch::watch_pid(
         app.guard.pid(),
         &["--timeout", &TIMEOUT_S.to_string(), "--stats"],
@@ -120,12 +120,13 @@ fn audit_over_tls(driver: Driver, pyopenssl: bool) -> Result<()> {
         );
     }
     check_tls_stats(&stats)?;
-    if pyopenssl {
-        // The plaintext came from cryptography's own OpenSSL (pymongo imports the system
-        // one too, for its ssl module).
+    if let Some(overlay) = overlay {
+        // The plaintext came from the OpenSSL copy PyOpenSSL uses (pymongo imports the
+        // system one too, for its ssl module).
         ensure!(
-            mw.stderr().contains("_rust.abi3.so"),
-            "cryptography's OpenSSL was not hooked: {}",
+            mw.stderr().contains(overlay.library()),
+            "{} was not hooked: {}",
+            overlay.library(),
             mw.stderr()
         );
     }
@@ -156,33 +157,82 @@ fn check_tls_stats(stats: &Value) -> Result<()> {
     Ok(())
 }
 
+/// pymongo through PyOpenSSL, installed apart from the venv and put on PYTHONPATH.
+#[derive(Clone, Copy)]
+enum Overlay {
+    /// PyOpenSSL over cryptography's current wheel: OpenSSL 4.0 inside `_rust.abi3.so` (its
+    /// `SSL_*` are local symbols, found in `.symtab`).
+    PyOpenSsl,
+    /// pymongo 4.8 and PyOpenSSL over cryptography 3.4.8: OpenSSL 1.1.1 inside
+    /// `_openssl.abi3.so`.
+    OpenSsl11,
+}
+
+impl Overlay {
+    fn dir(self) -> PathBuf {
+        match self {
+            Overlay::PyOpenSsl => paths::pyopenssl_dir(),
+            Overlay::OpenSsl11 => paths::openssl11_dir(),
+        }
+    }
+
+    /// The file holding the OpenSSL copy that must be hooked.
+    fn library(self) -> &'static str {
+        match self {
+            Overlay::PyOpenSsl => "_rust.abi3.so",
+            Overlay::OpenSsl11 => "_openssl.abi3.so",
+        }
+    }
+
+    /// pymongo takes PyOpenSSL from the overlay, and that PyOpenSSL runs on `openssl`.
+    fn check(self, openssl: &str) -> Result<()> {
+        let out = Command::new(paths::venv_python())
+            .args([
+                "-c",
+                // pymongo 4.9+ says HAVE_PYSSL; 4.8 makes PyOpenSSL its `_ssl`.
+                "import pymongo.ssl_support as s; from OpenSSL import SSL; \
+                 assert getattr(s, 'HAVE_PYSSL', s._ssl.__name__ == 'pymongo.pyopenssl_context'); \
+                 print(SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode())",
+            ])
+            .env("PYTHONPATH", self.dir())
+            .output()?;
+        let version = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && version.starts_with(openssl),
+            "pymongo does not take PyOpenSSL over {openssl} from {}: {version} {}",
+            self.dir().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
 #[test]
 fn pymongo_tls_records_match_the_command_listener() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
-    audit_over_tls(Driver::Pymongo, false)
+    audit_over_tls(Driver::Pymongo, None)
 }
 
-/// The same through PyOpenSSL, whose OpenSSL is the copy inside cryptography's
-/// `_rust.abi3.so` (its `SSL_*` are local symbols, found in `.symtab`).
+/// The same through PyOpenSSL, whose OpenSSL is the copy inside cryptography's wheel.
 #[test]
 fn pyopenssl_tls_records_match_the_command_listener() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo, Need::PyOpenSsl);
-    let uses = Command::new(paths::venv_python())
-        .args(["-c", "import pymongo.ssl_support as s; assert s.HAVE_PYSSL"])
-        .env("PYTHONPATH", paths::pyopenssl_dir())
-        .status()?;
-    ensure!(
-        uses.success(),
-        "pymongo does not take PyOpenSSL from {}",
-        paths::pyopenssl_dir().display()
-    );
-    audit_over_tls(Driver::Pymongo, true)
+    Overlay::PyOpenSsl.check("OpenSSL 4.")?;
+    audit_over_tls(Driver::Pymongo, Some(Overlay::PyOpenSsl))
+}
+
+/// The same on OpenSSL 1.1.1 (no `SSL_write_ex2`; its own `SSL_read_ex`/`SSL_write_ex`).
+#[test]
+fn openssl_1_1_tls_records_match_the_command_listener() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::OpenSsl11);
+    Overlay::OpenSsl11.check("OpenSSL 1.1.1")?;
+    audit_over_tls(Driver::Pymongo, Some(Overlay::OpenSsl11))
 }
 
 #[test]
 fn node_tls_records_match_monitor_commands() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::NodeDriver);
-    audit_over_tls(Driver::Node, false)
+    audit_over_tls(Driver::Node, None)
 }
 
 /// One `--messages --message-bytes` line.

@@ -10,6 +10,7 @@
 //! | bpf-linker  | bpf-linker 0.13.0 built against Debian's LLVM 22 (~40 s)    | <cache>/tools    |
 //! | venv        | SecantusDB (secantusd-py) + pymongo, tests/requirements.txt | <cache>/venv     |
 //! |             | PyOpenSSL, tests/requirements-pyopenssl.txt (kept apart)    | <cache>/pyopenssl|
+//! |             | OpenSSL 1.1.1, tests/requirements-openssl11.txt (apart)     | <cache>/openssl11|
 //! | node        | mongodb 7 + mongosh 2, `npm ci` of tests/node's lock        | <cache>/node     |
 //! | secantusd-rs| secantus-mdb from crates.io (about 5 min, 1 GB peak)        | <cache>/tools    |
 //! | test-tools  | iproute2, openssl, prometheus (Debian packages), e2e tests  | the system       |
@@ -155,7 +156,7 @@ pub fn run_setup(workspace: &Path, parts: &[Part]) -> Result<()> {
         thread::spawn(move || {
             let start = Instant::now();
             let result =
-                python_venv(&p).and_then(|venv| Ok(format!("{venv}; {}", pyopenssl_overlay(&p)?)));
+                python_venv(&p).and_then(|venv| Ok(format!("{venv}; {}", pyopenssl_overlays(&p)?)));
             (result, start.elapsed())
         })
     });
@@ -472,17 +473,26 @@ fn python_venv(p: &Paths) -> Result<String> {
 }
 
 /// PyOpenSSL beside the venv, not in it: pymongo prefers it when it can import it, and only
-/// the test of that path puts it on PYTHONPATH (see tests/requirements-pyopenssl.txt).
-fn pyopenssl_overlay(p: &Paths) -> Result<String> {
-    let requirements = p.workspace.join("tests/requirements-pyopenssl.txt");
-    let wanted = fs::read_to_string(&requirements)
-        .with_context(|| format!("reading {}", requirements.display()))?;
-    let dir = p.cache.join("pyopenssl");
+/// the tests of that path put it on PYTHONPATH (see tests/requirements-pyopenssl.txt and
+/// tests/requirements-openssl11.txt).
+fn pyopenssl_overlays(p: &Paths) -> Result<String> {
+    Ok([
+        overlay(p, "pyopenssl", "tests/requirements-pyopenssl.txt")?,
+        overlay(p, "openssl11", "tests/requirements-openssl11.txt")?,
+    ]
+    .join("; "))
+}
+
+/// `pip install --target <cache>/<name> -r <requirements>`, unless already done.
+fn overlay(p: &Paths, name: &str, requirements: &str) -> Result<String> {
+    let wanted = fs::read_to_string(p.workspace.join(requirements))
+        .with_context(|| format!("reading {requirements}"))?;
+    let dir = p.cache.join(name);
     let stamp = dir.join(".mongowatch-requirements.txt");
     if fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
         && dir.join("OpenSSL").is_dir()
     {
-        return Ok("PyOpenSSL already matches tests/requirements-pyopenssl.txt".into());
+        return Ok(format!("{name} already matches {requirements}"));
     }
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -498,10 +508,10 @@ fn pyopenssl_overlay(p: &Paths) -> Result<String> {
         ])
         .arg(&dir)
         .arg("-r")
-        .arg(&requirements)
+        .arg(p.workspace.join(requirements))
         .env("PIP_NO_INPUT", "1"))?;
     fs::write(&stamp, &wanted)?;
-    Ok("installed tests/requirements-pyopenssl.txt".into())
+    Ok(format!("installed {requirements}"))
 }
 
 fn parse_node_version(v: &str) -> Option<(u32, u32)> {
