@@ -554,6 +554,66 @@ client.close()
     Ok(())
 }
 
+/// The probes are attached for the watched process alone: the kernel writes its breakpoint
+/// into that process's copy of `SSL_write`, and another process mapping the same libssl keeps
+/// its own code, so it pays nothing for the sharing.
+#[test]
+fn only_the_watched_process_gets_breakpoints_in_libssl() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::Pymongo);
+    // Maps libssl (importing ssl), says where its SSL_write is, then waits.
+    let code = "import ctypes, ssl, sys, time\n\
+        f = ctypes.CDLL('libssl.so.3').SSL_write\n\
+        print(ctypes.cast(f, ctypes.c_void_p).value, flush=True)\n\
+        time.sleep(600)\n";
+    let spawn = |name: &str| -> Result<(ChildGuard, u64)> {
+        let mut child = ChildGuard::spawn(
+            name,
+            Command::new(paths::venv_python())
+                .args(["-c", code])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped()),
+        )?;
+        let out = child.child_mut().stdout.take().context("stdout")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+        let addr = line
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}: {line:?}"))?;
+        Ok((child, addr))
+    };
+    let (watched, at_w) = spawn("watched ssl importer")?;
+    let (other, at_o) = spawn("unwatched ssl importer")?;
+    let first_byte = |pid: u32, at: u64| -> Result<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8];
+        fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(&mut b, at)?;
+        Ok(b[0])
+    };
+    let original = first_byte(other.pid(), at_o)?;
+    ensure!(
+        original != 0xcc,
+        "SSL_write starts with int3 before any probe"
+    );
+    let mut mw = Mongowatch::watch_pid(watched.pid(), &["--stats"])?;
+    mw.wait_for_stderr("TLS library hooked", Duration::from_secs(60))?;
+    ensure!(
+        first_byte(watched.pid(), at_w)? == 0xcc,
+        "no breakpoint at the watched process's SSL_write"
+    );
+    ensure!(
+        first_byte(other.pid(), at_o)? == original,
+        "the unwatched process's SSL_write was changed"
+    );
+    drop(watched);
+    mw.wait_exit(Duration::from_secs(30))?;
+    ensure!(
+        first_byte(other.pid(), at_o)? == original,
+        "the unwatched process's SSL_write was changed"
+    );
+    Ok(())
+}
+
 /// A TLS app nobody gave a pid of, chosen by the kernel by its name (`--comm`), started after
 /// mongowatch and connecting as soon as it has imported pymongo: its library is hooked when it
 /// maps it, and the uprobes take it as selected, so every operation is read from the first.

@@ -4,6 +4,8 @@
 //! - `capture`, `audit`: bench-capture and bench-audit (tests/src/bin).
 //! - `replay`: the replay load generator, bench-replay; arguments after `--` go to it
 //!   (`cargo xtask bench replay -- --find-knee --mix small`).
+//! - `tls`: bench-tls, what reading TLS plaintext costs a watched pymongo app and an unwatched
+//!   process on the same libssl.
 //! - `compare`: bench-compare, pymongo plain / CommandListener / pymongowatch / mongowatch side
 //!   by side. pymongowatch needs pymongo <= 4.8, so it runs in a venv of its own,
 //!   `<cache>/venv-compare` (tests/requirements-compare.txt), which this command installs.
@@ -19,7 +21,8 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmarks: capture (cost ratios), audit (load), replay (load generator), or all.
+    /// Which benchmarks: capture (cost ratios), audit (load), replay (load generator), compare
+    /// (side by side with the in-process alternatives), tls (TLS capture's cost), or all.
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
     /// Passed to the benchmark binary after `--` (one benchmark only).
@@ -33,6 +36,7 @@ pub enum Which {
     Audit,
     Replay,
     Compare,
+    Tls,
     All,
 }
 
@@ -69,6 +73,9 @@ pub fn run_bench(workspace: &Path, args: &BenchArgs) -> Result<()> {
     if matches!(args.which, Which::Compare | Which::All) {
         compare_venv(workspace)?;
         bins.push("bench-compare");
+    }
+    if matches!(args.which, Which::Tls | Which::All) {
+        bins.push("bench-tls");
     }
     if !args.args.is_empty() && bins.len() != 1 {
         bail!("arguments after `--` go to one benchmark: name it (e.g. `bench replay -- ...`)");

@@ -6,9 +6,13 @@
 //! only): the system `libssl.so.3` / `.so.1.1`, Node's static copy in `node` or `libnode`,
 //! Python cryptography's `_rust.abi3.so`. The symbols are resolved here to file offsets (aya's
 //! own lookup takes the first name match, which may be an undefined import). The file is opened
-//! through `/proc/PID/root`, so the copy inside a container is the one probed; each file
-//! (device, inode) is attached once, for every process, and the programs filter by the watched
-//! set. Python maps libssl only when it imports `ssl`: the kernel reports each file a selected
+//! through `/proc/PID/root`, so the copy inside a container is the one probed. Each file
+//! (device, inode) is read once; its probes are attached for each selected process that maps
+//! it (`UProbeScope::OneProcess`), so the kernel puts no breakpoint in any other process: a
+//! process that is not watched pays nothing for sharing the library (attached for every
+//! process instead, each of its `SSL_*` calls cost it about 20 to 35 µs of traps here). The
+//! probes are detached when the process is forgotten. Python maps libssl only when it imports
+//! `ssl`: the kernel reports each file a selected
 //! process maps executable (`ProcMapped`) and the process is scanned then, before its first TLS
 //! call; watched processes are also scanned again from time to time (a kernel without the
 //! mmap tracepoint, a lost event).
@@ -18,8 +22,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::num::NonZeroU32;
+
 use aya::{
-    programs::{uprobe::UProbeScope, UProbe},
+    programs::{
+        uprobe::{UProbeLinkId, UProbeScope},
+        UProbe,
+    },
     Ebpf,
 };
 use object::{Object, ObjectSegment, ObjectSymbol};
@@ -67,20 +76,29 @@ pub enum Reach {
 /// Counters of the TLS library hooks.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct TlsStats {
-    /// Library files attached to (once each, whichever processes map them).
+    /// Libraries hooked, once per process that maps them.
     pub libraries_attached: u64,
-    /// Library files that define `SSL_write` but could not be attached.
+    /// Libraries (defining `SSL_write`) whose probes could not be attached for a process.
     pub libraries_failed: u64,
     /// Scans of a watched process's maps.
     pub scans: u64,
+    /// Processes whose libraries are hooked now.
+    pub processes_hooked: u64,
 }
+
+/// A file, by (device, inode) as /proc/PID/maps gives them.
+type FileKey = (String, u64);
+/// The probes attached to one library for one process: (program, link) pairs.
+type ProbeLinks = Vec<(&'static str, UProbeLinkId)>;
 
 /// The libraries found and hooked so far.
 #[derive(Default)]
 pub struct TlsHooks {
     loaded: Option<Result<(), String>>,
-    /// Files looked at, by (device, inode): `Some(path)` when hooked.
-    files: HashMap<(String, u64), Option<String>>,
+    /// Files looked at: the `SSL_*` functions' file offsets, empty when it defines none.
+    files: HashMap<FileKey, HashMap<&'static str, u64>>,
+    /// Each hooked process's probes, by library.
+    links: HashMap<u32, HashMap<FileKey, ProbeLinks>>,
     /// Each scanned process's verdict.
     reach: HashMap<u32, Reach>,
     stats: TlsStats,
@@ -197,15 +215,40 @@ pub fn runtime_hint(files: &[Mapping], exe: Option<&[u8]>) -> String {
 
 impl TlsHooks {
     pub fn stats(&self) -> TlsStats {
-        self.stats.clone()
+        TlsStats {
+            processes_hooked: self.links.len() as u64,
+            ..self.stats.clone()
+        }
     }
 
     pub fn reach(&self, pid: u32) -> Option<&Reach> {
         self.reach.get(&pid)
     }
 
-    pub fn forget(&mut self, pid: u32) {
+    /// `pid` is gone or no longer watched: its verdict goes, and its probes are detached.
+    pub fn forget(&mut self, ebpf: &mut Ebpf, pid: u32) {
         self.reach.remove(&pid);
+        for (program, link) in self
+            .links
+            .remove(&pid)
+            .into_iter()
+            .flat_map(|l| l.into_values())
+            .flatten()
+        {
+            let detached = ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut UProbe>::try_from(p).ok())
+                .map(|p| p.detach(link));
+            if let Some(Err(e)) = detached {
+                // A process that exited took its probes with it.
+                tracing::debug!(pid, program, "detaching a TLS probe: {e}");
+            }
+        }
+    }
+
+    /// The processes whose probes are attached.
+    pub fn hooked_pids(&self) -> Vec<u32> {
+        self.links.keys().copied().collect()
     }
 
     /// Scans `pid`'s maps and attaches to any OpenSSL copy not hooked yet. Returns the
@@ -231,9 +274,9 @@ impl TlsHooks {
         Some(reach)
     }
 
-    /// Attaches to any OpenSSL copy `pid` maps that is not hooked yet, keeping no verdict on
-    /// the process: for a process the kernel selected that has no connection yet (it may
-    /// never have one, and nothing would forget it).
+    /// Attaches to any OpenSSL copy `pid` maps that is not hooked for it yet, keeping no
+    /// verdict on the process: for a process the kernel selected that has no connection yet
+    /// (it may never have one).
     pub fn hook(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<Libraries> {
         self.stats.scans += 1;
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
@@ -243,31 +286,31 @@ impl TlsHooks {
         let mut failure = None;
         for m in &files {
             let key = (m.dev.clone(), m.inode);
-            if let Some(known) = self.files.get(&key) {
-                hooked |= known.is_some();
-                continue;
-            }
             let host = root.join(m.path.trim_start_matches('/'));
-            let offsets = match std::fs::read(&host) {
-                Ok(image) => ssl_offsets(&image),
-                Err(_) => HashMap::new(),
-            };
+            let offsets = self.files.entry(key.clone()).or_insert_with(|| {
+                std::fs::read(&host)
+                    .map(|image| ssl_offsets(&image))
+                    .unwrap_or_default()
+            });
             if offsets.is_empty() {
-                self.files.insert(key, None);
                 continue;
             }
-            match self.attach(ebpf, &host, &offsets) {
-                Ok(()) => {
+            if self.links.get(&pid).is_some_and(|l| l.contains_key(&key)) {
+                hooked = true;
+                continue;
+            }
+            let offsets = offsets.clone();
+            match self.attach(ebpf, &host, &offsets, pid) {
+                Ok(links) => {
                     self.stats.libraries_attached += 1;
                     tracing::info!(pid, library = %m.path, "TLS library hooked");
-                    self.files.insert(key, Some(m.path.clone()));
+                    self.links.entry(pid).or_default().insert(key, links);
                     hooked = true;
                 }
                 Err(e) => {
                     self.stats.libraries_failed += 1;
                     let why = format!("hooking its TLS library {} failed: {e}", m.path);
                     tracing::warn!(pid, "{why}");
-                    self.files.insert(key, None);
                     failure = Some(why);
                 }
             }
@@ -279,26 +322,51 @@ impl TlsHooks {
         })
     }
 
+    /// Attaches every probe to the library at `path` for process `pid` alone; on a failure,
+    /// what was attached is detached again.
     fn attach(
         &mut self,
         ebpf: &mut Ebpf,
         path: &Path,
         offsets: &HashMap<&'static str, u64>,
-    ) -> Result<(), String> {
+        pid: u32,
+    ) -> Result<ProbeLinks, String> {
         self.load(ebpf)?;
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or("pid 0")?);
+        let mut links = Vec::new();
+        let mut result = Ok(());
         for (program, function) in HOOKS {
             let Some(offset) = offsets.get(function) else {
                 continue;
             };
-            let p: &mut UProbe = ebpf
+            let attached = ebpf
                 .program_mut(program)
-                .ok_or_else(|| format!("program {program} missing"))?
-                .try_into()
-                .map_err(|e| format!("{program}: {e}"))?;
-            p.attach(*offset, path, UProbeScope::AllProcesses)
-                .map_err(|e| format!("{function} ({program}): {e}"))?;
+                .ok_or_else(|| format!("program {program} missing"))
+                .and_then(|p| <&mut UProbe>::try_from(p).map_err(|e| format!("{program}: {e}")))
+                .and_then(|p| {
+                    p.attach(*offset, path, scope)
+                        .map_err(|e| format!("{function} ({program}): {e}"))
+                });
+            match attached {
+                Ok(link) => links.push((*program, link)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(())
+        if let Err(e) = result {
+            for (program, link) in links {
+                if let Some(p) = ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut UProbe>::try_from(p).ok())
+                {
+                    let _ = p.detach(link);
+                }
+            }
+            return Err(e);
+        }
+        Ok(links)
     }
 
     /// Loads the TLS programs into the kernel, once.

@@ -503,6 +503,12 @@ impl Pipeline {
             for pid in self.watched.clone() {
                 self.scan_tls(pid);
             }
+            // Processes hooked before their first connection that never made one.
+            for pid in self.tls.hooked_pids() {
+                if !self.watched.contains(&pid) && !procfs::alive(pid) {
+                    self.tls.forget(self.probes.ebpf_mut(), pid);
+                }
+            }
         }
         let counters = self.probes.counters();
         self.report_loss(&counters);
@@ -527,7 +533,7 @@ impl Pipeline {
         let alive: HashSet<u32> = self.processes.pids().collect();
         for pid in self.watched.difference(&alive) {
             self.probes.unwatch(*pid);
-            self.tls.forget(*pid);
+            self.tls.forget(self.probes.ebpf_mut(), *pid);
             self.tls_first_conn.remove(pid);
         }
         let new: Vec<u32> = alive.difference(&self.watched).copied().collect();
