@@ -129,6 +129,9 @@ struct OpenOp {
     count_batches: bool,
     /// Time of the last reply (exhaust replies measure from it).
     last_ts: u64,
+    /// A getMore's reply was lost: the cursor goes on, but the totals miss a batch, so the
+    /// operation can no longer end `final` (it ends `closed`).
+    reply_lost: bool,
 }
 
 /// One round trip's timing and sizes.
@@ -503,6 +506,7 @@ impl Tracker {
                 cursor: key,
                 count_batches,
                 last_ts,
+                reply_lost: false,
             },
         );
     }
@@ -530,7 +534,11 @@ impl Tracker {
     fn finish(&mut self, op_key: u64, state: State, out: &mut Vec<Emit>) {
         if let Some(mut op) = self.take_op(op_key) {
             self.cursors.remove(&op.cursor);
-            op.rec.state = state;
+            op.rec.state = if op.reply_lost && state == State::Final {
+                State::Closed
+            } else {
+                state
+            };
             out.push(Emit::Ended(op.rec));
         }
     }
@@ -574,8 +582,16 @@ impl Tracker {
         };
         Self::add_trip(op, trip);
         let Some(rep) = rep else {
-            // The reply never came: the connection ended under the cursor.
-            return self.finish(op_key, State::Closed, out);
+            // The reply was lost (capture lost its bytes) or the connection ended before it.
+            // Either way the cursor may go on, on this connection or another of the pool:
+            // ending the operation here would make its next getMore a record of its own, as
+            // if its opening had not been seen. It stays open, marked; a connection close or
+            // the process's exit still ends it (`closed`), as does the idle timeout.
+            op.reply_lost = true;
+            out.push(Emit::Changed {
+                watch_id: op.rec.watch_id.clone(),
+            });
+            return;
         };
         op.rec.iteration = op.rec.iteration.saturating_add(1);
         let raw = rep.raw();
