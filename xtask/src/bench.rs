@@ -4,6 +4,8 @@
 //! - `capture`, `audit`: bench-capture and bench-audit (tests/src/bin).
 //! - `replay`: the replay load generator, bench-replay; arguments after `--` go to it
 //!   (`cargo xtask bench replay -- --find-knee --mix small`).
+//! - `scale`: bench-scale, the scale of watching (many processes, connections, open cursors,
+//!   timeouts firing): the daemon's RSS and CPU, and a new process's time to its first record.
 //! - `compare`: bench-compare, pymongo plain / CommandListener / pymongowatch / mongowatch side
 //!   by side. pymongowatch needs pymongo <= 4.8, so it runs in a venv of its own,
 //!   `<cache>/venv-compare` (tests/requirements-compare.txt), which this command installs.
@@ -19,7 +21,8 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmarks: capture (cost ratios), audit (load), replay (load generator), or all.
+    /// Which benchmarks: capture (cost ratios), audit (load), replay (load generator), scale
+    /// (scale of watching), compare (side by side), or all.
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
     /// Passed to the benchmark binary after `--` (one benchmark only).
@@ -32,6 +35,7 @@ pub enum Which {
     Capture,
     Audit,
     Replay,
+    Scale,
     Compare,
     All,
 }
@@ -65,6 +69,9 @@ pub fn run_bench(workspace: &Path, args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.which, Which::Replay | Which::All) {
         bins.push("bench-replay");
+    }
+    if matches!(args.which, Which::Scale | Which::All) {
+        bins.push("bench-scale");
     }
     if matches!(args.which, Which::Compare | Which::All) {
         compare_venv(workspace)?;
