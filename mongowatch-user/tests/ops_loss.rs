@@ -72,8 +72,8 @@ fn batch(n: i32) -> bson::RawArrayBuf {
     a
 }
 
-/// A find, then two getMores on its cursor; `lose` names the reply lost (0: the find's).
-fn cursor_with_a_lost_reply(lose: usize) -> Vec<Value> {
+/// A find, then two getMores on its cursor; `lose` names the replies lost (0: the find's).
+fn cursor_with_lost_replies(lose: &[usize]) -> Vec<Value> {
     let mut w = Wire::new();
     let requests = [
         rawdoc! { "find": "logs", "filter": { "level": "error" }, "$db": "app" },
@@ -88,7 +88,11 @@ fn cursor_with_a_lost_reply(lose: usize) -> Vec<Value> {
     for (i, (req, rep)) in requests.iter().zip(&replies).enumerate() {
         let id = 10 + i as i32;
         w.send(Direction::Egress, &op_msg(id, 0, req), false);
-        w.send(Direction::Ingress, &op_msg(100 + id, id, rep), i == lose);
+        w.send(
+            Direction::Ingress,
+            &op_msg(100 + id, id, rep),
+            lose.contains(&i),
+        );
     }
     let mut h = Harness::default_config();
     for i in w.inputs.drain(..) {
@@ -107,7 +111,7 @@ fn cursor_with_a_lost_reply(lose: usize) -> Vec<Value> {
 /// records. It is one record, `closed` because a batch is missing from its totals.
 #[test]
 fn a_lost_get_more_reply_leaves_the_operation_whole_and_marked() {
-    let recs = cursor_with_a_lost_reply(1);
+    let recs = cursor_with_lost_replies(&[1]);
     assert_eq!(recs.len(), 1, "{recs:#?}");
     let r = &recs[0];
     assert_eq!(r["Operation"], "find");
@@ -123,7 +127,7 @@ fn a_lost_get_more_reply_leaves_the_operation_whole_and_marked() {
 /// `getMore` (the contract's record of a getMore whose opening was not seen).
 #[test]
 fn a_lost_find_reply_closes_the_find_and_its_get_mores_are_their_own_record() {
-    let recs = cursor_with_a_lost_reply(0);
+    let recs = cursor_with_lost_replies(&[0]);
     assert_eq!(recs.len(), 2, "{recs:#?}");
     assert_eq!(recs[0]["Operation"], "find");
     assert_eq!(recs[0]["State"], "closed");
@@ -134,10 +138,25 @@ fn a_lost_find_reply_closes_the_find_and_its_get_mores_are_their_own_record() {
     assert_eq!(recs[1]["State"], "final");
 }
 
+/// The find's reply and the first getMore's both lost: the first getMore's cursor id is in
+/// its request, so the getMores are still one record (not one each), `closed`.
+#[test]
+fn get_mores_whose_opening_and_first_reply_were_lost_are_one_record() {
+    let recs = cursor_with_lost_replies(&[0, 1]);
+    assert_eq!(recs.len(), 2, "{recs:#?}");
+    assert_eq!(recs[0]["Operation"], "find");
+    assert_eq!(recs[0]["State"], "closed");
+    assert_eq!(recs[1]["Operation"], "getMore");
+    assert_eq!(recs[1]["State"], "closed", "a batch was lost: not final");
+    assert_eq!(recs[1]["CursorId"], 77);
+    assert_eq!(recs[1]["MatchedCount"], 4);
+    assert_eq!(recs[1]["Iteration"], 2);
+}
+
 /// Nothing lost: one record, final (the fixture itself is right).
 #[test]
 fn nothing_lost_is_one_final_record() {
-    let recs = cursor_with_a_lost_reply(usize::MAX);
+    let recs = cursor_with_lost_replies(&[]);
     assert_eq!(recs.len(), 1, "{recs:#?}");
     assert_eq!(recs[0]["State"], "final");
     assert_eq!(recs[0]["MatchedCount"], 9);

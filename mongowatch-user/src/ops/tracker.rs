@@ -574,6 +574,18 @@ impl Tracker {
         let key = (conn.pid, conn.server.clone(), id);
         let Some(&op_key) = self.cursors.get(&key) else {
             self.stats.orphan_get_mores += 1;
+            if rep.is_none() && id != 0 {
+                // Its opening unseen and its own reply lost too: the cursor still goes on
+                // (its id is in the request), so its next getMores join this record rather
+                // than each making one of its own. Marked: it ends `closed`.
+                let mut rec = self.new_record(conn, cmd, trip);
+                rec.cursor_id = Some(id);
+                self.open_op(rec, key.clone(), true, 0, out);
+                if let Some(op) = self.cursors.get(&key).and_then(|k| self.open.get_mut(k)) {
+                    op.reply_lost = true;
+                }
+                return;
+            }
             return self.new_op(conn, cmd, rep, trip, true, out);
         };
         let Some(op) = self.open.get_mut(&op_key) else {
