@@ -385,6 +385,7 @@ struct RecordCount {
 struct Op {
     op: String,
     state: String,
+    pid: u64,
     client: String,
     start: String,
     cursor_id: Option<i64>,
@@ -410,6 +411,7 @@ fn count_records(path: &Path) -> Result<(RecordCount, Vec<Op>)> {
         let op = Op {
             op: s("Operation"),
             state: s("State"),
+            pid: r["Pid"].as_u64().unwrap_or(0),
             client: s("Client"),
             start: s("StartTime"),
             cursor_id: r["CursorId"].as_i64(),
@@ -436,7 +438,8 @@ fn count_records(path: &Path) -> Result<(RecordCount, Vec<Op>)> {
 /// seen: its reply was lost (the opening is then written `closed` with no CursorId, so the
 /// cursor id was never learnt), or its request was (the opening is missing). Such a record is
 /// right only where capture lost bytes; each must be explained by an opening of its own:
-/// first a `closed` opening without a cursor id, earlier, on the same connection (`Client`);
+/// first a `closed` opening without a cursor id, earlier, on the same connection (`Client`,
+/// or either of them `?`: a connection whose ends were not learnt, in the same process);
 /// else one of the openings counted missing (`missing_openings`, the cursor-opening
 /// operations the replays sent and no record shows). Explained getMores leave `by_op`; the
 /// others stay there and count as extra.
@@ -450,7 +453,9 @@ fn explain_get_mores(c: &mut RecordCount, ops: &[Op], missing_openings: u64) {
                 && o.op != "getMore"
                 && o.state == "closed"
                 && o.cursor_id.is_none()
-                && o.client == g.client
+                && o.pid == g.pid
+                // "?": the connection's ends were not learnt (its open event was lost).
+                && (o.client == g.client || o.client == "?" || g.client == "?")
                 && o.start <= g.start
         });
         if let Some(i) = opening {
