@@ -6,7 +6,10 @@
 //! ended (its last record goes with it). The delay queue decides when records are written (see
 //! `queue`).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use bson::RawBsonRef;
 use serde::Serialize;
@@ -153,6 +156,10 @@ pub struct Tracker {
     /// WatchID -> key in `open`, for [`Tracker::snapshot`].
     by_watch: HashMap<String, u64>,
     cursors: HashMap<CursorKey, u64>,
+    /// pid -> its keys in `open`: a process's exit or a connection's close looks at that
+    /// process's operations only, not at every open one (with 1,000 processes holding 100,000
+    /// cursors, scanning them all for each exit and close took minutes).
+    by_pid: HashMap<u32, HashSet<u64>>,
     next_key: u64,
     stats: OpsStats,
 }
@@ -193,6 +200,7 @@ impl Tracker {
             open: HashMap::new(),
             by_watch: HashMap::new(),
             cursors: HashMap::new(),
+            by_pid: HashMap::new(),
             next_key: 0,
             stats: OpsStats::default(),
         }
@@ -219,6 +227,12 @@ impl Tracker {
     fn take_op(&mut self, op_key: u64) -> Option<OpenOp> {
         let op = self.open.remove(&op_key)?;
         self.by_watch.remove(&op.rec.watch_id);
+        if let Some(keys) = self.by_pid.get_mut(&op.cursor.0) {
+            keys.remove(&op_key);
+            if keys.is_empty() {
+                self.by_pid.remove(&op.cursor.0);
+            }
+        }
         Some(op)
     }
 
@@ -249,24 +263,33 @@ impl Tracker {
                     .any(|c| c.pid == conn.pid && c.server == conn.server);
                 if !others {
                     let (pid, server) = (conn.pid, conn.server.clone());
-                    self.close_where(|k| k.0 == pid && k.1 == server, *ts_ns, out);
+                    self.close_where(pid, |k| k.1 == server, *ts_ns, out);
                 }
             }
             Input::ProcessExited { pid, ts_ns } => {
                 let pid = *pid;
                 self.conns.retain(|_, c| c.pid != pid);
-                self.close_where(|k| k.0 == pid, *ts_ns, out);
+                self.close_where(pid, |_| true, *ts_ns, out);
             }
             Input::Tick { .. } => {}
         }
     }
 
-    fn close_where(&mut self, pred: impl Fn(&CursorKey) -> bool, ts: u64, out: &mut Vec<Emit>) {
-        let mut keys: Vec<u64> = self
-            .open
+    /// Ends (`closed`) the open operations of `pid` whose cursor key `pred` accepts.
+    fn close_where(
+        &mut self,
+        pid: u32,
+        pred: impl Fn(&CursorKey) -> bool,
+        ts: u64,
+        out: &mut Vec<Emit>,
+    ) {
+        let Some(of_pid) = self.by_pid.get(&pid) else {
+            return;
+        };
+        let mut keys: Vec<u64> = of_pid
             .iter()
-            .filter(|(_, op)| pred(&op.cursor))
-            .map(|(k, _)| *k)
+            .copied()
+            .filter(|k| self.open.get(k).is_some_and(|op| pred(&op.cursor)))
             .collect();
         keys.sort_unstable();
         for k in keys {
@@ -498,6 +521,7 @@ impl Tracker {
         let op_key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
         self.by_watch.insert(rec.watch_id.clone(), op_key);
+        self.by_pid.entry(key.0).or_default().insert(op_key);
         self.cursors.insert(key.clone(), op_key);
         self.open.insert(
             op_key,
