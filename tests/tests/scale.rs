@@ -28,7 +28,7 @@ fn scale_smoke_every_process_and_cursor_is_audited() -> Result<()> {
             "--timeout",
             "1",
             "--hold-s",
-            "2.5",
+            "4",
             "--require-no-loss",
         ])
         .output()?;
