@@ -49,6 +49,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod cgroup;
 pub mod mongowatch;
 pub mod oracle_ops;

@@ -4,6 +4,8 @@
 //! - `capture`, `audit`: bench-capture and bench-audit (tests/src/bin).
 //! - `replay`: the replay load generator, bench-replay; arguments after `--` go to it
 //!   (`cargo xtask bench replay -- --find-knee --mix small`).
+//! - `scale`: bench-scale, the scale of watching (many processes, connections, open cursors,
+//!   timeouts firing): the daemon's RSS and CPU, and a new process's time to its first record.
 //! - `tls`: bench-tls, what reading TLS plaintext costs a watched pymongo app and an unwatched
 //!   process on the same libssl.
 //! - `compare`: bench-compare, pymongo plain / CommandListener / pymongowatch / mongowatch side
@@ -21,8 +23,8 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmarks: capture (cost ratios), audit (load), replay (load generator), compare
-    /// (side by side with the in-process alternatives), tls (TLS capture's cost), or all.
+    /// Which benchmarks: capture (cost ratios), audit (load), replay (load generator), scale
+    /// (scale of watching), compare (side by side), tls (TLS capture's cost), or all.
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
     /// Passed to the benchmark binary after `--` (one benchmark only).
@@ -35,6 +37,7 @@ pub enum Which {
     Capture,
     Audit,
     Replay,
+    Scale,
     Compare,
     Tls,
     All,
@@ -69,6 +72,9 @@ pub fn run_bench(workspace: &Path, args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.which, Which::Replay | Which::All) {
         bins.push("bench-replay");
+    }
+    if matches!(args.which, Which::Scale | Which::All) {
+        bins.push("bench-scale");
     }
     if matches!(args.which, Which::Compare | Which::All) {
         compare_venv(workspace)?;

@@ -17,7 +17,11 @@
 //! - A connection close ends the open cursors of that (pid, server) only when no other
 //!   connection of the process to that server is still known (a pooled connection may go on
 //!   with the getMores).
-//! - A request with no reply (the pairer's `Unanswered`) is written with State `closed`.
+//! - A request with no reply (the pairer's `Unanswered`) is written with State `closed`. A
+//!   getMore with no reply leaves its cursor's operation open (its next getMore still belongs
+//!   to it), marked: it ends `closed`, not `final`, its totals missing that batch. So does a
+//!   getMore whose opening was not seen and whose reply was lost: its cursor id is in the
+//!   request, and its later getMores join it.
 //! - At most `max_open` operations stay open; beyond, the least recently active one is written
 //!   with State `timeout` and forgotten; a reused cursor id does the same to the stale one.
 pub mod command;

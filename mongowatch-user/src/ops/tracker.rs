@@ -6,7 +6,10 @@
 //! ended (its last record goes with it). The delay queue decides when records are written (see
 //! `queue`).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use bson::RawBsonRef;
 use serde::Serialize;
@@ -129,6 +132,9 @@ struct OpenOp {
     count_batches: bool,
     /// Time of the last reply (exhaust replies measure from it).
     last_ts: u64,
+    /// A getMore's reply was lost: the cursor goes on, but the totals miss a batch, so the
+    /// operation can no longer end `final` (it ends `closed`).
+    reply_lost: bool,
 }
 
 /// One round trip's timing and sizes.
@@ -150,6 +156,10 @@ pub struct Tracker {
     /// WatchID -> key in `open`, for [`Tracker::snapshot`].
     by_watch: HashMap<String, u64>,
     cursors: HashMap<CursorKey, u64>,
+    /// pid -> its keys in `open`: a process's exit or a connection's close looks at that
+    /// process's operations only, not at every open one (with 1,000 processes holding 100,000
+    /// cursors, scanning them all for each exit and close took minutes).
+    by_pid: HashMap<u32, HashSet<u64>>,
     next_key: u64,
     stats: OpsStats,
 }
@@ -190,6 +200,7 @@ impl Tracker {
             open: HashMap::new(),
             by_watch: HashMap::new(),
             cursors: HashMap::new(),
+            by_pid: HashMap::new(),
             next_key: 0,
             stats: OpsStats::default(),
         }
@@ -216,6 +227,12 @@ impl Tracker {
     fn take_op(&mut self, op_key: u64) -> Option<OpenOp> {
         let op = self.open.remove(&op_key)?;
         self.by_watch.remove(&op.rec.watch_id);
+        if let Some(keys) = self.by_pid.get_mut(&op.cursor.0) {
+            keys.remove(&op_key);
+            if keys.is_empty() {
+                self.by_pid.remove(&op.cursor.0);
+            }
+        }
         Some(op)
     }
 
@@ -246,24 +263,33 @@ impl Tracker {
                     .any(|c| c.pid == conn.pid && c.server == conn.server);
                 if !others {
                     let (pid, server) = (conn.pid, conn.server.clone());
-                    self.close_where(|k| k.0 == pid && k.1 == server, *ts_ns, out);
+                    self.close_where(pid, |k| k.1 == server, *ts_ns, out);
                 }
             }
             Input::ProcessExited { pid, ts_ns } => {
                 let pid = *pid;
                 self.conns.retain(|_, c| c.pid != pid);
-                self.close_where(|k| k.0 == pid, *ts_ns, out);
+                self.close_where(pid, |_| true, *ts_ns, out);
             }
             Input::Tick { .. } => {}
         }
     }
 
-    fn close_where(&mut self, pred: impl Fn(&CursorKey) -> bool, ts: u64, out: &mut Vec<Emit>) {
-        let mut keys: Vec<u64> = self
-            .open
+    /// Ends (`closed`) the open operations of `pid` whose cursor key `pred` accepts.
+    fn close_where(
+        &mut self,
+        pid: u32,
+        pred: impl Fn(&CursorKey) -> bool,
+        ts: u64,
+        out: &mut Vec<Emit>,
+    ) {
+        let Some(of_pid) = self.by_pid.get(&pid) else {
+            return;
+        };
+        let mut keys: Vec<u64> = of_pid
             .iter()
-            .filter(|(_, op)| pred(&op.cursor))
-            .map(|(k, _)| *k)
+            .copied()
+            .filter(|k| self.open.get(k).is_some_and(|op| pred(&op.cursor)))
             .collect();
         keys.sort_unstable();
         for k in keys {
@@ -495,6 +521,7 @@ impl Tracker {
         let op_key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
         self.by_watch.insert(rec.watch_id.clone(), op_key);
+        self.by_pid.entry(key.0).or_default().insert(op_key);
         self.cursors.insert(key.clone(), op_key);
         self.open.insert(
             op_key,
@@ -503,6 +530,7 @@ impl Tracker {
                 cursor: key,
                 count_batches,
                 last_ts,
+                reply_lost: false,
             },
         );
     }
@@ -530,7 +558,11 @@ impl Tracker {
     fn finish(&mut self, op_key: u64, state: State, out: &mut Vec<Emit>) {
         if let Some(mut op) = self.take_op(op_key) {
             self.cursors.remove(&op.cursor);
-            op.rec.state = state;
+            op.rec.state = if op.reply_lost && state == State::Final {
+                State::Closed
+            } else {
+                state
+            };
             out.push(Emit::Ended(op.rec));
         }
     }
@@ -566,6 +598,18 @@ impl Tracker {
         let key = (conn.pid, conn.server.clone(), id);
         let Some(&op_key) = self.cursors.get(&key) else {
             self.stats.orphan_get_mores += 1;
+            if rep.is_none() && id != 0 {
+                // Its opening unseen and its own reply lost too: the cursor still goes on
+                // (its id is in the request), so its next getMores join this record rather
+                // than each making one of its own. Marked: it ends `closed`.
+                let mut rec = self.new_record(conn, cmd, trip);
+                rec.cursor_id = Some(id);
+                self.open_op(rec, key.clone(), true, 0, out);
+                if let Some(op) = self.cursors.get(&key).and_then(|k| self.open.get_mut(k)) {
+                    op.reply_lost = true;
+                }
+                return;
+            }
             return self.new_op(conn, cmd, rep, trip, true, out);
         };
         let Some(op) = self.open.get_mut(&op_key) else {
@@ -574,8 +618,16 @@ impl Tracker {
         };
         Self::add_trip(op, trip);
         let Some(rep) = rep else {
-            // The reply never came: the connection ended under the cursor.
-            return self.finish(op_key, State::Closed, out);
+            // The reply was lost (capture lost its bytes) or the connection ended before it.
+            // Either way the cursor may go on, on this connection or another of the pool:
+            // ending the operation here would make its next getMore a record of its own, as
+            // if its opening had not been seen. It stays open, marked; a connection close or
+            // the process's exit still ends it (`closed`), as does the idle timeout.
+            op.reply_lost = true;
+            out.push(Emit::Changed {
+                watch_id: op.rec.watch_id.clone(),
+            });
+            return;
         };
         op.rec.iteration = op.rec.iteration.saturating_add(1);
         let raw = rep.raw();

@@ -9,7 +9,9 @@
 //! - every operation the replays sent (counted by the harness from the bytes, by the record
 //!   contract's rules) must be exactly one record of that Operation, written `final`; each one
 //!   missing is counted, and a missing or non-final record is only acceptable when the kernel's
-//!   loss counters say events were lost (`loss_explained`); a record too many never is;
+//!   loss counters say events were lost (`loss_explained`); a record too many never is (a
+//!   `getMore` record is one only where its opening's reply or request was lost, each
+//!   explained by an opening of its own: `explain_get_mores`);
 //! - one JSON line: offered and achieved messages/s and bytes/s, records expected/written,
 //!   events and bytes lost, gaps, the daemon's CPU (cores: utime+stime over the run, startup
 //!   excluded) and peak RSS (VmHWM, and peak RssAnon polled), the ring's high-water mark.
@@ -40,6 +42,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use mongowatch_tests::{
+    bench::{cpu_ticks, machine, status_kib, ticks_per_s, wait_for_file},
     is_root, paths,
     replay::{self, Pacer, Session, Socket},
     ChildGuard, Mongowatch,
@@ -357,59 +360,41 @@ fn client_main(args: &[String]) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The run.
 
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// A `kB` field of /proc/<pid>/status.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn wait_for_file(path: &Path, timeout: Duration, what: &mut ChildGuard) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        ensure!(
-            what.is_running(),
-            "{} exited before writing {}",
-            what.name(),
-            path.display()
-        );
-        ensure!(
-            Instant::now() < deadline,
-            "{} not written in {timeout:?}",
-            path.display()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 /// What the records file holds. An operation is a WatchID, and its last record its truth
 /// (earlier ones can only be `timeout` snapshots, by the contract).
 #[derive(Default)]
 struct RecordCount {
     /// Lines written.
     total: u64,
-    /// Operations (distinct WatchIDs) by Operation.
+    /// Operations (distinct WatchIDs) by Operation, `getMore` records explained by a lost
+    /// opening left out (see [`explain_get_mores`]).
     by_op: BTreeMap<String, u64>,
     /// Operations whose last record is not `final`, and a few of them to show.
     not_final: u64,
     not_final_sample: Vec<Value>,
     operations: u64,
+    /// `getMore` records explained: by a `closed` opening without a cursor id on the same
+    /// connection (its reply was lost), or by a missing opening (its request was lost).
+    get_more_by_closed_opening: u64,
+    get_more_by_missing_opening: u64,
+    /// The others (left in `by_op`, so counted extra), a few to show.
+    get_more_unexplained_sample: Vec<Value>,
 }
 
-fn count_records(path: &Path) -> Result<RecordCount> {
+/// An operation's last record, the fields the accounting reads.
+struct Op {
+    op: String,
+    state: String,
+    pid: u64,
+    client: String,
+    start: String,
+    cursor_id: Option<i64>,
+    record: Value,
+}
+
+fn count_records(path: &Path) -> Result<(RecordCount, Vec<Op>)> {
     let mut c = RecordCount::default();
-    let mut last: HashMap<String, (String, Option<Value>)> = HashMap::new();
+    let mut last: HashMap<String, Op> = HashMap::new();
     let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     for (i, line) in BufReader::new(f).lines().enumerate() {
         let line = line?;
@@ -422,21 +407,73 @@ fn count_records(path: &Path) -> Result<RecordCount> {
         let id = r["WatchID"]
             .as_str()
             .with_context(|| format!("record {} has no WatchID", i + 1))?;
-        let op = r["Operation"].as_str().unwrap_or("?").to_string();
-        let not_final = (r["State"] != "final").then_some(r.clone());
-        last.insert(id.to_string(), (op, not_final));
+        let s = |k: &str| r[k].as_str().unwrap_or("?").to_string();
+        let op = Op {
+            op: s("Operation"),
+            state: s("State"),
+            pid: r["Pid"].as_u64().unwrap_or(0),
+            client: s("Client"),
+            start: s("StartTime"),
+            cursor_id: r["CursorId"].as_i64(),
+            record: Value::Null,
+        };
+        last.insert(id.to_string(), Op { record: r, ..op });
     }
     c.operations = last.len() as u64;
-    for (op, not_final) in last.into_values() {
-        *c.by_op.entry(op).or_default() += 1;
-        if let Some(r) = not_final {
+    let mut ops: Vec<Op> = last.into_values().collect();
+    ops.sort_by(|a, b| a.start.cmp(&b.start));
+    for o in &ops {
+        *c.by_op.entry(o.op.clone()).or_default() += 1;
+        if o.state != "final" {
             c.not_final += 1;
             if c.not_final_sample.len() < 3 {
-                c.not_final_sample.push(r);
+                c.not_final_sample.push(o.record.clone());
             }
         }
     }
-    Ok(c)
+    Ok((c, ops))
+}
+
+/// The record contract writes a getMore as a record of its own when its opening was not
+/// seen: its reply was lost (the opening is then written `closed` with no CursorId, so the
+/// cursor id was never learnt), or its request was (the opening is missing). Such a record is
+/// right only where capture lost bytes; each must be explained by an opening of its own:
+/// first a `closed` opening without a cursor id, earlier, on the same connection (`Client`,
+/// or either of them `?`: a connection whose ends were not learnt, in the same process);
+/// else one of the openings counted missing (`missing_openings`, the cursor-opening
+/// operations the replays sent and no record shows). Explained getMores leave `by_op`; the
+/// others stay there and count as extra.
+fn explain_get_mores(c: &mut RecordCount, ops: &[Op], missing_openings: u64) {
+    let mut used: HashSet<usize> = HashSet::new();
+    let mut by_missing = 0;
+    for g in ops.iter().filter(|o| o.op == "getMore") {
+        let opening = (0..ops.len()).find(|&i| {
+            let o = &ops[i];
+            !used.contains(&i)
+                && o.op != "getMore"
+                && o.state == "closed"
+                && o.cursor_id.is_none()
+                && o.pid == g.pid
+                // "?": the connection's ends were not learnt (its open event was lost).
+                && (o.client == g.client || o.client == "?" || g.client == "?")
+                && o.start <= g.start
+        });
+        if let Some(i) = opening {
+            used.insert(i);
+            c.get_more_by_closed_opening += 1;
+        } else if by_missing < missing_openings {
+            by_missing += 1;
+        } else {
+            if c.get_more_unexplained_sample.len() < 3 {
+                c.get_more_unexplained_sample.push(g.record.clone());
+            }
+            continue;
+        }
+        if let Some(n) = c.by_op.get_mut("getMore") {
+            *n -= 1;
+        }
+    }
+    c.get_more_by_missing_opening = by_missing;
 }
 
 /// One full run: server, clients, mongowatch; returns the JSON result.
@@ -556,7 +593,28 @@ fn run(p: &Params) -> Result<Value> {
             *expected.entry(op.clone()).or_default() += k * n;
         }
     }
-    let got = count_records(&records_path)?;
+    let stats = mw.stats()?;
+    let k = &stats["kernel"];
+    let num = |v: &Value| v.as_u64().unwrap_or(0);
+    let events_lost = num(&k["ring_full_events"]);
+    let bytes_lost = num(&k["ring_full_bytes"]);
+    let lifecycle_lost = num(&k["lifecycle_lost"]);
+    let gap_events = num(&k["gap_events"]);
+    let read_failures = num(&k["read_failures"]);
+    let gaps = num(&stats["stream"]["gaps"]);
+    let left_at_exit = num(&stats["capture"]["ring_bytes_left_at_exit"]);
+    let loss_counted =
+        events_lost + lifecycle_lost + gap_events + read_failures + gaps + left_at_exit > 0;
+    let (mut got, ops) = count_records(&records_path)?;
+    if loss_counted {
+        // Cursor-opening operations missing: a getMore of theirs may stand as its own record.
+        let missing_openings = expected
+            .iter()
+            .filter(|(op, _)| op.as_str() != "getMore")
+            .map(|(op, e)| e.saturating_sub(got.by_op.get(op).copied().unwrap_or(0)))
+            .sum();
+        explain_get_mores(&mut got, &ops, missing_openings);
+    }
     let mut missing = 0u64;
     let mut extra = 0u64;
     let mut by_op = serde_json::Map::new();
@@ -574,22 +632,9 @@ fn run(p: &Params) -> Result<Value> {
         }
     }
     let records_expected: u64 = expected.values().sum();
-    let stats = mw.stats()?;
-    let k = &stats["kernel"];
-    let num = |v: &Value| v.as_u64().unwrap_or(0);
-    let events_lost = num(&k["ring_full_events"]);
-    let bytes_lost = num(&k["ring_full_bytes"]);
-    let lifecycle_lost = num(&k["lifecycle_lost"]);
-    let gap_events = num(&k["gap_events"]);
-    let read_failures = num(&k["read_failures"]);
-    let gaps = num(&stats["stream"]["gaps"]);
-    let left_at_exit = num(&stats["capture"]["ring_bytes_left_at_exit"]);
-    let loss_counted =
-        events_lost + lifecycle_lost + gap_events + read_failures + gaps + left_at_exit > 0;
     // A missing record, or one closed early, is acceptable only where loss was counted.
     let loss_explained = (missing == 0 && got.not_final == 0) || loss_counted;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = ticks_per_s();
     let cpu_s = (ticks - ticks0) as f64 / hz;
     let elapsed = elapsed.max(1e-9);
     let no_loss = !loss_counted && missing == 0 && got.not_final == 0;
@@ -621,6 +666,11 @@ fn run(p: &Params) -> Result<Value> {
         "records_missing": missing,
         "records_extra": extra,
         "records_not_final": got.not_final,
+        "get_more_records_explained": {
+            "by_closed_opening": got.get_more_by_closed_opening,
+            "by_missing_opening": got.get_more_by_missing_opening,
+            "unexplained_sample": got.get_more_unexplained_sample,
+        },
         "not_final_sample": got.not_final_sample,
         "mismatch_by_operation": by_op,
         "events_lost": events_lost,
@@ -709,18 +759,4 @@ fn find_knee(p: &Params) -> Result<()> {
     });
     println!("{summary}");
     Ok(())
-}
-
-/// The machine a figure comes from: its CPUs and its 1-minute load average before the run, and
-/// whether that load already means contention (half the CPUs busy or more).
-fn machine() -> Value {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    let load = fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok());
-    json!({
-        "cpus": cpus,
-        "loadavg_1m_before": load,
-        "contended": load.is_none_or(|l| l >= 0.5 * cpus as f64),
-    })
 }
