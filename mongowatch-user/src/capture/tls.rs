@@ -101,6 +101,8 @@ pub struct TlsHooks {
     links: HashMap<u32, HashMap<FileKey, ProbeLinks>>,
     /// Each scanned process's verdict.
     reach: HashMap<u32, Reach>,
+    /// Executables looked at, by (device, inode): is it a Go program.
+    go_executables: HashMap<(u64, u64), bool>,
     stats: TlsStats,
 }
 
@@ -197,8 +199,19 @@ fn file_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
     })
 }
 
+/// Whether the executable at `path` is a Go program (it has Go's build-info section). Only
+/// its ELF headers and section names are read, not the whole file: every process selected
+/// gets this look, and executables run to tens of MB.
+pub fn is_go_executable(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let cache = object::ReadCache::new(file);
+    object::File::parse(&cache).is_ok_and(|f| f.section_by_name(".go.buildinfo").is_some())
+}
+
 /// Why a process with no OpenSSL may be encrypting anyway, from what it maps.
-pub fn runtime_hint(files: &[Mapping], exe: Option<&[u8]>) -> String {
+pub fn runtime_hint(files: &[Mapping], go: bool) -> String {
     let names: Vec<&str> = files
         .iter()
         .map(|m| m.path.rsplit('/').next().unwrap_or(""))
@@ -206,7 +219,7 @@ pub fn runtime_hint(files: &[Mapping], exe: Option<&[u8]>) -> String {
     if names.contains(&"libjvm.so") {
         return "a Java process: JSSE encrypts in Java, with no native library to hook".to_string();
     }
-    if exe.is_some_and(|b| b.windows(14).any(|w| w == b"\xff Go buildinf:")) {
+    if go {
         return "a Go program: Go's crypto/tls is not hooked (uretprobes break Go stacks)"
             .to_string();
     }
@@ -246,6 +259,19 @@ impl TlsHooks {
         }
     }
 
+    /// Whether `pid` runs a Go program, looked at once per executable.
+    fn is_go(&mut self, pid: u32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            return false;
+        };
+        *self
+            .go_executables
+            .entry((meta.dev(), meta.ino()))
+            .or_insert_with(|| is_go_executable(&exe))
+    }
+
     /// The processes whose probes are attached.
     pub fn hooked_pids(&self) -> Vec<u32> {
         self.links.keys().copied().collect()
@@ -264,8 +290,7 @@ impl TlsHooks {
         } else if let Some(why) = failure {
             Reach::Not(why)
         } else {
-            let exe = std::fs::read(format!("/proc/{pid}/exe")).ok();
-            Reach::Not(runtime_hint(&files, exe.as_deref()))
+            Reach::Not(runtime_hint(&files, self.is_go(pid)))
         };
         if self.reach.get(&pid) == Some(&reach) {
             return None;
@@ -462,9 +487,62 @@ mod tests {
             inode: 1,
             path: "/usr/lib/jvm/lib/server/libjvm.so".into(),
         }];
-        assert!(runtime_hint(&jvm, None).contains("Java"));
-        let go = b"xx\xff Go buildinf:yy";
-        assert!(runtime_hint(&[], Some(go)).contains("Go"));
-        assert!(runtime_hint(&[], Some(b"plain")).contains("SSL_write"));
+        assert!(runtime_hint(&jvm, false).contains("Java"));
+        assert!(runtime_hint(&[], true).contains("Go"));
+        assert!(runtime_hint(&[], false).contains("SSL_write"));
+    }
+
+    /// The smallest ELF64 with one section besides its names: `section`.
+    fn elf_with_section(section: &str) -> Vec<u8> {
+        let names = format!("\0.shstrtab\0{section}\0");
+        let shoff = (64 + names.len()).next_multiple_of(8);
+        let mut e = Vec::new();
+        e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        e.extend_from_slice(&62u16.to_le_bytes()); // x86-64
+        e.extend_from_slice(&1u32.to_le_bytes());
+        e.extend_from_slice(&0u64.to_le_bytes()); // entry
+        e.extend_from_slice(&0u64.to_le_bytes()); // no program headers
+        e.extend_from_slice(&(shoff as u64).to_le_bytes());
+        e.extend_from_slice(&0u32.to_le_bytes());
+        for v in [64u16, 56, 0, 64, 3, 1] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+        e.extend_from_slice(names.as_bytes());
+        e.resize(shoff, 0);
+        e.extend_from_slice(&[0; 64]);
+        // (name, type, flags, offset, size)
+        for (name, kind, flags, size) in [(1u32, 3u32, 0u64, names.len()), (11, 1, 2, 0)] {
+            e.extend_from_slice(&name.to_le_bytes());
+            e.extend_from_slice(&kind.to_le_bytes());
+            e.extend_from_slice(&flags.to_le_bytes());
+            e.extend_from_slice(&0u64.to_le_bytes()); // addr
+            e.extend_from_slice(&64u64.to_le_bytes()); // offset
+            e.extend_from_slice(&(size as u64).to_le_bytes());
+            e.extend_from_slice(&[0; 8]); // link, info
+            e.extend_from_slice(&1u64.to_le_bytes()); // align
+            e.extend_from_slice(&0u64.to_le_bytes()); // entsize
+        }
+        e
+    }
+
+    #[test]
+    fn a_go_executable_is_told_by_its_build_info_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        assert!(is_go_executable(&at(
+            "go",
+            &elf_with_section(".go.buildinfo")
+        )));
+        assert!(!is_go_executable(&at(
+            "c",
+            &elf_with_section(".note.gnu.bu")
+        )));
+        assert!(!is_go_executable(&at("text", b"#!/bin/sh\n")));
+        assert!(!is_go_executable(&dir.path().join("missing")));
     }
 }
