@@ -983,3 +983,65 @@ fn tracker_bounds_open_operations_and_handles_reused_cursor_ids() {
     );
     assert_eq!(t.open_operations(), 2);
 }
+
+/// Eviction takes the least recently active operation, not the oldest opened: a getMore makes
+/// an old cursor recent. Many operations that ended in between change nothing.
+#[test]
+fn eviction_takes_the_least_recently_active_operation() {
+    use mongowatch::{
+        ops::{Emit, Tracker, TrackerConfig},
+        record::WatchIds,
+    };
+    let mut t = Tracker::new(
+        TrackerConfig {
+            include_heartbeats: false,
+            max_open: 3,
+        },
+        WatchIds::new([0; 5]),
+    );
+    let c = conn(1, 1);
+    let mut out: Vec<Emit> = Vec::new();
+    let find = |id: i64, at: u64| {
+        round_trip(
+            &c,
+            msg(rawdoc! { "find": "c", "$db": "d" }),
+            at,
+            reply(rawdoc! { "cursor": { "firstBatch": docs(1), "id": id }, "ok": 1.0 }),
+            MS,
+        )
+    };
+    t.handle(&find(1, T0), &mut out);
+    t.handle(&find(2, T0 + MS), &mut out);
+    // A thousand finds that end at once, between them.
+    for i in 0..1000 {
+        t.handle(&find(0, T0 + 2 * MS + i), &mut out);
+    }
+    t.handle(&find(3, T0 + 3 * MS), &mut out);
+    // Cursor 1 is active again, after 2 and 3.
+    t.handle(
+        &round_trip(
+            &c,
+            msg(rawdoc! { "getMore": 1_i64, "collection": "c", "$db": "d" }),
+            T0 + 5 * MS,
+            reply(rawdoc! { "cursor": { "nextBatch": docs(1), "id": 1_i64 }, "ok": 1.0 }),
+            MS,
+        ),
+        &mut out,
+    );
+    let mut evicted = Vec::new();
+    for (id, at) in [(4, 8), (5, 9)] {
+        out.clear();
+        t.handle(&find(id, T0 + at * MS), &mut out);
+        evicted.extend(out.iter().filter_map(|e| match e {
+            Emit::Ended(r) => r.cursor_id,
+            Emit::Changed { .. } => None,
+        }));
+    }
+    assert_eq!(
+        evicted,
+        [2, 3],
+        "2 and 3 were least recently active; 1 had a getMore"
+    );
+    assert_eq!(t.open_operations(), 3);
+    assert_eq!(t.stats().evicted, 2);
+}

@@ -7,7 +7,8 @@
 //! `queue`).
 
 use std::{
-    collections::{HashMap, HashSet},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -160,6 +161,11 @@ pub struct Tracker {
     /// process's operations only, not at every open one (with 1,000 processes holding 100,000
     /// cursors, scanning them all for each exit and close took minutes).
     by_pid: HashMap<u32, HashSet<u64>>,
+    /// (last activity, key) of open operations, smallest first, for eviction. Lazy: an entry
+    /// is checked against `open` when it comes out (the operation may have ended, or been
+    /// active since), so activity costs nothing here; finding the least recently active of
+    /// 65,536 by a scan took most of the daemon's time once they were all open.
+    by_age: BinaryHeap<Reverse<(u64, u64)>>,
     next_key: u64,
     stats: OpsStats,
 }
@@ -201,6 +207,7 @@ impl Tracker {
             by_watch: HashMap::new(),
             cursors: HashMap::new(),
             by_pid: HashMap::new(),
+            by_age: BinaryHeap::new(),
             next_key: 0,
             stats: OpsStats::default(),
         }
@@ -533,14 +540,32 @@ impl Tracker {
                 reply_lost: false,
             },
         );
+        self.by_age.push(Reverse((last_ts, op_key)));
+        // Entries of operations that ended stay until they come out: rebuilt from what is
+        // open when they outnumber it, so the heap stays within twice the open operations.
+        if self.by_age.len() > 2 * self.open.len() + 64 {
+            self.by_age = self
+                .open
+                .iter()
+                .map(|(k, op)| Reverse((op.last_ts, *k)))
+                .collect();
+        }
     }
 
+    /// Writes the least recently active open operation as timed out.
     fn evict_one(&mut self, out: &mut Vec<Emit>) {
-        let oldest = self
-            .open
-            .iter()
-            .min_by_key(|(k, op)| (op.last_ts, **k))
-            .map(|(k, _)| *k);
+        let mut oldest = None;
+        while let Some(Reverse((ts, k))) = self.by_age.pop() {
+            match self.open.get(&k) {
+                None => {}
+                // Active since: back in at its present age.
+                Some(op) if op.last_ts != ts => self.by_age.push(Reverse((op.last_ts, k))),
+                Some(_) => {
+                    oldest = Some(k);
+                    break;
+                }
+            }
+        }
         if let Some(k) = oldest {
             if let Some(mut op) = self.take_op(k) {
                 self.cursors.remove(&op.cursor);
@@ -580,7 +605,9 @@ impl Tracker {
                 };
                 op.rec.duration_ns = op.rec.duration_ns.saturating_add(ts.saturating_sub(since));
                 op.rec.end_ns = op.rec.end_ns.max(ts);
-                op.last_ts = ts;
+                // Never back in time (replies on two connections may be handled out of
+                // order): eviction's heap relies on it.
+                op.last_ts = op.last_ts.max(ts);
             }
             None => op.rec.end_ns = op.rec.end_ns.max(trip.req_ts),
         }
@@ -705,7 +732,7 @@ impl Tracker {
             op.rec.iteration = op.rec.iteration.saturating_add(1);
             op.rec.reply_bytes = op.rec.reply_bytes.saturating_add(msg_len(reply));
             op.rec.end_ns = op.rec.end_ns.max(reply.ts_ns);
-            op.last_ts = reply.ts_ns;
+            op.last_ts = op.last_ts.max(reply.ts_ns);
             if op.count_batches {
                 let m = op.rec.matched.unwrap_or(0);
                 op.rec.matched = Some(m.saturating_add(n.unwrap_or(0)));
