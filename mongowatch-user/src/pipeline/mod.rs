@@ -156,7 +156,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
     // (bounded: a process that keeps forking has its new children followed by the kernel).
     for _ in 0..4 {
         let mut found = false;
-        for pid in roots.iter().flat_map(|pid| procfs::descendants(*pid)) {
+        for pid in procfs::descendants(&roots) {
             found |= watch(pid, &mut processes)?;
         }
         if !found {
