@@ -1,6 +1,7 @@
 //! `cargo xtask image`: the OCI image of the DaemonSet (`deploy/`), built offline with podman or
-//! buildah: `FROM scratch` holding the release binary, its shared libraries (the C library
-//! and libgcc_s, found with `ldd`) and nothing else. No shell, no package manager.
+//! buildah: `FROM scratch` holding the release binary (or the one `--binary` names: the image
+//! test packages the debug build under test), its shared libraries (the C library and
+//! libgcc_s, found with `ldd`) and nothing else. No shell, no package manager.
 
 use std::{
     fs,
@@ -8,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::util::{self, run};
 
@@ -59,36 +60,54 @@ pub fn build_image(workspace: &Path, args: &ImageArgs) -> Result<()> {
             "neither podman nor buildah is installed (Debian: apt-get install podman, or \
              buildah)",
         )?;
-    run(util::cargo()
-        .current_dir(workspace)
-        .env("MONGOWATCH_REQUIRE_EBPF", "1")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "mongowatch-user",
-            "--bin",
-            "mongowatch",
-        ]))?;
-    let bin = util::target_dir(workspace)?.join("release/mongowatch");
+    let bin = match &args.binary {
+        Some(bin) => {
+            if !bin.is_file() {
+                bail!("--binary {}: no such file", bin.display());
+            }
+            bin.clone()
+        }
+        None => {
+            run(util::cargo()
+                .current_dir(workspace)
+                .env("MONGOWATCH_REQUIRE_EBPF", "1")
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "mongowatch-user",
+                    "--bin",
+                    "mongowatch",
+                ]))?;
+            util::target_dir(workspace)?.join("release/mongowatch")
+        }
+    };
     let stage = std::env::temp_dir().join(format!("mongowatch-image-{}", std::process::id()));
     if stage.exists() {
         fs::remove_dir_all(&stage)?;
     }
+    let result = build_in(&stage, &bin, builder, args);
+    // The staged copy of the binary and its libraries is in the image now, or useless.
+    let _ = fs::remove_dir_all(&stage);
+    result
+}
+
+/// Stages the root filesystem of the image in `stage` and builds it with `builder`.
+fn build_in(stage: &Path, bin: &Path, builder: &str, args: &ImageArgs) -> Result<()> {
     let root = stage.join("rootfs");
     fs::create_dir_all(root.join("usr/bin"))?;
     // Debug sections out (the embedded kernel programs are data, and stay).
     let dest = root.join("usr/bin/mongowatch");
     let stripped = Command::new("objcopy")
         .arg("--strip-debug")
-        .arg(&bin)
+        .arg(bin)
         .arg(&dest)
         .status()
         .is_ok_and(|s| s.success());
     if !stripped {
-        fs::copy(&bin, &dest)?;
+        fs::copy(bin, &dest)?;
     }
-    for lib in shared_libraries(&bin)? {
+    for lib in shared_libraries(bin)? {
         copy_into(&root, &lib)?;
     }
     // Where the binary writes nothing but a rotated file may go (a hostPath mount).
@@ -115,7 +134,7 @@ pub fn build_image(workspace: &Path, args: &ImageArgs) -> Result<()> {
     run(cmd
         .args(["-t", &tag, "-f"])
         .arg(stage.join("Containerfile"))
-        .arg(&stage))?;
+        .arg(stage))?;
     let size = util::output(Command::new(builder).args([
         "image",
         "inspect",

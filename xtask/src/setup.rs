@@ -14,6 +14,8 @@
 //! | node        | mongodb 7 + mongosh 2, `npm ci` of tests/node's lock        | <cache>/node     |
 //! | secantusd-rs| secantus-mdb from crates.io (about 5 min, 1 GB peak)        | <cache>/tools    |
 //! | test-tools  | iproute2, openssl, prometheus (Debian packages), e2e tests  | the system       |
+//! | image       | podman and runc (Debian packages): `cargo xtask image` and  | the system       |
+//! |             | its test, which runs the image (tests/tests/image.rs)       |                  |
 //!
 //! `setup`, `test` and `bench` set up every part; `demo` only the parts it uses
 //! ([`Part::DEMO`]), so a first demo does not wait for the test servers and drivers.
@@ -66,6 +68,8 @@ pub enum Part {
     /// they come with this machine kind's image, listed so another Debian gets them too.
     /// prometheus (and its promtool) scrapes `/metrics` for real in the export tests.
     TestTools,
+    /// podman, to build the DaemonSet's image (`cargo xtask image`) and to run it in its test.
+    Image,
 }
 
 impl Part {
@@ -76,6 +80,7 @@ impl Part {
         Part::Node,
         Part::SecantusdRs,
         Part::TestTools,
+        Part::Image,
     ];
     /// What `cargo xtask demo` uses: the eBPF toolchain to build mongowatch, and the venv with
     /// secantusd-py and pymongo for the server and the sample application.
@@ -92,6 +97,11 @@ impl Part {
             // secantus-mdb builds WiredTiger with them.
             Part::SecantusdRs => &["cmake", "ninja-build"],
             Part::TestTools => &["iproute2", "openssl", "prometheus"],
+            // runc named: podman depends on crun or runc and apt would pick crun, whose Debian
+            // 12 version refuses hosts with hybrid cgroups ("cgroups in hybrid mode not
+            // supported"); the image test runs `--runtime runc`. netavark named so that the
+            // network stack does not depend on apt's choice among the providers.
+            Part::Image => &["podman", "runc", "netavark"],
             // No cpio binary on Debian's base image; busybox's builds the initramfs.
             Part::Qemu => &["qemu-system-x86", "busybox-static"],
         }
@@ -619,7 +629,7 @@ mod tests {
                 "python3-venv"
             ]
         );
-        assert_eq!(apt_packages(Part::ALL).len(), 10);
+        assert_eq!(apt_packages(Part::ALL).len(), 13);
     }
 
     #[test]

@@ -65,12 +65,14 @@ fn stat_start_time(stat: &str) -> Option<u64> {
     stat_field(stat, 22)?.parse().ok()
 }
 
-/// Every process below `pid` in the process tree, at the time of the walk: a `--pid` of a parent
-/// whose workers already run (gunicorn, a `multiprocessing` pool, Node cluster) must watch them,
-/// and the kernel only follows forks that happen after a process is watched. Read from the
-/// parent pid of every process in /proc (present on every kernel, unlike
-/// `/proc/PID/task/TID/children`); a process that exits during the walk is simply not there.
-pub fn descendants(pid: u32) -> Vec<u32> {
+/// Every process below the `roots` in the process tree, at the time of the walk, each once and
+/// none of the roots: a `--pid` of a parent whose workers already run (gunicorn, a
+/// `multiprocessing` pool, Node cluster) must watch them, and the kernel only follows forks
+/// that happen after a process is watched. Read from the parent pid of every process in /proc
+/// (present on every kernel, unlike `/proc/PID/task/TID/children`), once for all the roots: a
+/// node-wide selection has every process for a root, and a read per root was quadratic. A
+/// process that exits during the walk is simply not there.
+pub fn descendants(roots: &[u32]) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -79,7 +81,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
         let stat = fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
         Some((child, parent_in_stat(&stat)?))
     });
-    descendants_in(pid, pairs)
+    descendants_in(roots, pairs)
 }
 
 /// The parent pid in the text of /proc/PID/stat: the second field after the command name,
@@ -88,17 +90,17 @@ fn parent_in_stat(stat: &str) -> Option<u32> {
     stat_field(stat, 4)?.parse().ok()
 }
 
-/// The descendants of `root` given (pid, parent pid) pairs, parents before children, each once
-/// (a cycle, which /proc never shows, could not loop).
-fn descendants_in(root: u32, pairs: impl IntoIterator<Item = (u32, u32)>) -> Vec<u32> {
+/// The descendants of `roots` given (pid, parent pid) pairs, parents before children, each once
+/// and none of the roots (a cycle, which /proc never shows, could not loop).
+fn descendants_in(roots: &[u32], pairs: impl IntoIterator<Item = (u32, u32)>) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for (pid, ppid) in pairs {
         children.entry(ppid).or_default().push(pid);
     }
-    let mut seen = HashSet::from([root]);
+    let mut seen: HashSet<u32> = roots.iter().copied().collect();
     let mut out = Vec::new();
     let mut next = 0;
-    let mut frontier = vec![root];
+    let mut frontier = roots.to_vec();
     while let Some(parent) = frontier.get(next).copied() {
         next += 1;
         for &child in children.get(&parent).into_iter().flatten() {
@@ -298,13 +300,19 @@ mod tests {
             (30, 31),
             (31, 30),
         ];
-        let mut d = descendants_in(10, pairs);
+        let mut d = descendants_in(&[10], pairs);
         d.sort();
         assert_eq!(d, [11, 12, 13, 14]);
-        assert_eq!(descendants_in(14, pairs), Vec::<u32>::new());
-        let mut c = descendants_in(30, pairs);
+        assert_eq!(descendants_in(&[14], pairs), Vec::<u32>::new());
+        let mut c = descendants_in(&[30], pairs);
         c.sort();
         assert_eq!(c, [31], "a cycle ends, without the root");
+        // Several roots, one below another (a node-wide selection has them all): each
+        // descendant once, no root among them.
+        let mut m = descendants_in(&[13, 10, 20], pairs);
+        m.sort();
+        assert_eq!(m, [11, 12, 14]);
+        assert_eq!(descendants_in(&[], pairs), Vec::<u32>::new());
     }
 
     /// A real tree: a shell that started a `sleep` (grandchild of this test).
@@ -326,7 +334,7 @@ mod tests {
             line.push(b[0] as char);
         }
         let sleep: u32 = line.trim().parse().unwrap();
-        let found = descendants(std::process::id());
+        let found = descendants(&[std::process::id()]);
         let _ = Command::new("kill").arg(sleep.to_string()).status();
         let _ = sh.wait();
         assert!(

@@ -156,7 +156,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
     // (bounded: a process that keeps forking has its new children followed by the kernel).
     for _ in 0..4 {
         let mut found = false;
-        for pid in roots.iter().flat_map(|pid| procfs::descendants(*pid)) {
+        for pid in procfs::descendants(&roots) {
             found |= watch(pid, &mut processes)?;
         }
         if !found {
@@ -164,10 +164,13 @@ pub fn run(mut opts: Options) -> Result<Report> {
         }
     }
     // The TLS libraries they map are hooked before "watching" is said: connections opened
-    // from then on are read from their handshake.
+    // from then on are read from their handshake. Node-wide, from a process's first connection
+    // on instead (see `Pipeline::tls_eager`).
     let mut tls = TlsHooks::default();
+    let node_wide = opts.selection.is_node_wide();
     let reach: Vec<(u32, Reach)> = processes
         .pids()
+        .filter(|_| !node_wide)
         .filter_map(|pid| Some((pid, tls.scan(probes.ebpf_mut(), pid)?)))
         .collect();
     // Ready before "watching" is said: whoever waits for the line may probe /readyz at once.
@@ -209,7 +212,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         tls_first_conn: HashSet::new(),
         tls_mapped: HashSet::new(),
         ticks: 0,
-        node_wide: opts.selection.is_node_wide(),
+        node_wide,
         pods: start_pods(&opts.selection, node.as_deref())?,
         node,
         selection: opts.selection,
@@ -500,7 +503,10 @@ impl Pipeline {
         self.sync_watched();
         self.ticks += 1;
         if self.ticks.is_multiple_of(TLS_RESCAN_TICKS) {
-            for pid in self.watched.clone() {
+            let pids: Vec<u32> = (self.watched.iter().copied())
+                .filter(|&pid| self.tls_eager(pid))
+                .collect();
+            for pid in pids {
                 self.scan_tls(pid);
             }
             // Processes hooked before their first connection that never made one.
@@ -543,9 +549,19 @@ impl Pipeline {
             }
         }
         self.watched = alive;
-        for pid in new {
+        let eager: Vec<u32> = new.into_iter().filter(|&pid| self.tls_eager(pid)).collect();
+        for pid in eager {
             self.scan_tls(pid);
         }
+    }
+
+    /// Whether `pid`'s TLS libraries are looked for before it connects: when it is selected,
+    /// and on every rescan. Node-wide, only once it has connected (its first connection is
+    /// looked at anyway): the selection can be every process of the node, most of which never
+    /// talk to MongoDB, and a look reads the process's maps and executables. Looking at every
+    /// process made `--all` slow to start, and busy while idle.
+    fn tls_eager(&self, pid: u32) -> bool {
+        !self.node_wide || self.tls_first_conn.contains(&pid)
     }
 
     /// Hooks the TLS libraries `pid` maps that are not hooked yet, and tells the connection
