@@ -26,7 +26,7 @@ use std::num::NonZeroU32;
 
 use aya::{
     programs::{
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf,
@@ -101,6 +101,10 @@ pub struct TlsHooks {
     links: HashMap<u32, HashMap<FileKey, ProbeLinks>>,
     /// Each scanned process's verdict.
     reach: HashMap<u32, Reach>,
+    /// Detached probes go to a thread of their own to be closed: the kernel waits for RCU
+    /// grace periods as each goes (about 2 s for one process's probes here), which would
+    /// stall the loop that drains the ring.
+    reaper: Option<std::sync::mpsc::Sender<Vec<UProbeLink>>>,
     /// Executables looked at, by (device, inode): is it a Go program.
     go_executables: HashMap<(u64, u64), bool>,
     stats: TlsStats,
@@ -241,21 +245,42 @@ impl TlsHooks {
     /// `pid` is gone or no longer watched: its verdict goes, and its probes are detached.
     pub fn forget(&mut self, ebpf: &mut Ebpf, pid: u32) {
         self.reach.remove(&pid);
-        for (program, link) in self
-            .links
-            .remove(&pid)
-            .into_iter()
-            .flat_map(|l| l.into_values())
-            .flatten()
-        {
-            let detached = ebpf
+        let Some(libraries) = self.links.remove(&pid) else {
+            return;
+        };
+        let mut owned = Vec::new();
+        for (program, link) in libraries.into_values().flatten() {
+            match ebpf
                 .program_mut(program)
                 .and_then(|p| <&mut UProbe>::try_from(p).ok())
-                .map(|p| p.detach(link));
-            if let Some(Err(e)) = detached {
-                // A process that exited took its probes with it.
-                tracing::debug!(pid, program, "detaching a TLS probe: {e}");
+                .map(|p| p.take_link(link))
+            {
+                Some(Ok(link)) => owned.push(link),
+                Some(Err(e)) => tracing::debug!(pid, program, "detaching a TLS probe: {e}"),
+                None => {}
             }
+        }
+        self.reap(owned);
+    }
+
+    /// Closes `links` on the reaper thread (started on first use), or here if it cannot run.
+    fn reap(&mut self, links: Vec<UProbeLink>) {
+        if self.reaper.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
+            let spawned = std::thread::Builder::new()
+                .name("tls-detach".into())
+                .spawn(move || rx.into_iter().for_each(drop));
+            if spawned.is_ok() {
+                self.reaper = Some(tx);
+            }
+        }
+        match &self.reaper {
+            Some(tx) => {
+                if let Err(back) = tx.send(links) {
+                    drop(back.0);
+                }
+            }
+            None => drop(links),
         }
     }
 
