@@ -1,5 +1,6 @@
 //! What the bench binaries (`tests/src/bin/bench_*.rs`) share: reading a process's CPU and
-//! memory from /proc, the machine a figure comes from, waiting for a file a child writes.
+//! memory from /proc, the machine a figure comes from, waiting for a file a child writes, and
+//! the alternating rounds and medians their ratios come from.
 
 use std::{fs, path::Path, thread, time::Duration, time::Instant};
 
@@ -7,6 +8,30 @@ use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 
 use crate::ChildGuard;
+
+/// The median of `v` (NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The order of round `round`'s two sides, without (false) and with (true), in ABBA order:
+/// a drift of the machine over the run weighs on both sides alike.
+pub fn abba(round: usize) -> [bool; 2] {
+    if round.is_multiple_of(2) {
+        [false, true]
+    } else {
+        [true, false]
+    }
+}
 
 /// utime + stime of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {

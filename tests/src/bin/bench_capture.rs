@@ -25,20 +25,13 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use mongowatch_tests::{is_root, ChildGuard, Driver, Mongowatch, Server, ServerKind, WorkloadSpec};
+use mongowatch_tests::{
+    bench::{abba, median},
+    is_root, ChildGuard, Driver, Mongowatch, Server, ServerKind, WorkloadSpec,
+};
 use serde_json::json;
 
 const ROUNDS: usize = 4;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 /// An idle process for mongowatch to watch while the unwatched measurements run.
 fn idle_watch(path: &str) -> Result<(ChildGuard, Mongowatch)> {
@@ -155,12 +148,7 @@ fn main() -> Result<()> {
     // machine over the run weighs on both sides alike.
     let (mut without, mut with, mut lost) = (Vec::new(), Vec::new(), 0u64);
     for round in 0..if only_unwatched { 0 } else { ROUNDS } {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for watched in order {
+        for watched in abba(round) {
             let (rate, l) = pymongo_run(ops, watched)?;
             lost += l.unwrap_or(0);
             eprintln!(

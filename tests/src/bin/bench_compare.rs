@@ -22,23 +22,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use mongowatch_tests::{is_root, paths, ChildGuard, Mongowatch, Server, ServerKind};
+use mongowatch_tests::{bench::median, is_root, paths, ChildGuard, Mongowatch, Server, ServerKind};
 use serde_json::{json, Value};
 
 const MODES: [&str; 4] = ["plain", "listener", "pymongowatch", "mongowatch"];
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -21,8 +21,10 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use mongowatch_tests::{
-    is_root, paths, server::self_signed_cert, ChildGuard, Driver, Mongowatch, Server, ServerKind,
-    WorkloadSpec,
+    bench::{abba, median},
+    is_root, paths,
+    server::self_signed_cert,
+    ChildGuard, Driver, Mongowatch, Server, ServerKind, WorkloadSpec,
 };
 use serde_json::json;
 
@@ -61,16 +63,6 @@ elapsed = time.perf_counter() - start
 echo.join()
 print(trips / elapsed)
 "#;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 /// (ops/s, events lost, records, records without `Tls: true`) of one run of the pymongo
 /// workload over TLS, on a server of its own (a server reused across runs slows down as its
@@ -161,12 +153,7 @@ fn main() -> Result<()> {
     let (mut without, mut with) = (Vec::new(), Vec::new());
     let (mut lost, mut records, mut plain) = (0, 0, 0);
     for round in 0..ROUNDS {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for watched in order {
+        for watched in abba(round) {
             let (rate, l, n, p) = pymongo_run(ops, watched)?;
             eprintln!(
                 "round {round}: pymongo over TLS {rate:.1} ops/s {}",
@@ -194,12 +181,7 @@ fn main() -> Result<()> {
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let (mut plain_rt, mut hooked_rt) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for hooked in order {
+        for hooked in abba(round) {
             let rate = if hooked {
                 let (_idle, mut mw) = hooked_libssl()?;
                 let rate = ping_pong(&cert, &key, trips)?;
