@@ -22,22 +22,13 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use mongowatch_tests::{bench::median, is_root, paths, ChildGuard, Mongowatch, Server, ServerKind};
+use mongowatch_tests::{
+    bench::{cpu_ticks, machine, median, ticks_per_s},
+    is_root, paths, ChildGuard, Mongowatch, Server, ServerKind,
+};
 use serde_json::{json, Value};
 
 const MODES: [&str; 4] = ["plain", "listener", "pymongowatch", "mongowatch"];
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn hz() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
-}
 
 fn python() -> std::path::PathBuf {
     paths::cache_dir().join("venv-compare/bin/python")
@@ -101,7 +92,7 @@ fn one_run(mode: &str, ops: u32) -> Result<RunResult> {
             let lost = stats["kernel"]["ring_full_events"]
                 .as_u64()
                 .unwrap_or(u64::MAX);
-            let cpu = (ticks.unwrap_or(0) - ticks0.unwrap_or(0)) as f64 / hz();
+            let cpu = (ticks.unwrap_or(0) - ticks0.unwrap_or(0)) as f64 / ticks_per_s();
             Some((cpu, lost))
         }
     };
@@ -122,7 +113,7 @@ fn idle_cpu_per_sec(secs: f64) -> Result<f64> {
     let start = Instant::now();
     thread::sleep(Duration::from_secs_f64(secs));
     let t1 = cpu_ticks(mw.pid()).context("mongowatch's stat")?;
-    let cpu = (t1 - t0) as f64 / hz() / start.elapsed().as_secs_f64();
+    let cpu = (t1 - t0) as f64 / ticks_per_s() / start.elapsed().as_secs_f64();
     mw.stop()?;
     Ok(cpu)
 }
@@ -248,18 +239,4 @@ fn main() -> Result<()> {
         })
     );
     Ok(())
-}
-
-/// The machine a figure comes from: its CPUs and its 1-minute load average before the run, and
-/// whether that load already means contention (half the CPUs busy or more).
-fn machine() -> Value {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    let load = fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok());
-    json!({
-        "cpus": cpus,
-        "loadavg_1m_before": load,
-        "contended": load.is_none_or(|l| l >= 0.5 * cpus as f64),
-    })
 }
