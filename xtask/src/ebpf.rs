@@ -188,6 +188,7 @@ pub fn sources(workspace: &Path) -> Vec<PathBuf> {
         workspace.join(CRATE_DIR).join("src"),
         workspace.join(CRATE_DIR).join("Cargo.toml"),
         workspace.join(CRATE_DIR).join("Cargo.lock"),
+        workspace.join(CRATE_DIR).join("aya-build"),
         workspace.join("mongowatch-common/src"),
         workspace.join("mongowatch-common/Cargo.toml"),
         workspace.join("xtask/src/ebpf.rs"),
