@@ -9,6 +9,7 @@
 //! | apt         | the Debian packages of the other parts being set up         | the system       |
 //! | bpf-linker  | bpf-linker 0.13.0 built against Debian's LLVM 22 (~40 s)    | <cache>/tools    |
 //! | venv        | SecantusDB (secantusd-py) + pymongo, tests/requirements.txt | <cache>/venv     |
+//! | test-python | the tests' tools, tests/requirements-checks.txt             | <cache>/venv     |
 //! |             | PyOpenSSL, tests/requirements-pyopenssl.txt (kept apart)    | <cache>/pyopenssl|
 //! |             | OpenSSL 1.1.1, tests/requirements-openssl11.txt (apart)     | <cache>/openssl11|
 //! | node        | mongodb 7 + mongosh 2, `npm ci` of tests/node's lock        | <cache>/node     |
@@ -59,7 +60,10 @@ pub enum Part {
     /// Installs the Debian packages of the other parts being set up (root).
     Apt,
     BpfLinker,
+    /// The server and the driver (tests/requirements.txt): what the demo runs.
     Venv,
+    /// What only the tests use: schema checks, the OTLP receiver, the PyOpenSSL overlays.
+    TestPython,
     Node,
     SecantusdRs,
     /// qemu and a static busybox, for `cargo xtask kernels` only (not part of the full setup).
@@ -77,6 +81,7 @@ impl Part {
         Part::Apt,
         Part::BpfLinker,
         Part::Venv,
+        Part::TestPython,
         Part::Node,
         Part::SecantusdRs,
         Part::TestTools,
@@ -91,7 +96,7 @@ impl Part {
     /// The Debian packages this part needs.
     pub fn apt_packages(self) -> &'static [&'static str] {
         match self {
-            Part::Apt | Part::Node => &[],
+            Part::Apt | Part::Node | Part::TestPython => &[],
             Part::BpfLinker => EBPF_PACKAGES,
             Part::Venv => &["python3-venv"],
             // secantus-mdb builds WiredTiger with them.
@@ -161,12 +166,22 @@ pub fn run_setup(workspace: &Path, parts: &[Part]) -> Result<()> {
     }
     // The venv is mostly downloads and bpf-linker a CPU-bound build: neither waits for the
     // other. (Their output interleaves on stderr.)
-    let venv = todo(Part::Venv).then(|| {
+    let (server, tests) = (todo(Part::Venv), todo(Part::TestPython));
+    let venv = (server || tests).then(|| {
         let p = p.clone();
         thread::spawn(move || {
             let start = Instant::now();
-            let result =
-                python_venv(&p).and_then(|venv| Ok(format!("{venv}; {}", pyopenssl_overlays(&p)?)));
+            let result = (|| {
+                let mut did = Vec::new();
+                if server {
+                    did.push(python_venv(&p)?);
+                }
+                if tests {
+                    did.push(venv_requirements(&p, "tests/requirements-checks.txt")?);
+                    did.push(pyopenssl_overlays(&p)?);
+                }
+                Ok(did.join("; "))
+            })();
             (result, start.elapsed())
         })
     });
@@ -435,18 +450,8 @@ fn bpf_linker(p: &Paths) -> Result<String> {
 }
 
 fn python_venv(p: &Paths) -> Result<String> {
-    let requirements = p.workspace.join("tests/requirements.txt");
-    let wanted = fs::read_to_string(&requirements)
-        .with_context(|| format!("reading {}", requirements.display()))?;
     let python = p.venv.join("bin/python");
-    let stamp = p.venv.join(".mongowatch-requirements.txt");
     let works = |py: &Path| util::output(Command::new(py).args(["-c", "import sys"])).is_some();
-    if works(&python)
-        && fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
-        && p.venv.join("bin/secantusd-py").is_file()
-    {
-        return Ok("already matches tests/requirements.txt".into());
-    }
     let mut did = Vec::new();
     if !works(&python) {
         if p.venv.exists() {
@@ -464,8 +469,36 @@ fn python_venv(p: &Paths) -> Result<String> {
         run(Command::new(base).args(["-m", "venv"]).arg(&p.venv))?;
         did.push(format!("created the venv with {base}"));
     }
+    if !p.venv.join("bin/secantusd-py").is_file() {
+        // Whatever the stamp says, the server is not there: install again.
+        let _ = fs::remove_file(p.venv.join(".mongowatch-requirements.txt"));
+    }
+    did.push(venv_requirements(p, "tests/requirements.txt")?);
+    if !p.venv.join("bin/secantusd-py").is_file() {
+        bail!(
+            "pip succeeded but {} is missing",
+            p.venv.join("bin/secantusd-py").display()
+        );
+    }
+    Ok(did.join("; "))
+}
+
+/// `pip install -r <requirements>` into the venv, unless a stamp beside it says it was done
+/// with this very file.
+fn venv_requirements(p: &Paths, requirements: &str) -> Result<String> {
+    let path = p.workspace.join(requirements);
+    let wanted =
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let name = Path::new(requirements)
+        .file_name()
+        .context("a requirements file")?
+        .to_string_lossy();
+    let stamp = p.venv.join(format!(".mongowatch-{name}"));
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(format!("already matches {requirements}"));
+    }
     let _ = fs::remove_file(&stamp);
-    run(Command::new(&python)
+    run(Command::new(p.venv.join("bin/python"))
         .args([
             "-m",
             "pip",
@@ -475,17 +508,10 @@ fn python_venv(p: &Paths) -> Result<String> {
             "--pre",
             "-r",
         ])
-        .arg(&requirements)
+        .arg(&path)
         .env("PIP_NO_INPUT", "1"))?;
-    if !p.venv.join("bin/secantusd-py").is_file() {
-        bail!(
-            "pip succeeded but {} is missing",
-            p.venv.join("bin/secantusd-py").display()
-        );
-    }
     fs::write(&stamp, &wanted)?;
-    did.push("installed tests/requirements.txt".into());
-    Ok(did.join("; "))
+    Ok(format!("installed {requirements}"))
 }
 
 /// PyOpenSSL beside the venv, not in it: pymongo prefers it when it can import it, and only

@@ -31,7 +31,9 @@ fn features(package: &str) -> BTreeMap<String, BTreeSet<String>> {
         };
         // "name vX.Y.Z (path)": the name and version name the build.
         let id: Vec<&str> = id.split_whitespace().take(2).collect();
-        let feats = feats.trim_end_matches(" (*)").trim_end_matches(" (proc-macro)");
+        let feats = feats
+            .trim_end_matches(" (*)")
+            .trim_end_matches(" (proc-macro)");
         graph
             .entry(id.join(" "))
             .or_default()
