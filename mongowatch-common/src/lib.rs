@@ -199,6 +199,10 @@ pub struct SocketInfo {
     pub unix_path_is_local: u32,
     /// The `comm` of the task that first used the connection.
     pub comm: [u8; 16],
+    pub _pad2: u32,
+    /// Its cgroup (v2 id, the cgroup directory's inode): where it runs, known even when the
+    /// process is gone by the time the daemon reads this event.
+    pub cgroup_id: u64,
 }
 
 impl Default for SocketInfo {
@@ -214,6 +218,8 @@ impl Default for SocketInfo {
             unix_path_len: 0,
             unix_path_is_local: 0,
             comm: [0; 16],
+            _pad2: 0,
+            cgroup_id: 0,
         }
     }
 }

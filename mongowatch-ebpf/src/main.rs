@@ -34,8 +34,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_loop,
-            bpf_probe_read_kernel as probe_read_kernel_raw,
+            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+            bpf_get_socket_cookie, bpf_loop, bpf_probe_read_kernel as probe_read_kernel_raw,
             bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
         },
     },
@@ -46,8 +46,8 @@ use aya_ebpf::{
 use mongowatch_common::{
     plausible_header, Config, ConnState, Counters, EventHeader, EventKind, SocketInfo, AF_INET,
     AF_INET6, AF_UNIX, CHUNK_SIZE, CLASSIFY_STRIKES, CLASS_MONGO, CLASS_OTHER, CLASS_UNKNOWN,
-    DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, MAX_CANDIDATES, MAX_CONNS, RING_SIZE, UIO_MAXIOV,
-    SCRATCH_SLOTS, WATCHED_WORDS,
+    DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, MAX_CANDIDATES, MAX_CONNS, RING_SIZE,
+    SCRATCH_SLOTS, UIO_MAXIOV, WATCHED_WORDS,
 };
 
 /// Set by the loader from the running kernel's BTF (see `KernelOffsets`).
@@ -772,6 +772,8 @@ fn conn_state(sk: *const u8, cookie: u64, tgid: u32, cfg: &Config) -> Option<*mu
     if let Ok(comm) = bpf_get_current_comm() {
         info.comm = comm;
     }
+    // SAFETY: helper without arguments.
+    info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: kernel pointer reads with probe_read.
     unsafe { read_ends(sk, family, off, info) };
     if family != AF_UNIX {

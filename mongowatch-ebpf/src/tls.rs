@@ -37,7 +37,7 @@ use mongowatch_common::{
 use crate::{
     copy_call, counters, emit_lifecycle, is_selected, start_copy,
     syscalls::{syscall_regs, EXIT_RET},
-    CONNS, CANDIDATES, SLOT_SOCKET, SLOT_TLS,
+    CANDIDATES, CONNS, SLOT_SOCKET, SLOT_TLS,
 };
 
 const PROT_EXEC: u64 = 0x4;

@@ -246,6 +246,61 @@ fn cgroup_and_container_id_select_the_container_and_only_it() -> Result<()> {
     Ok(())
 }
 
+/// A process in a container that does its work and exits before mongowatch reads its first
+/// event (a cron job, `kubectl exec`, a one-shot migration) is still placed in its container:
+/// the kernel sends the cgroup it opened the connection from, since `/proc/PID/cgroup` is gone
+/// by then. mongowatch is stopped (SIGSTOP) while the app runs, so that it is surely gone.
+#[test]
+fn a_process_gone_before_its_events_are_read_keeps_its_container_id() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin, Need::SecantusPy, Need::Pymongo);
+    let server = Server::start(ServerKind::SecantusPy)?;
+    let cg = PodCgroup::create()?;
+    let db = unique("mw_cgroup_gone");
+    let mut mw = mongowatch(&["--cgroup", &cg.scope.display().to_string()])?;
+    let script = format!(
+        "echo $$ > {procs} && exec {python} -c \"$1\" {uri} {db}",
+        procs = cg.procs_file().display(),
+        python = paths::venv_python().display(),
+        uri = server.uri(),
+    );
+    let code = format!("import os, sys, time\n{APP}");
+    // SAFETY: plain signal to a child we own.
+    ensure!(unsafe { libc::kill(mw.pid() as i32, libc::SIGSTOP) } == 0);
+    let run = (|| {
+        let mut app = ChildGuard::spawn(
+            "short-lived app",
+            Command::new("sh")
+                .args(["-c", &script, "sh", &code])
+                .stdin(Stdio::null()),
+        )?;
+        let pid = app.pid();
+        finish(&mut app)?;
+        ensure!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "the app {pid} is still there"
+        );
+        Ok(pid)
+    })();
+    // SAFETY: as above; resumed whatever the app did.
+    ensure!(unsafe { libc::kill(mw.pid() as i32, libc::SIGCONT) } == 0);
+    let pid = run?;
+    records_of(&mut mw, &db, APP_OPS.len())?;
+    mw.stop()?;
+    let records: Vec<Value> = mw
+        .records()?
+        .into_iter()
+        .filter(|r| r["DB"] == db)
+        .collect();
+    ensure!(ops_of(&records, pid) == APP_OPS, "{records:?}");
+    for r in &records {
+        ensure!(
+            r["ContainerId"] == cg.container_id.as_str(),
+            "ContainerId of a process gone before it was read: {r}"
+        );
+    }
+    Ok(())
+}
+
 const AUTH_USER: &str = "mw-select-dba";
 const AUTH_PASSWORD: &str = "Pw-0b7d2e55-never-logged";
 

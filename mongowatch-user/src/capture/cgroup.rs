@@ -9,7 +9,7 @@
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{DirEntryExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -112,6 +112,42 @@ pub fn container_id_in(proc_cgroup: &str) -> Option<String> {
 /// The container of `pid`, if it runs in one.
 pub fn container_id(pid: u32) -> Option<String> {
     container_id_in(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The container of `pid`, or where `/proc/PID/cgroup` is gone (the process exited before the
+/// daemon got to it), of the cgroup the kernel saw it in, `cgroup_id` (0: not known).
+pub fn container_id_of(pid: u32, cgroup_id: u64) -> Option<String> {
+    match fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+        Ok(text) => container_id_in(&text),
+        Err(_) if cgroup_id != 0 => container_id_in_path(&path_of_id(&v2_mount()?, cgroup_id)?),
+        Err(_) => None,
+    }
+}
+
+/// The path (from the hierarchy's root, starting with `/`) of the cgroup whose id is `id`:
+/// the directory with that inode. A walk of the tree, for the rare process gone too soon.
+pub fn path_of_id(mount: &Path, id: u64) -> Option<String> {
+    if fs::metadata(mount).ok()?.ino() == id {
+        return Some("/".into());
+    }
+    let mut stack = vec![mount.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.ino() == id {
+                let rel = e.path();
+                let rel = rel.strip_prefix(mount).ok()?;
+                return Some(format!("/{}", rel.display()));
+            }
+            stack.push(e.path());
+        }
+    }
+    None
 }
 
 /// The pod uid in a kubelet cgroup path: `kubepods-<qos>-pod<uid with _>.slice` (systemd
@@ -230,6 +266,28 @@ mod tests {
             pod_uid_in_path(v2_path_in(&text).unwrap()).as_deref(),
             Some(UID)
         );
+    }
+
+    /// A cgroup id is its directory's inode: found anywhere in the tree, or not at all.
+    #[test]
+    fn a_cgroup_is_found_by_its_id() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root
+            .path()
+            .join("kubepods.slice/pod-a.slice/cri-containerd-x.scope");
+        fs::create_dir_all(&deep).unwrap();
+        fs::create_dir_all(root.path().join("system.slice/sshd.service")).unwrap();
+        let id = fs::metadata(&deep).unwrap().ino();
+        assert_eq!(
+            path_of_id(root.path(), id).as_deref(),
+            Some("/kubepods.slice/pod-a.slice/cri-containerd-x.scope")
+        );
+        let top = fs::metadata(root.path()).unwrap().ino();
+        assert_eq!(path_of_id(root.path(), top).as_deref(), Some("/"));
+        let file = root.path().join("system.slice/cgroup.procs");
+        fs::write(&file, "").unwrap();
+        let not_a_dir = fs::metadata(&file).unwrap().ino();
+        assert_eq!(path_of_id(root.path(), not_a_dir), None);
     }
 
     #[test]

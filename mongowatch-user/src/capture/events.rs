@@ -30,6 +30,8 @@ pub enum Event<'a> {
         header: EventHeader,
         ends: Ends,
         comm: String,
+        /// The cgroup (v2 id) of the process that opened it, 0 where the kernel has none.
+        cgroup_id: u64,
     },
     ConnClose {
         header: EventHeader,
@@ -158,6 +160,7 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, EventError> {
             Event::ConnOpen {
                 ends: ends(&info),
                 comm: c_string(&info.comm),
+                cgroup_id: info.cgroup_id,
                 header,
             }
         }
@@ -314,6 +317,39 @@ mod tests {
             Event::ProcExit { pid, start_ns, .. } => {
                 assert_eq!((pid, start_ns), (4242, 123_456_789_000))
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The cgroup a connection was opened from comes with its ends, so a process gone before
+    /// the daemon reads the event is still placed in its container.
+    #[test]
+    fn conn_open_carries_comm_and_cgroup() {
+        let mut info = SocketInfo {
+            family: AF_INET,
+            cgroup_id: 0x0123_4567_89ab_cdef,
+            ..Default::default()
+        };
+        info.comm[..6].copy_from_slice(b"python");
+        let h = EventHeader {
+            kind: EventKind::ConnOpen as u8,
+            captured_len: std::mem::size_of::<SocketInfo>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: SocketInfo is plain old data; its bytes as the kernel copies them.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                &info as *const SocketInfo as *const u8,
+                std::mem::size_of::<SocketInfo>(),
+            )
+        };
+        match parse(&record(&h, bytes)).unwrap() {
+            Event::ConnOpen {
+                comm, cgroup_id, ..
+            } => assert_eq!(
+                (comm.as_str(), cgroup_id),
+                ("python", 0x0123_4567_89ab_cdef)
+            ),
             other => panic!("{other:?}"),
         }
     }

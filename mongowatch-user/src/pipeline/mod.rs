@@ -431,8 +431,11 @@ impl Pipeline {
             self.tls_mapped.insert(pid);
             return;
         }
-        if let Event::ConnOpen { header, .. } = &event {
-            self.note_origin(header.tgid);
+        if let Event::ConnOpen {
+            header, cgroup_id, ..
+        } = &event
+        {
+            self.note_origin(header.tgid, *cgroup_id);
             // Its TLS library was hooked when it mapped it; its first connection is when
             // this process gets a verdict, and a last chance to hook it when the mapping was
             // not reported (a process the kernel selected before mongowatch started).

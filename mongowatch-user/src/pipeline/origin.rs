@@ -1,5 +1,6 @@
-//! Where a watched process runs, for its records: its container (from `/proc/PID/cgroup`)
-//! and the node. Read once per process, at its first connection.
+//! Where a watched process runs, for its records: its container (from `/proc/PID/cgroup`, or
+//! from the cgroup the kernel saw when the process is gone) and the node. Read once per
+//! process, at its first connection.
 
 use std::sync::Arc;
 
@@ -20,13 +21,14 @@ pub fn node_name() -> Option<String> {
 }
 
 impl Pipeline {
-    /// Gives the table the origin of `pid`'s connections, once.
-    pub(super) fn note_origin(&mut self, pid: u32) {
+    /// Gives the table the origin of `pid`'s connections, once. `cgroup_id` is where the
+    /// kernel saw the process open its connection (0: not known), for a process already gone.
+    pub(super) fn note_origin(&mut self, pid: u32, cgroup_id: u64) {
         if self.conns.has_origin(pid) {
             return;
         }
         let origin = Arc::new(Origin {
-            container_id: cgroup::container_id(pid),
+            container_id: cgroup::container_id_of(pid, cgroup_id),
             node: self.node.clone(),
             k8s: Default::default(),
         });

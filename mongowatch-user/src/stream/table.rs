@@ -236,7 +236,9 @@ impl Connections {
     pub fn handle(&mut self, event: Event<'_>, out: &mut impl FnMut(TableEvent<'_>)) {
         self.stats.events += 1;
         match event {
-            Event::ConnOpen { header, ends, comm } => {
+            Event::ConnOpen {
+                header, ends, comm, ..
+            } => {
                 if let Some(conn) = self.conns.get_mut(&header.conn_id) {
                     // Cookies are never reused: this is the same connection, whose kernel state
                     // was lost (an LRU map) and made again, offsets from 0. It goes on.
@@ -852,6 +854,7 @@ mod tests {
         };
         t.handle(
             Event::ConnOpen {
+                cgroup_id: 0,
                 header: header(EventKind::ConnOpen, 9, 0, 1),
                 ends,
                 comm: "python3".into(),
@@ -906,6 +909,7 @@ mod tests {
         };
         t.handle(
             Event::ConnOpen {
+                cgroup_id: 0,
                 header: header(EventKind::ConnOpen, 9, 0, 1),
                 ends: Ends::Inet {
                     local: "127.0.0.1:50000".parse().unwrap(),
@@ -1055,6 +1059,7 @@ mod tests {
             TableEvent::Closed { .. } => closed += 1,
         };
         let open = |ts| Event::ConnOpen {
+            cgroup_id: 0,
             header: header(EventKind::ConnOpen, 9, 0, ts),
             ends: Ends::Inet {
                 local: "127.0.0.1:50000".parse().unwrap(),
@@ -1118,6 +1123,7 @@ mod tests {
         // No known port: the role comes from the first request's direction.
         t.handle(
             Event::ConnOpen {
+                cgroup_id: 0,
                 header: header(EventKind::ConnOpen, 5, 0, 1),
                 ends: Ends::Inet {
                     local: "127.0.0.1:4000".parse().unwrap(),
@@ -1160,6 +1166,7 @@ mod tests {
             h.tgid = pid;
             t.handle(
                 Event::ConnOpen {
+                    cgroup_id: 0,
                     header: h,
                     ends: Ends::Unknown { family: 0 },
                     comm: "x".into(),
@@ -1223,6 +1230,7 @@ mod tests {
         for conn in 1..=20u64 {
             t.handle(
                 Event::ConnOpen {
+                    cgroup_id: 0,
                     header: header(EventKind::ConnOpen, conn, 0, conn),
                     ends: Ends::Inet {
                         local: format!("127.0.0.1:{}", 50000 + conn).parse().unwrap(),
@@ -1278,6 +1286,7 @@ mod tests {
     /// The open event of connection `conn` (ends unknown) of process 4242.
     fn open(conn: u64, ts: u64) -> Event<'static> {
         Event::ConnOpen {
+            cgroup_id: 0,
             header: header(EventKind::ConnOpen, conn, 0, ts),
             ends: Ends::Unknown { family: 0 },
             comm: "app".into(),
