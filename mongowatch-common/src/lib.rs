@@ -436,7 +436,10 @@ mod tests {
     fn header_layout_is_stable() {
         // The kernel writes this header byte for byte; a padding change would shift payloads.
         assert_eq!(EVENT_HEADER_SIZE, 56);
-        assert_eq!(core::mem::size_of::<SocketInfo>(), 8 + 32 + 108 + 8 + 16);
+        assert_eq!(
+            core::mem::size_of::<SocketInfo>(),
+            8 + 32 + 108 + 8 + 16 + 4 + 8
+        );
     }
 
     #[test]
