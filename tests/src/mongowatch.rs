@@ -150,15 +150,36 @@ impl Mongowatch {
         n: usize,
         timeout: Duration,
     ) -> Result<Vec<serde_json::Value>> {
+        self.wait_for_records_where("", |_| true, n, timeout)
+    }
+
+    /// Waits until at least `n` records of database `db` have been written, up to `timeout`;
+    /// returns those (mongowatch keeps running).
+    pub fn wait_for_records_of(
+        &mut self,
+        db: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>> {
+        self.wait_for_records_where(&format!(" of {db}"), |r| r["DB"] == db, n, timeout)
+    }
+
+    fn wait_for_records_where(
+        &mut self,
+        what: &str,
+        keep: impl Fn(&serde_json::Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let records = self.records()?;
+            let records: Vec<_> = self.records()?.into_iter().filter(&keep).collect();
             if records.len() >= n {
                 return Ok(records);
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "{} records after {timeout:?}, wanted {n}; stderr:\n{}",
+                    "{} records{what} after {timeout:?}, wanted {n}: {records:?}\nstderr:\n{}",
                     records.len(),
                     self.stderr()
                 );

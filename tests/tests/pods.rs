@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use mongowatch_tests::{
     paths, skip_unless, ChildGuard, GatedPython, Mongowatch, Need, PodCgroup, Server, ServerKind,
 };
@@ -130,29 +130,6 @@ fn pod(cg: &PodCgroup, ns: &str, name: &str, app: &str) -> Value {
     })
 }
 
-/// Records of `db`, once `n` are there.
-fn records_of(mw: &mut Mongowatch, db: &str, n: usize) -> Result<Vec<Value>> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let records: Vec<Value> = mw
-            .records()?
-            .into_iter()
-            .filter(|r| r["DB"] == db)
-            .collect();
-        if records.len() >= n {
-            return Ok(records);
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "{} records of {db}, wanted {n}; stderr:\n{}",
-                records.len(),
-                mw.stderr()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn ops(records: &[&Value]) -> Vec<String> {
     let mut r = records.to_vec();
     r.sort_by_key(|r| r["StartTime"].as_str().unwrap_or("").to_string());
@@ -231,9 +208,9 @@ fn k8s_selectors_and_pod_fields_from_the_api_server() -> Result<()> {
     for app in [&mut a, &mut b] {
         ensure!(app.wait_exit(WAIT)?.success(), "{} failed", app.name());
     }
-    records_of(&mut by_ns, &db, APP_OPS.len())?;
-    records_of(&mut by_label, &db, APP_OPS.len())?;
-    records_of(&mut all_but, &db, APP_OPS.len())?;
+    by_ns.wait_for_records_of(&db, APP_OPS.len(), WAIT)?;
+    by_label.wait_for_records_of(&db, APP_OPS.len(), WAIT)?;
+    all_but.wait_for_records_of(&db, APP_OPS.len(), WAIT)?;
     all_but.stop()?;
     let seen: Vec<Value> = all_but
         .records()?
@@ -282,8 +259,8 @@ fn k8s_selectors_and_pod_fields_from_the_api_server() -> Result<()> {
         late_app.wait_exit(WAIT)?.success(),
         "the new pod's app failed"
     );
-    records_of(&mut by_ns, &db2, APP_OPS.len())?;
-    records_of(&mut by_label, &db2, APP_OPS.len())?;
+    by_ns.wait_for_records_of(&db2, APP_OPS.len(), WAIT)?;
+    by_label.wait_for_records_of(&db2, APP_OPS.len(), WAIT)?;
 
     for (name, mut mw) in [("--k8s-namespace", by_ns), ("--k8s-label", by_label)] {
         mw.stop()?;

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use mongowatch_tests::{
     paths, skip_unless, ChildGuard, GatedPython, Mongowatch, Need, PodCgroup, Server, ServerKind,
 };
@@ -61,29 +61,6 @@ fn finish(app: &mut ChildGuard) -> Result<()> {
     Ok(())
 }
 
-/// The records of database `db`, once `n` of them are there (mongowatch keeps running).
-fn records_of(mw: &mut Mongowatch, db: &str, n: usize) -> Result<Vec<Value>> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let records: Vec<Value> = mw
-            .records()?
-            .into_iter()
-            .filter(|r| r["DB"] == db)
-            .collect();
-        if records.len() >= n {
-            return Ok(records);
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "{} records of {db} after {WAIT:?}, wanted {n}: {records:?}\nstderr:\n{}",
-                records.len(),
-                mw.stderr()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The Operations of the records of `pid`, by StartTime.
 fn ops_of(records: &[Value], pid: u32) -> Vec<String> {
     let mut mine: Vec<&Value> = records.iter().filter(|r| r["Pid"] == pid).collect();
@@ -116,7 +93,7 @@ fn all_audits_an_app_started_after_it_from_its_first_operation() -> Result<()> {
     let mut guard = app.app;
     finish(&mut guard)?;
     // The app's five, and the server's view of them (the server is a process too).
-    records_of(&mut mw, &db, 2 * APP_OPS.len())?;
+    mw.wait_for_records_of(&db, 2 * APP_OPS.len(), WAIT)?;
     let records = stop_and_read(mw, &db)?;
     ensure!(
         ops_of(&records, pid) == APP_OPS,
@@ -154,7 +131,7 @@ fn comm_picks_one_of_two_identical_apps() -> Result<()> {
     finish(&mut a)?;
     finish(&mut b)?;
     let mut mw = mw;
-    records_of(&mut mw, &db, APP_OPS.len())?;
+    mw.wait_for_records_of(&db, APP_OPS.len(), WAIT)?;
     let records = stop_and_read(mw, &db)?;
     ensure!(ops_of(&records, pid_a) == APP_OPS, "{records:?}");
     ensure!(
@@ -191,8 +168,8 @@ fn cgroup_and_container_id_select_the_container_and_only_it() -> Result<()> {
     let (mut i, mut o) = (inside.app, outside.app);
     finish(&mut i)?;
     finish(&mut o)?;
-    records_of(&mut by_cgroup, &db, APP_OPS.len())?;
-    records_of(&mut by_id, &db, APP_OPS.len())?;
+    by_cgroup.wait_for_records_of(&db, APP_OPS.len(), WAIT)?;
+    by_id.wait_for_records_of(&db, APP_OPS.len(), WAIT)?;
 
     // A process started inside the container after mongowatch: a shell that enters the
     // cgroup, then execs the app, which is watched from its first operation.
@@ -212,9 +189,9 @@ fn cgroup_and_container_id_select_the_container_and_only_it() -> Result<()> {
     )?;
     let pid_late = late.pid();
     finish(&mut late)?;
-    records_of(&mut by_cgroup, &db2, APP_OPS.len())?;
+    by_cgroup.wait_for_records_of(&db2, APP_OPS.len(), WAIT)?;
 
-    records_of(&mut by_id, &db2, APP_OPS.len())?;
+    by_id.wait_for_records_of(&db2, APP_OPS.len(), WAIT)?;
 
     for (name, mut mw) in [("--cgroup", by_cgroup), ("--container-id", by_id)] {
         mw.stop()?;
@@ -284,7 +261,7 @@ fn a_process_gone_before_its_events_are_read_keeps_its_container_id() -> Result<
     // SAFETY: as above; resumed whatever the app did.
     ensure!(unsafe { libc::kill(mw.pid() as i32, libc::SIGCONT) } == 0);
     let pid = run?;
-    records_of(&mut mw, &db, APP_OPS.len())?;
+    mw.wait_for_records_of(&db, APP_OPS.len(), WAIT)?;
     mw.stop()?;
     let records: Vec<Value> = mw
         .records()?
@@ -389,7 +366,7 @@ fn a_watched_server_gives_every_clients_operations_with_user_and_address() -> Re
     let (mut a, mut b) = (a.app, b.app);
     finish(&mut a)?;
     finish(&mut b)?;
-    records_of(&mut mw, &db, 2 * APP_OPS.len())?;
+    mw.wait_for_records_of(&db, 2 * APP_OPS.len(), WAIT)?;
     let records = stop_and_read(mw, &db)?;
     let mine: Vec<&Value> = records
         .iter()
