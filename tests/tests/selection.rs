@@ -143,6 +143,23 @@ fn comm_picks_one_of_two_identical_apps() -> Result<()> {
     Ok(())
 }
 
+/// APP started inside the container: a shell that enters its cgroup, then execs the app.
+fn spawn_in(cg: &PodCgroup, name: &str, server: &Server, db: &str) -> Result<ChildGuard> {
+    let script = format!(
+        "echo $$ > {procs} && exec {python} -c \"$1\" {uri} {db}",
+        procs = cg.procs_file().display(),
+        python = paths::venv_python().display(),
+        uri = server.uri(),
+    );
+    let code = format!("import os, sys, time\n{APP}");
+    ChildGuard::spawn(
+        name,
+        Command::new("sh")
+            .args(["-c", &script, "sh", &code])
+            .stdin(Stdio::null()),
+    )
+}
+
 fn in_cgroup_of(pid: u32, cg: &PodCgroup) -> bool {
     fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .is_ok_and(|t| t.lines().any(|l| l == format!("0::{}", cg.rel)))
@@ -174,19 +191,7 @@ fn cgroup_and_container_id_select_the_container_and_only_it() -> Result<()> {
     // A process started inside the container after mongowatch: a shell that enters the
     // cgroup, then execs the app, which is watched from its first operation.
     let db2 = unique("mw_cgroup_late");
-    let script = format!(
-        "echo $$ > {procs} && exec {python} -c \"$1\" {uri} {db2}",
-        procs = cg.procs_file().display(),
-        python = paths::venv_python().display(),
-        uri = server.uri(),
-    );
-    let code = format!("import os, sys, time\n{APP}");
-    let mut late = ChildGuard::spawn(
-        "late app",
-        Command::new("sh")
-            .args(["-c", &script, "sh", &code])
-            .stdin(Stdio::null()),
-    )?;
+    let mut late = spawn_in(&cg, "late app", &server, &db2)?;
     let pid_late = late.pid();
     finish(&mut late)?;
     by_cgroup.wait_for_records_of(&db2, APP_OPS.len(), WAIT)?;
@@ -234,22 +239,10 @@ fn a_process_gone_before_its_events_are_read_keeps_its_container_id() -> Result<
     let cg = PodCgroup::create()?;
     let db = unique("mw_cgroup_gone");
     let mut mw = mongowatch(&["--cgroup", &cg.scope.display().to_string()])?;
-    let script = format!(
-        "echo $$ > {procs} && exec {python} -c \"$1\" {uri} {db}",
-        procs = cg.procs_file().display(),
-        python = paths::venv_python().display(),
-        uri = server.uri(),
-    );
-    let code = format!("import os, sys, time\n{APP}");
     // SAFETY: plain signal to a child we own.
     ensure!(unsafe { libc::kill(mw.pid() as i32, libc::SIGSTOP) } == 0);
     let run = (|| {
-        let mut app = ChildGuard::spawn(
-            "short-lived app",
-            Command::new("sh")
-                .args(["-c", &script, "sh", &code])
-                .stdin(Stdio::null()),
-        )?;
+        let mut app = spawn_in(&cg, "short-lived app", &server, &db)?;
         let pid = app.pid();
         finish(&mut app)?;
         ensure!(

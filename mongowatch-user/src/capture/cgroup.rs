@@ -130,7 +130,30 @@ pub fn path_of_id(mount: &Path, id: u64) -> Option<String> {
     if fs::metadata(mount).ok()?.ino() == id {
         return Some("/".into());
     }
-    let mut stack = vec![mount.to_path_buf()];
+    let mut found = None;
+    walk(mount, |e| {
+        if e.ino() != id {
+            return Walk::Below;
+        }
+        found = Some(e.path());
+        Walk::Stop
+    });
+    Some(format!("/{}", found?.strip_prefix(mount).ok()?.display()))
+}
+
+/// What [`walk`] does after visiting a directory.
+enum Walk {
+    /// Visit the directories below it too.
+    Below,
+    /// Not below it.
+    Skip,
+    /// Nothing more: what was looked for is found.
+    Stop,
+}
+
+/// Visits the directories below `root`, depth first.
+fn walk(root: &Path, mut visit: impl FnMut(&fs::DirEntry) -> Walk) {
+    let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
@@ -139,15 +162,13 @@ pub fn path_of_id(mount: &Path, id: u64) -> Option<String> {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            if e.ino() == id {
-                let rel = e.path();
-                let rel = rel.strip_prefix(mount).ok()?;
-                return Some(format!("/{}", rel.display()));
+            match visit(&e) {
+                Walk::Below => stack.push(e.path()),
+                Walk::Skip => {}
+                Walk::Stop => return,
             }
-            stack.push(e.path());
         }
     }
-    None
 }
 
 /// The pod uid in a kubelet cgroup path: `kubepods-<qos>-pod<uid with _>.slice` (systemd
@@ -214,27 +235,17 @@ pub fn resolve_dir(mount: &Path, arg: &str) -> Result<CgroupDir, CgroupError> {
 pub fn find_container(mount: &Path, prefix: &str) -> Result<CgroupDir, CgroupError> {
     let prefix = prefix.to_ascii_lowercase();
     let mut found: Vec<(String, PathBuf)> = Vec::new();
-    let mut stack = vec![mount.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            match container_id_in_segment(&name) {
-                Some(id) if id.starts_with(&prefix) => {
-                    if !found.iter().any(|(f, _)| *f == id) {
-                        found.push((id, e.path()));
-                    }
+    walk(mount, |e| {
+        match container_id_in_segment(&e.file_name().to_string_lossy()) {
+            Some(id) if id.starts_with(&prefix) => {
+                if !found.iter().any(|(f, _)| *f == id) {
+                    found.push((id, e.path()));
                 }
-                _ => stack.push(e.path()),
+                Walk::Skip
             }
+            _ => Walk::Below,
         }
-    }
+    });
     match found.len() {
         0 => Err(CgroupError::NoContainer(prefix)),
         1 => resolve_dir(mount, &found[0].1.display().to_string()),
