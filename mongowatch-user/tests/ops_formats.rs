@@ -292,6 +292,53 @@ fn the_sink_writes_whole_lines_in_batches() {
     assert_eq!(w.0.lock().unwrap().len(), writes.len());
 }
 
+/// Takes `room` bytes, then fails as a full disk does.
+struct FullAfter {
+    room: usize,
+    got: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Write for FullAfter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let mut got = self.got.lock().unwrap();
+        let n = b.len().min(self.room - got.len());
+        if n == 0 {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        got.extend_from_slice(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A batch that fails part way: the records written whole are written, the others are
+/// counted lost (what `written` and `failed` are made of), never held for a retry.
+#[test]
+fn a_failed_batch_says_which_records_it_lost() {
+    let line = CONTRACT_EXAMPLE.len() + 1;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut s = Sink::new(
+        Formatter::new(Format::Json, None, None).unwrap(),
+        Output::new(
+            Box::new(FullAfter {
+                room: 2 * line + line / 2,
+                got: got.clone(),
+            }),
+            true,
+        ),
+    );
+    for _ in 0..5 {
+        s.write(&example()).unwrap();
+    }
+    assert_eq!((s.held(), s.lost()), (5, 0));
+    assert!(matches!(s.flush(), Err(SinkError::Write(_))));
+    // Two whole lines and half of the third reached the file.
+    assert_eq!(got.lock().unwrap().len(), 2 * line + line / 2);
+    assert_eq!((s.held(), s.lost()), (0, 3));
+}
+
 #[test]
 fn unwritable_output_is_an_error_not_a_panic() {
     let d = tmpdir("bad");

@@ -139,6 +139,9 @@ struct Core {
     writer: Box<dyn RecordWriter>,
     counters: Arc<Counters>,
     unflushed: bool,
+    /// Records the writer took; of them, those it still holds or lost are not written.
+    taken: u64,
+    lost_counted: u64,
 }
 
 impl Core {
@@ -163,7 +166,7 @@ impl Core {
         };
         match result {
             Ok(()) => {
-                c.written.fetch_add(1, Relaxed);
+                self.taken += 1;
                 self.unflushed = true;
             }
             Err(e) => {
@@ -171,6 +174,21 @@ impl Core {
                 self.die(&e);
             }
         }
+        self.count_written();
+    }
+
+    /// `written` is what the writer wrote out: not what it holds for its next batch, nor
+    /// what a failed batch lost (those are counted as failed, once).
+    fn count_written(&mut self) {
+        let lost = self.writer.lost();
+        if lost > self.lost_counted {
+            self.counters
+                .failed
+                .fetch_add(lost - self.lost_counted, Relaxed);
+            self.lost_counted = lost;
+        }
+        let written = self.taken.saturating_sub(self.writer.held() + lost);
+        self.counters.written.store(written, Relaxed);
     }
 
     fn flush(&mut self) {
@@ -179,6 +197,7 @@ impl Core {
             if let Err(e) = self.writer.flush() {
                 self.die(&e);
             }
+            self.count_written();
         }
     }
 
@@ -187,6 +206,7 @@ impl Core {
             if let Err(e) = self.writer.close() {
                 self.die(&e);
             }
+            self.count_written();
         }
     }
 
@@ -278,6 +298,8 @@ fn core(plan: OutputPlan, counters: &Arc<Counters>) -> Core {
         writer: plan.writer,
         counters: counters.clone(),
         unflushed: false,
+        taken: 0,
+        lost_counted: 0,
     }
 }
 

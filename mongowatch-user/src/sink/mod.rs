@@ -138,6 +138,10 @@ pub struct Sink {
     /// it, so lines leave in batches, on `flush` (the output's queue ran empty) or when this
     /// holds [`SINK_BUFFER`] bytes.
     buf: Vec<u8>,
+    /// Where each record held in `buf` ends: what a failed write leaves whole is known.
+    ends: Vec<usize>,
+    /// Records taken that a failed write lost (not the record whose `write` failed).
+    lost: u64,
 }
 
 /// Bytes of whole lines the sink gathers before it writes them out without waiting for a flush.
@@ -152,19 +156,45 @@ impl Sink {
             rotation: out.rotation,
             in_file: out.rotation.map_or(0, |r| r.initial_len),
             buf: Vec::with_capacity(SINK_BUFFER),
+            ends: Vec::new(),
+            lost: 0,
         }
+    }
+
+    /// Records taken and not written out yet.
+    pub fn held(&self) -> u64 {
+        self.ends.len() as u64
+    }
+
+    /// Records taken that a failed write lost.
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 
     /// Writes the gathered lines in one write (file-rotate rotates only between writes, so a
     /// batch is never split across files).
     fn write_out(&mut self) -> Result<(), SinkError> {
-        if !self.buf.is_empty() {
-            let result = self.out.write_all(&self.buf);
-            // What failed is not retried: the error is final for this output.
-            self.buf.clear();
-            result?;
+        let mut done = 0;
+        let result = loop {
+            if done == self.buf.len() {
+                break Ok(());
+            }
+            match self.out.write(&self.buf[done..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if result.is_err() {
+            // The records written whole before the failure are written; the rest are lost.
+            let whole = self.ends.iter().filter(|end| **end <= done).count();
+            self.lost += (self.ends.len() - whole) as u64;
         }
-        Ok(())
+        // What failed is not retried: the error is final for this output.
+        self.buf.clear();
+        self.ends.clear();
+        Ok(result?)
     }
 
     pub fn write(&mut self, r: &Record) -> Result<(), SinkError> {
@@ -184,6 +214,7 @@ impl Sink {
             self.header_pending = false;
         }
         self.formatter.format_into(r, &mut self.buf);
+        self.ends.push(self.buf.len());
         self.in_file = self
             .in_file
             .saturating_add((self.buf.len() - before) as u64);
@@ -191,7 +222,12 @@ impl Sink {
         // write (and the header that goes with it) is the one file-rotate moves to a new file.
         let rotates = self.rotation.is_some_and(|rot| self.in_file > rot.size);
         if rotates || self.buf.len() >= SINK_BUFFER {
-            self.write_out()?;
+            if let Err(e) = self.write_out() {
+                // This record is the batch's last, so it was not written whole: its own
+                // failure is the error returned, not one of the others lost.
+                self.lost -= 1;
+                return Err(e);
+            }
         }
         Ok(())
     }
