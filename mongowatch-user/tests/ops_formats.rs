@@ -4,7 +4,7 @@ use std::{io::Write, os::unix::fs::PermissionsExt};
 
 use mongowatch::{
     record::{ErrorInfo, Json, Place, Record, State},
-    sink::{open_output, Format, Formatter, OutputSpec, Sink, SinkError},
+    sink::{open_output, Format, Formatter, Output, OutputSpec, Sink, SinkError, SINK_BUFFER},
 };
 
 const CONTRACT_EXAMPLE: &str = r#"{"WatchID":"6763e2c10000000000000001","StartTime":"2026-11-24T15:29:00.123456Z","EndTime":"2026-11-24T15:29:00.140001Z","Duration":0.0042,"DB":"shop","Collection":"orders","Operation":"find","Filter":{"status":"open"},"MatchedCount":250,"InsertedCount":null,"UpsertedCount":null,"ModifiedCount":null,"DeletedCount":null,"Iteration":3,"State":"final","CursorId":7263059173825163001,"Error":null,"Pid":4242,"Comm":"python3","Client":"127.0.0.1:51432","Server":"127.0.0.1:27017","User":null,"AppName":null,"Driver":"PyMongo 4.20.1","Compression":null,"Tls":false,"RequestBytes":310,"ReplyBytes":41234,"ContainerId":null,"Node":"node-1","Side":"client","K8sNamespace":null,"K8sPod":null,"K8sPodUid":null,"K8sContainer":null}"#;
@@ -148,6 +148,7 @@ fn csv_has_one_header_in_contract_order_and_quotes() {
     );
     sink.write(&example()).unwrap();
     sink.write(&example()).unwrap();
+    sink.flush().unwrap();
     assert_eq!(
         String::from_utf8(buf.lock().unwrap().clone()).unwrap(),
         "DB,Operation\nshop,find\nshop,find\n"
@@ -238,6 +239,104 @@ fn file_output_rotates_by_size() {
         );
     }
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Counts the writes it is given and keeps their bytes.
+#[derive(Clone, Default)]
+struct CountingWriter(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Write for CountingWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().push(b.to_vec());
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Lines leave in batches of whole lines (a write per record cost the daemon more than
+/// decoding it), and a flush writes what is gathered.
+#[test]
+fn the_sink_writes_whole_lines_in_batches() {
+    let w = CountingWriter::default();
+    let mut s = Sink::new(
+        Formatter::new(Format::Json, None, None).unwrap(),
+        Output::new(Box::new(w.clone()), true),
+    );
+    let n = 1000;
+    s.write(&example()).unwrap();
+    assert!(
+        w.0.lock().unwrap().is_empty(),
+        "held until a flush or a full buffer"
+    );
+    for _ in 1..n {
+        s.write(&example()).unwrap();
+    }
+    s.flush().unwrap();
+    let writes = w.0.lock().unwrap().clone();
+    let total: usize = writes.iter().map(Vec::len).sum();
+    assert_eq!(total, n * (CONTRACT_EXAMPLE.len() + 1));
+    assert!(
+        writes.len() <= total / SINK_BUFFER + 1,
+        "{} writes for {total} bytes",
+        writes.len()
+    );
+    for b in &writes {
+        let text = std::str::from_utf8(b).unwrap();
+        assert!(text.ends_with('\n'), "a batch ends with a whole line");
+        assert!(text.lines().all(|l| l == CONTRACT_EXAMPLE));
+    }
+    // Nothing held: a flush after a flush writes nothing.
+    s.flush().unwrap();
+    assert_eq!(w.0.lock().unwrap().len(), writes.len());
+}
+
+/// Takes `room` bytes, then fails as a full disk does.
+struct FullAfter {
+    room: usize,
+    got: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Write for FullAfter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let mut got = self.got.lock().unwrap();
+        let n = b.len().min(self.room - got.len());
+        if n == 0 {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        got.extend_from_slice(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A batch that fails part way: the records written whole are written, the others are
+/// counted lost (what `written` and `failed` are made of), never held for a retry.
+#[test]
+fn a_failed_batch_says_which_records_it_lost() {
+    let line = CONTRACT_EXAMPLE.len() + 1;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut s = Sink::new(
+        Formatter::new(Format::Json, None, None).unwrap(),
+        Output::new(
+            Box::new(FullAfter {
+                room: 2 * line + line / 2,
+                got: got.clone(),
+            }),
+            true,
+        ),
+    );
+    for _ in 0..5 {
+        s.write(&example()).unwrap();
+    }
+    assert_eq!((s.held(), s.lost()), (5, 0));
+    assert!(matches!(s.flush(), Err(SinkError::Write(_))));
+    // Two whole lines and half of the third reached the file.
+    assert_eq!(got.lock().unwrap().len(), 2 * line + line / 2);
+    assert_eq!((s.held(), s.lost()), (0, 3));
 }
 
 #[test]

@@ -9,9 +9,11 @@
 //! connection's messages: it reads each client message and writes the server's, with request
 //! ids rewritten (fresh ids, `responseTo` pointing at the live request) and nothing else
 //! changed. Which recorded connection a socket plays is said by the listener it connects to:
-//! one listener per (worker slot, session, connection). The slot also keeps concurrent replays
-//! of one session apart: mongowatch keys a cursor by (pid, server address, cursor id), and the
-//! recorded cursor ids repeat in every replay.
+//! one listener per (worker slot, session, connection). Cursor ids are fresh too: the server
+//! gives each cursor a reply opens an id of its own and answers a getMore with the live id it
+//! was sent, and the client sends the live ids it was given (see [`Msg::cursor_at`]), so no
+//! two replays share a cursor id, as with a real server (mongowatch keys a cursor by (pid,
+//! server, cursor id), and the server is unknown where a connection's open event was lost).
 //!
 //! The operations a session must become are counted here, independently of mongowatch, by the
 //! record contract's rules ([`Session::expected`], see [`crate::oracle_ops`]).
@@ -43,6 +45,10 @@ const MAX_MESSAGE: usize = 48 * 1024 * 1024;
 pub struct Msg {
     pub bytes: Vec<u8>,
     pub from_client: bool,
+    /// Where the message holds a cursor id (a reply's `cursor.id`, a getMore's or
+    /// killCursors' cursors; not zero): (offset, recorded id). Rewritten on the wire to the
+    /// live id; empty for compressed messages, whose ids are replayed as recorded.
+    pub cursor_at: Vec<(usize, i64)>,
 }
 
 /// One replay step, in the recording's order. Connections and messages are indexes into
@@ -66,6 +72,10 @@ pub struct Session {
     /// Messages and bytes of one replay, both directions.
     pub messages: u64,
     pub bytes: u64,
+    /// Requests sent back to back go in one write, and the client reads whatever has come
+    /// ([`MsgReader`]); otherwise it writes each message and reads a header, then its body,
+    /// as drivers do.
+    pub pipelined: bool,
 }
 
 fn le_i32(b: &[u8], at: usize) -> i32 {
@@ -74,6 +84,100 @@ fn le_i32(b: &[u8], at: usize) -> i32 {
 
 fn set_i32(b: &mut [u8], at: usize, v: i32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn le_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn set_i64(b: &mut [u8], at: usize, v: i64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Cursor ids the servers of this process hand out: random-looking, positive, never repeated.
+static CURSORS_GIVEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn fresh_cursor_id() -> i64 {
+    // splitmix64 of a counter: a bijection, so distinct counters give distinct ids.
+    let mut z = CURSORS_GIVEN
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // Positive and not zero (zero says "no cursor"); the top bit dropped keeps it a bijection
+    // on the counters this process can reach.
+    ((z >> 1) | 1) as i64
+}
+
+/// The cursor ids in `body` (a reply's `cursor.id`, a getMore's, killCursors' `cursors`,
+/// and a killCursors reply's lists), not zero.
+fn cursor_ids(body: &Document, from_client: bool) -> Vec<i64> {
+    let id_of = |v: &Bson| match v {
+        Bson::Int64(i) => Some(*i),
+        _ => None,
+    };
+    let mut ids = Vec::new();
+    if from_client {
+        ids.extend(body.get("getMore").and_then(id_of));
+        if body.contains_key("killCursors") {
+            if let Ok(a) = body.get_array("cursors") {
+                ids.extend(a.iter().filter_map(id_of));
+            }
+        }
+    } else {
+        if let Ok(cur) = body.get_document("cursor") {
+            ids.extend(cur.get("id").and_then(id_of));
+        }
+        for list in [
+            "cursorsKilled",
+            "cursorsNotFound",
+            "cursorsAlive",
+            "cursorsUnknown",
+        ] {
+            if let Ok(a) = body.get_array(list) {
+                ids.extend(a.iter().filter_map(id_of));
+            }
+        }
+    }
+    ids.retain(|id| *id != 0);
+    ids
+}
+
+/// Where `m` holds the cursor ids of its body: every place its bytes hold one of them as an
+/// element's value. OP_MSG only.
+fn find_cursor_ids(m: &Msg) -> Vec<(usize, i64)> {
+    const OP_MSG: i32 = 2013;
+    if m.bytes.len() < 21 || le_i32(&m.bytes, 12) != OP_MSG {
+        return Vec::new();
+    }
+    let w = WireMessage {
+        bytes: m.bytes.clone(),
+        first_byte_ns: 0,
+        last_byte_ns: 0,
+    };
+    let Some(body) = w.body() else {
+        return Vec::new();
+    };
+    let mut at = Vec::new();
+    for id in cursor_ids(&body, m.from_client) {
+        let want = id.to_le_bytes();
+        let mut from = 21;
+        while let Some(p) = m.bytes[from..]
+            .windows(8)
+            .position(|w| w == want)
+            .map(|p| p + from)
+        {
+            // An element's value follows its key's NUL; ids are random-looking 8 bytes, so
+            // finding one elsewhere by chance is not a concern.
+            let key_ends = m.bytes[p - 1] == 0;
+            if key_ends && !at.iter().any(|(q, _)| *q == p) {
+                at.push((p, id));
+            }
+            from = p + 8;
+        }
+    }
+    at
 }
 
 impl Session {
@@ -123,6 +227,8 @@ impl Session {
                     } else {
                         Step::Recv(c, i)
                     });
+                    let mut m = m;
+                    m.cursor_at = find_cursor_ids(&m);
                     conns[c].push(m);
                 }
             }
@@ -139,6 +245,7 @@ impl Session {
             expected: BTreeMap::new(),
             messages,
             bytes,
+            pipelined: false,
         };
         s.expected = s.count_operations();
         Ok(s)
@@ -252,7 +359,14 @@ impl Session {
                     break;
                 }
                 let bytes: Vec<u8> = buf.drain(..n as usize).collect();
-                order.push((c, Some(Msg { bytes, from_client })));
+                order.push((
+                    c,
+                    Some(Msg {
+                        bytes,
+                        from_client,
+                        cursor_at: Vec::new(),
+                    }),
+                ));
             }
         }
         for (c, dirs) in pending.iter().enumerate() {
@@ -268,8 +382,18 @@ impl Session {
     /// `ops` small commands on one connection: inserts of one small document and finds of one
     /// document (one batch, no cursor left open), alternating. Every request is one operation.
     pub fn small(ops: usize) -> Result<Session> {
+        Self::small_pipelined(ops, 1)
+    }
+
+    /// [`Session::small`] with `depth` requests in flight on the connection: the client sends
+    /// `depth` of them in one write, the server answers them in one, and each side reads what
+    /// has come in one read. Fewer system calls per message than a driver makes, so the
+    /// generator can offer more than one request at a time per connection can.
+    pub fn small_pipelined(ops: usize, depth: usize) -> Result<Session> {
         let mut order = Vec::new();
+        let mut replies = Vec::new();
         let pad = "x".repeat(40);
+        let depth = depth.max(1);
         for i in 0..ops as i32 {
             let (req, rep) = if i % 2 == 0 {
                 (
@@ -285,10 +409,16 @@ impl Session {
                 )
             };
             order.push((0, Some(request(i, &req))));
-            order.push((0, Some(reply(i, &rep))));
+            replies.push((0, Some(reply(i, &rep))));
+            if replies.len() == depth || i + 1 == ops as i32 {
+                order.append(&mut replies);
+            }
         }
         order.push((0, None));
-        Session::build("small", order)
+        let name = if depth == 1 { "small" } else { "pipelined" };
+        let mut s = Session::build(name, order)?;
+        s.pipelined = depth > 1;
+        Ok(s)
     }
 
     /// `cursors` finds on one connection, each answered by a first batch and `get_mores`
@@ -337,6 +467,7 @@ fn request(id: i32, d: &Document) -> Msg {
     Msg {
         bytes: op_msg(id, d),
         from_client: true,
+        cursor_at: Vec::new(),
     }
 }
 
@@ -346,6 +477,7 @@ fn reply(to: i32, d: &Document) -> Msg {
     Msg {
         bytes,
         from_client: false,
+        cursor_at: Vec::new(),
     }
 }
 
@@ -362,6 +494,7 @@ pub fn sessions(mix: &str, fixtures_dir: &Path, large_bytes: usize) -> Result<Ve
     for part in mix.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part {
             "small" => out.push(Session::small(200)?),
+            "pipelined" => out.push(Session::small_pipelined(256, PIPELINE_DEPTH)?),
             "large" => out.push(Session::large(2, 2, large_bytes)?),
             "fixtures" => {
                 for f in &fixtures {
@@ -381,6 +514,9 @@ pub fn sessions(mix: &str, fixtures_dir: &Path, large_bytes: usize) -> Result<Ve
     Ok(out)
 }
 
+/// Requests in flight per connection in the `pipelined` mix.
+pub const PIPELINE_DEPTH: usize = 16;
+
 /// A connected socket of either kind.
 pub trait Socket: Read + Write + Send {}
 impl Socket for TcpStream {}
@@ -399,6 +535,55 @@ pub fn connect(addr: &str) -> Result<Box<dyn Socket>> {
         ))
     } else {
         bail!("bad address {addr}")
+    }
+}
+
+/// Reads whole messages from a socket with as few reads as it can: each read takes what has
+/// come (up to 64 KiB beyond the message wanted), and the messages it holds are handed out
+/// one by one. (A driver reads a header, then its body: two reads per message.)
+#[derive(Default)]
+pub struct MsgReader {
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl MsgReader {
+    /// The next whole message into `buf`; `Ok(false)` at a clean end of stream.
+    pub fn next(&mut self, s: &mut dyn Read, buf: &mut Vec<u8>) -> Result<bool> {
+        loop {
+            let have = &self.pending[self.at..];
+            if have.len() >= 4 {
+                let len = le_i32(have, 0);
+                ensure!(
+                    (16..=MAX_MESSAGE as i32).contains(&len),
+                    "bad messageLength {len}"
+                );
+                let len = len as usize;
+                if have.len() >= len {
+                    buf.clear();
+                    buf.extend_from_slice(&have[..len]);
+                    self.at += len;
+                    return Ok(true);
+                }
+            }
+            // Room for the rest of this message and whatever follows it.
+            self.pending.drain(..self.at);
+            self.at = 0;
+            let want = if self.pending.len() >= 4 {
+                le_i32(&self.pending, 0) as usize
+            } else {
+                16
+            };
+            let old = self.pending.len();
+            let room = want.saturating_sub(old) + (64 << 10);
+            self.pending.resize(old + room, 0);
+            let n = s.read(&mut self.pending[old..])?;
+            self.pending.truncate(old + n);
+            if n == 0 {
+                ensure!(old == 0, "the stream ended inside a message");
+                return Ok(false);
+            }
+        }
     }
 }
 
@@ -427,18 +612,22 @@ pub fn read_msg(s: &mut dyn Read, buf: &mut Vec<u8>) -> Result<bool> {
 
 /// Serves one accepted connection that plays `msgs` (one recorded connection): reads each
 /// client message, writes each server message with a fresh request id and its `responseTo`
-/// pointing at the live request, then waits for the client to close.
+/// pointing at the live request, then waits for the client to close. A cursor id in a reply
+/// is the live one the client sent for it, or else (a cursor the reply opens) a fresh one.
 pub fn serve(s: &mut dyn Socket, msgs: &[Msg], ids: &AtomicI32) -> Result<()> {
     let mut live: HashMap<i32, i32> = HashMap::new();
+    let mut cursors: HashMap<i64, i64> = HashMap::new();
     let mut out: Vec<u8> = Vec::new();
     let mut buf = Vec::new();
+    // The server is not watched: how it reads costs only the generator.
+    let mut reader = MsgReader::default();
     for m in msgs {
         if m.from_client {
             if !out.is_empty() {
                 s.write_all(&out)?;
                 out.clear();
             }
-            ensure!(read_msg(s, &mut buf)?, "the client closed early");
+            ensure!(reader.next(s, &mut buf)?, "the client closed early");
             ensure!(
                 buf.len() == m.bytes.len(),
                 "the client sent {} bytes where the recording has {}",
@@ -446,19 +635,26 @@ pub fn serve(s: &mut dyn Socket, msgs: &[Msg], ids: &AtomicI32) -> Result<()> {
                 m.bytes.len()
             );
             live.insert(le_i32(&m.bytes, 4), le_i32(&buf, 4));
+            for &(off, recorded) in &m.cursor_at {
+                cursors.insert(recorded, le_i64(&buf, off));
+            }
         } else {
             let at = out.len();
             out.extend_from_slice(&m.bytes);
             set_i32(&mut out, at + 4, ids.fetch_add(1, Ordering::Relaxed));
             let to = le_i32(&m.bytes, 8);
             set_i32(&mut out, at + 8, live.get(&to).copied().unwrap_or(to));
+            for &(off, recorded) in &m.cursor_at {
+                let id = *cursors.entry(recorded).or_insert_with(fresh_cursor_id);
+                set_i64(&mut out, at + off, id);
+            }
         }
     }
     if !out.is_empty() {
         s.write_all(&out)?;
     }
     // Until the client closes; it has nothing more to say.
-    while read_msg(s, &mut buf)? {}
+    while reader.next(s, &mut buf)? {}
     Ok(())
 }
 
@@ -494,7 +690,8 @@ impl Pacer {
 
 /// Replays one session once on fresh connections to `addrs` (one per recorded connection).
 /// Returns the messages and bytes moved. Every reply is checked: its length must be the
-/// recording's and its `responseTo` the live request's.
+/// recording's and its `responseTo` the live request's. Requests carry the live cursor ids
+/// the replies gave (for the recorded ones).
 pub fn replay(
     s: &Session,
     addrs: &[String],
@@ -505,34 +702,58 @@ pub fn replay(
     let mut socks: Vec<Option<Box<dyn Socket>>> = (0..s.conns.len()).map(|_| None).collect();
     // Per connection: recorded request id -> live one.
     let mut live: Vec<HashMap<i32, i32>> = vec![HashMap::new(); s.conns.len()];
+    // Recorded cursor id -> live one, for the whole replay (a driver may use a cursor on
+    // another connection than the one that opened it).
+    let mut cursors: HashMap<i64, i64> = HashMap::new();
+    let mut readers: Vec<MsgReader> = (0..s.conns.len()).map(|_| MsgReader::default()).collect();
     let mut out = Vec::new();
     let (mut msgs, mut bytes) = (0, 0);
-    for step in &s.steps {
+    for (k, step) in s.steps.iter().enumerate() {
         match *step {
             Step::Open(c) => socks[c] = Some(connect(&addrs[c])?),
-            Step::Close(c) => socks[c] = None,
+            Step::Close(c) => {
+                socks[c] = None;
+                readers[c] = MsgReader::default();
+            }
             Step::Send(c, i) => {
-                let m = &s.conns[c][i].bytes;
-                out.clear();
+                let msg = &s.conns[c][i];
+                let m = &msg.bytes;
+                let at = out.len();
                 out.extend_from_slice(m);
                 let id = ids.fetch_add(1, Ordering::Relaxed);
                 live[c].insert(le_i32(m, 4), id);
-                set_i32(&mut out, 4, id);
+                set_i32(&mut out, at + 4, id);
+                for &(off, recorded) in &msg.cursor_at {
+                    if let Some(id) = cursors.get(&recorded) {
+                        set_i64(&mut out, at + off, *id);
+                    }
+                }
                 pacer.before_send();
-                socks[c]
-                    .as_mut()
-                    .context("send on a closed connection")?
-                    .write_all(&out)?;
                 pacer.done += 1;
                 msgs += 1;
-                bytes += out.len() as u64;
+                bytes += m.len() as u64;
+                let more = s.pipelined
+                    && matches!(s.steps.get(k + 1), Some(Step::Send(next, _)) if *next == c);
+                if !more {
+                    socks[c]
+                        .as_mut()
+                        .context("send on a closed connection")?
+                        .write_all(&out)?;
+                    out.clear();
+                }
             }
             Step::Recv(c, i) => {
-                let m = &s.conns[c][i].bytes;
+                let msg = &s.conns[c][i];
+                let m = &msg.bytes;
                 let sock = socks[c]
                     .as_mut()
                     .context("receive on a closed connection")?;
-                ensure!(read_msg(sock.as_mut(), buf)?, "the server closed early");
+                let got = if s.pipelined {
+                    readers[c].next(sock.as_mut(), buf)?
+                } else {
+                    read_msg(sock.as_mut(), buf)?
+                };
+                ensure!(got, "the server closed early");
                 ensure!(
                     buf.len() == m.len(),
                     "{}: a reply of {} bytes where the recording has {}",
@@ -548,6 +769,9 @@ pub fn replay(
                         s.name,
                         le_i32(buf, 8)
                     );
+                }
+                for &(off, recorded) in &msg.cursor_at {
+                    cursors.insert(recorded, le_i64(buf, off));
                 }
                 pacer.done += 1;
                 msgs += 1;
@@ -573,6 +797,10 @@ mod tests {
         assert_eq!(s.expected.get("find"), Some(&5));
         assert_eq!(s.messages, 20);
         let l = Session::large(3, 2, 1 << 20).unwrap();
+        // Each cursor's id is found where it is: in every reply but the last of each cursor
+        // (which closes it, id 0), and in every getMore.
+        let found: usize = l.conns[0].iter().map(|m| m.cursor_at.len()).sum();
+        assert_eq!(found, 3 * (2 + 2));
         // One operation per cursor: its getMores belong to it.
         assert_eq!(l.expected, BTreeMap::from([("find".to_string(), 3)]));
         assert_eq!(l.messages, 18);
@@ -612,6 +840,124 @@ mod tests {
         assert_eq!((msgs, bytes), (s.messages, s.bytes));
         for t in servers {
             t.join().unwrap().unwrap();
+        }
+    }
+
+    /// The pipelined mix is the small one with requests in flight: the same operations, and
+    /// it replays through a real server and client.
+    #[test]
+    fn a_pipelined_session_replays() {
+        let s = Session::small_pipelined(40, 16).unwrap();
+        assert_eq!(s.expected, Session::small(40).unwrap().expected);
+        assert!(s.pipelined);
+        assert!(matches!(
+            s.steps[..3],
+            [Step::Open(0), Step::Send(0, 0), Step::Send(0, 1)]
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let msgs = s.conns[0].clone();
+        let server = thread::spawn(move || {
+            let ids = AtomicI32::new(1 << 20);
+            let (mut sock, _) = l.accept().unwrap();
+            serve(&mut sock, &msgs, &ids)
+        });
+        let addrs = vec![format!("unix:{}", path.display())];
+        let ids = AtomicI32::new(1);
+        let (msgs, bytes) =
+            replay(&s, &addrs, &ids, &mut Pacer::new(None), &mut Vec::new()).unwrap();
+        assert_eq!((msgs, bytes), (s.messages, s.bytes));
+        server.join().unwrap().unwrap();
+    }
+
+    /// Two replays of a session with cursors use cursor ids of their own, and each replay's
+    /// getMores carry the id its find's reply gave (what mongowatch ties them by).
+    #[test]
+    fn each_replay_gets_fresh_cursor_ids() {
+        let s = Session::large(2, 2, 4096).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let addrs = vec![format!("unix:{}", path.display())];
+        let msgs = s.conns[0].clone();
+        let server = thread::spawn(move || {
+            let ids = AtomicI32::new(1 << 20);
+            // A recording server: what each replay's client sent and was sent.
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (sock, _) = l.accept().unwrap();
+                let mut tap = Tap {
+                    inner: sock,
+                    read: Vec::new(),
+                    written: Vec::new(),
+                };
+                serve(&mut tap, &msgs, &ids).unwrap();
+                seen.push((tap.read, tap.written));
+            }
+            seen
+        });
+        let ids = AtomicI32::new(1);
+        for _ in 0..2 {
+            replay(&s, &addrs, &ids, &mut Pacer::new(None), &mut Vec::new()).unwrap();
+        }
+        let seen = server.join().unwrap();
+        let ids_in = |bytes: &[u8], from_client: bool| -> Vec<i64> {
+            let mut out = Vec::new();
+            let mut p = 0;
+            while p + 4 <= bytes.len() {
+                let n = le_i32(bytes, p) as usize;
+                let w = WireMessage {
+                    bytes: bytes[p..p + n].to_vec(),
+                    first_byte_ns: 0,
+                    last_byte_ns: 0,
+                };
+                out.extend(cursor_ids(&w.body().unwrap(), from_client));
+                p += n;
+            }
+            out
+        };
+        let mut all = HashSet::new();
+        for (read, written) in &seen {
+            let given = ids_in(written, false);
+            let sent = ids_in(read, true);
+            // Two cursors, each given in its find's and first getMore's reply.
+            assert_eq!(given.len(), 4, "{given:?}");
+            assert_eq!(given[0], given[1]);
+            assert_eq!(given[2], given[3]);
+            assert_ne!(given[0], given[2]);
+            // The getMores send what they were given.
+            assert_eq!(sent, vec![given[0], given[0], given[2], given[2]]);
+            all.extend([given[0], given[2]]);
+        }
+        assert_eq!(all.len(), 4, "no cursor id shared between replays: {all:?}");
+    }
+
+    /// A socket that keeps what passes through it.
+    struct Tap {
+        inner: std::os::unix::net::UnixStream,
+        read: Vec<u8>,
+        written: Vec<u8>,
+    }
+
+    impl Read for Tap {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(b)?;
+            self.read.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+    }
+
+    impl Socket for Tap {}
+
+    impl Write for Tap {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(b)?;
+            self.written.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
         }
     }
 }

@@ -12,8 +12,8 @@ use crate::{
     sink::{Format, Formatter, OutputSpec},
 };
 
-/// Records an output's queue holds while its writer is busy; past it, records are dropped for
-/// that output alone, and counted.
+/// Records an output's queue holds while its writer is busy; past it, capture waits for room
+/// (up to `pipeline::outputs::FULL_WAIT`), then drops records for that output alone, counted.
 pub const DEFAULT_QUEUE: usize = 16_384;
 
 /// The value of the `output` key: a path (the single-output shorthand) or `[[output]]` tables.

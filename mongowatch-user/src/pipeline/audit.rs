@@ -67,6 +67,8 @@ pub struct Auditor {
     rate_out: Box<dyn Write + Send>,
     stats: AuditStats,
     emits: Vec<Emit>,
+    /// The records due after an input, kept between inputs (allocated once, not per input).
+    ready: Vec<Record>,
     observer: Option<RecordTap>,
 }
 
@@ -157,6 +159,7 @@ impl Auditor {
             rate_out,
             stats: AuditStats::default(),
             emits: Vec::new(),
+            ready: Vec::new(),
             observer: None,
         })
     }
@@ -177,9 +180,12 @@ impl Auditor {
         }
         self.emits = emits;
         let tracker = &self.tracker;
-        let ready = self.queue.advance(now, |id| tracker.snapshot(id));
+        let mut ready = std::mem::take(&mut self.ready);
+        self.queue
+            .advance_into(now, |id| tracker.snapshot(id), &mut ready);
         let mut result = self.rate_tick(now);
-        let written = self.write_records(ready, now);
+        let written = self.write_records(&mut ready, now);
+        self.ready = ready;
         result = result.and(written);
         result
     }
@@ -191,8 +197,8 @@ impl Auditor {
     pub fn shutdown(&mut self, now_ns: u64) -> Result<(), AuditError> {
         let now = now_ns.max(self.queue.now_ns());
         let tracker = &self.tracker;
-        let rest = self.queue.flush_all(now, |id| tracker.snapshot(id));
-        let mut result = self.write_records(rest, now);
+        let mut rest = self.queue.flush_all(now, |id| tracker.snapshot(id));
+        let mut result = self.write_records(&mut rest, now);
         if let Some(summary) = self.rate.as_mut().and_then(|r| r.flush(now)) {
             result = result.and(self.write_rate(&summary));
         }
@@ -255,17 +261,17 @@ impl Auditor {
 
     /// Hands the records to every output (each filters, masks and writes them on its own);
     /// the rate summary counts them all, before any output's filter.
-    fn write_records(&mut self, records: Vec<Record>, now: u64) -> Result<(), AuditError> {
+    fn write_records(&mut self, records: &mut Vec<Record>, now: u64) -> Result<(), AuditError> {
         if !records.is_empty() {
             if let Some(observe) = self.observer.as_mut() {
                 records.iter().for_each(observe);
             }
             if let Some(rate) = self.rate.as_mut() {
-                for r in &records {
+                for r in records.iter() {
                     rate.observe(r, now);
                 }
             }
-            self.outputs.send(records);
+            self.outputs.send(records.drain(..));
         }
         self.outputs_ok()
     }

@@ -134,7 +134,18 @@ pub struct Sink {
     rotation: Option<Rotation>,
     /// Bytes in the current file (rotated outputs only).
     in_file: u64,
+    /// Whole lines not written yet: a write(2) per record cost the daemon more than decoding
+    /// it, so lines leave in batches, on `flush` (the output's queue ran empty) or when this
+    /// holds [`SINK_BUFFER`] bytes.
+    buf: Vec<u8>,
+    /// Where each record held in `buf` ends: what a failed write leaves whole is known.
+    ends: Vec<usize>,
+    /// Records taken that a failed write lost (not the record whose `write` failed).
+    lost: u64,
 }
+
+/// Bytes of whole lines the sink gathers before it writes them out without waiting for a flush.
+pub const SINK_BUFFER: usize = 1 << 16;
 
 impl Sink {
     pub fn new(formatter: Formatter, out: Output) -> Self {
@@ -144,13 +155,46 @@ impl Sink {
             formatter,
             rotation: out.rotation,
             in_file: out.rotation.map_or(0, |r| r.initial_len),
+            buf: Vec::with_capacity(SINK_BUFFER),
+            ends: Vec::new(),
+            lost: 0,
         }
     }
 
-    fn write_bytes(&mut self, b: &[u8]) -> Result<(), SinkError> {
-        self.out.write_all(b)?;
-        self.in_file = self.in_file.saturating_add(b.len() as u64);
-        Ok(())
+    /// Records taken and not written out yet.
+    pub fn held(&self) -> u64 {
+        self.ends.len() as u64
+    }
+
+    /// Records taken that a failed write lost.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Writes the gathered lines in one write (file-rotate rotates only between writes, so a
+    /// batch is never split across files).
+    fn write_out(&mut self) -> Result<(), SinkError> {
+        let mut done = 0;
+        let result = loop {
+            if done == self.buf.len() {
+                break Ok(());
+            }
+            match self.out.write(&self.buf[done..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if result.is_err() {
+            // The records written whole before the failure are written; the rest are lost.
+            let whole = self.ends.iter().filter(|end| **end <= done).count();
+            self.lost += (self.ends.len() - whole) as u64;
+        }
+        // What failed is not retried: the error is final for this output.
+        self.buf.clear();
+        self.ends.clear();
+        Ok(result?)
     }
 
     pub fn write(&mut self, r: &Record) -> Result<(), SinkError> {
@@ -162,20 +206,48 @@ impl Sink {
                 self.header_pending = self.formatter.header().is_some();
             }
         }
-        let mut line = String::new();
+        let before = self.buf.len();
         if self.header_pending {
             if let Some(h) = self.formatter.header() {
-                line.push_str(&h);
+                self.buf.extend_from_slice(h.as_bytes());
             }
             self.header_pending = false;
         }
-        // Header and record in one write, so a rotation never falls between them.
-        line.push_str(&self.formatter.format(r));
-        self.write_bytes(line.as_bytes())
+        self.formatter.format_into(r, &mut self.buf);
+        self.ends.push(self.buf.len());
+        self.in_file = self
+            .in_file
+            .saturating_add((self.buf.len() - before) as u64);
+        // A batch ends with the record that takes a rotated file past its size, so the next
+        // write (and the header that goes with it) is the one file-rotate moves to a new file.
+        let rotates = self.rotation.is_some_and(|rot| self.in_file > rot.size);
+        if rotates || self.buf.len() >= SINK_BUFFER {
+            if let Err(e) = self.write_out() {
+                // This record is the batch's last, so it was not written whole: its own
+                // failure is the error returned, not one of the others lost.
+                self.lost -= 1;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.write_out()?;
         self.out.flush()?;
         Ok(())
+    }
+}
+
+impl Drop for Sink {
+    /// The pipeline flushes before it lets a sink go; this keeps a forgotten flush from losing
+    /// the last lines silently.
+    fn drop(&mut self) {
+        // Not while unwinding: the writer may be what panicked.
+        if !self.buf.is_empty() && !std::thread::panicking() {
+            if let Err(e) = self.flush() {
+                tracing::error!("audit records lost at exit: {e}");
+            }
+        }
     }
 }

@@ -20,6 +20,16 @@ pub trait RecordWriter: Send {
     fn close(&mut self) -> Result<(), SinkError> {
         self.flush()
     }
+    /// Records `write` took that are not written out yet (a writer that writes in batches
+    /// holds them until `flush`): not counted as written before they are.
+    fn held(&self) -> u64 {
+        0
+    }
+    /// Records `write` took that a later failure lost (a batch that could not be written
+    /// whole): counted as failed, not written.
+    fn lost(&self) -> u64 {
+        0
+    }
 }
 
 impl RecordWriter for Sink {
@@ -29,5 +39,13 @@ impl RecordWriter for Sink {
 
     fn flush(&mut self) -> Result<(), SinkError> {
         Sink::flush(self)
+    }
+
+    fn held(&self) -> u64 {
+        Sink::held(self)
+    }
+
+    fn lost(&self) -> u64 {
+        Sink::lost(self)
     }
 }

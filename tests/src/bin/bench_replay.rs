@@ -3,7 +3,8 @@
 //!
 //! One server process and `--processes` client processes, each with `--workers` threads, replay
 //! sessions (see `mongowatch_tests::replay`: the `.mwrec` fixtures recorded from real drivers,
-//! `small` commands, `large` multi-MB cursor replies) over loopback TCP, unix sockets or both
+//! `small` commands, `pipelined` small commands 16 in flight per connection, `large` multi-MB
+//! cursor replies) over loopback TCP, unix sockets or both
 //! (alternate client processes), at `--rate` messages/s in total (both directions count) or flat
 //! out. `mongowatch --pid <each client> -o FILE --stats` watches the clients. At the end:
 //! - every operation the replays sent (counted by the harness from the bytes, by the record
@@ -65,7 +66,8 @@ struct Params {
     mw_args: Vec<String>,
 }
 
-const USAGE: &str = "bench-replay [--mix fixtures,small,large] [--transport tcp|unix|both] \
+const USAGE: &str =
+    "bench-replay [--mix fixtures,small,pipelined,large] [--transport tcp|unix|both] \
 [--processes N] [--workers N] [--seconds S] [--rate MSGS_PER_S | --flat-out] [--large-mb MB] \
 [--find-knee [--knee-factor F]] [--require-no-loss] [--mw-arg ARG]...";
 
