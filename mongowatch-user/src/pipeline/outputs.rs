@@ -619,27 +619,14 @@ mod tests {
         assert!(outs.failure().unwrap().contains("output `bad`"));
     }
 
-    /// Writes each record slowly.
-    #[derive(Clone, Default)]
-    struct Slow(Arc<Mutex<usize>>);
-
-    impl RecordWriter for Slow {
-        fn write(&mut self, _: &Record) -> Result<(), SinkError> {
-            thread::sleep(Duration::from_millis(2));
-            *self.0.lock().unwrap() += 1;
-            Ok(())
-        }
-
-        fn flush(&mut self) -> Result<(), SinkError> {
-            Ok(())
-        }
-    }
-
     /// An output slower than the records, but not stalled: capture waits for room in its
     /// queue rather than dropping records it decoded.
     #[test]
     fn a_slow_output_is_waited_for_not_dropped() {
-        let slow = Slow::default();
+        let slow = Batches {
+            delay: Duration::from_millis(2),
+            ..Batches::default()
+        };
         let mut outs = Outputs::spawn(vec![OutputPlan {
             name: "slow".into(),
             filter: RecordFilter::new(None, None, None, false).unwrap(),
@@ -654,7 +641,7 @@ mod tests {
         outs.close(CLOSE_DEADLINE);
         let s = &outs.stats()["slow"];
         assert_eq!((s.written, s.dropped, s.failed), (40, 0, 0));
-        assert_eq!(*slow.0.lock().unwrap(), 40);
+        assert_eq!(*slow.written.lock().unwrap(), 40);
     }
 
     /// A stalled output (its writer stuck past FULL_WAIT) has its records dropped, counted.
@@ -687,15 +674,17 @@ mod tests {
         assert_eq!(stats["slow"].failed, 0);
     }
 
-    /// Counts the records and flushes it is given.
+    /// Counts the records and flushes it is given, taking `delay` over each record.
     #[derive(Clone, Default)]
     struct Batches {
         written: Arc<Mutex<usize>>,
         flushes: Arc<Mutex<usize>>,
+        delay: Duration,
     }
 
     impl RecordWriter for Batches {
         fn write(&mut self, _: &Record) -> Result<(), SinkError> {
+            thread::sleep(self.delay);
             *self.written.lock().unwrap() += 1;
             Ok(())
         }
