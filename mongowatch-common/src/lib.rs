@@ -62,7 +62,8 @@ pub const SCRATCH_SLOTS: u32 = 2;
 
 /// Payload bytes carried by one data event at most. Larger reads and writes are split.
 pub const CHUNK_SIZE: usize = 16384;
-/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+/// The ring buffer's default size in bytes (a power of two, a multiple of the page size);
+/// `--ring-size` sets it at load time.
 pub const RING_SIZE: u32 = 64 << 20;
 /// The kernel's own limit of iovec entries per readv/writev/sendmsg/recvmsg call (UIO_MAXIOV):
 /// a call with more fails, so the programs follow every entry of any call that moved bytes.

@@ -164,6 +164,12 @@ pub struct AuditArgs {
     #[arg(long, value_name = "SIZE")]
     pub memory_budget: Option<ByteSize>,
 
+    /// Size of the kernel ring buffer events wait in for the daemon (a power of two from 1M to
+    /// 1G; default 64M). It is locked kernel memory; a larger ring rides out longer stalls of
+    /// the daemon (a machine whose CPUs are all busy) before events are lost.
+    #[arg(long, value_name = "SIZE")]
+    pub ring_size: Option<ByteSize>,
+
     /// Serve /healthz, /readyz and Prometheus /metrics over HTTP on ADDR (e.g. 0.0.0.0:9090).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
@@ -204,6 +210,7 @@ pub const FILE_KEYS: &[&str] = &[
     "delay",
     "include-heartbeats",
     "memory-budget",
+    "ring-size",
     "listen",
     "otlp-endpoint",
     "otlp-protocol",
@@ -256,6 +263,7 @@ impl AuditArgs {
             delay: self.delay.or(file.delay),
             include_heartbeats: self.include_heartbeats.or(file.include_heartbeats),
             memory_budget: self.memory_budget.or(file.memory_budget),
+            ring_size: self.ring_size.or(file.ring_size),
             listen: self.listen.or(file.listen),
             otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
             otlp_protocol: self.otlp_protocol.or(file.otlp_protocol),
@@ -375,6 +383,8 @@ pub struct AuditConfig {
     pub include_heartbeats: bool,
     /// Bytes the stream buffers of all connections may hold together.
     pub memory_budget: usize,
+    /// Bytes of the kernel's ring buffer.
+    pub ring_size: u32,
     /// `--listen`: where /healthz, /readyz and /metrics are served.
     pub listen: Option<std::net::SocketAddr>,
     /// OTLP logs beside the output (`--otlp-endpoint` or the OTEL_* variables).
@@ -403,6 +413,7 @@ impl Default for AuditConfig {
             delay_secs: 0.0,
             include_heartbeats: false,
             memory_budget: crate::stream::DEFAULT_MEMORY_BUDGET,
+            ring_size: mongowatch_common::RING_SIZE,
             listen: None,
             otlp: None,
             outputs: Vec::new(),
@@ -429,6 +440,29 @@ impl AuditArgs {
     }
 }
 
+/// The ring's bounds: below a few large messages' worth it loses them whole; above, it is a
+/// lot of memory the kernel can never page out.
+const RING_SIZE_MIN: u64 = 1 << 20;
+const RING_SIZE_MAX: u64 = 1 << 30;
+
+impl AuditArgs {
+    /// The ring buffer's size from the command line or file (or the default), checked: the
+    /// kernel takes only a power of two.
+    pub fn ring_size(&self) -> Result<u32, ConfigError> {
+        match self.ring_size {
+            None => Ok(mongowatch_common::RING_SIZE),
+            Some(ByteSize(b))
+                if b.is_power_of_two() && (RING_SIZE_MIN..=RING_SIZE_MAX).contains(&b) =>
+            {
+                Ok(b as u32)
+            }
+            Some(ByteSize(b)) => Err(ConfigError::Invalid(format!(
+                "--ring-size must be a power of two from 1M to 1G (e.g. 64M, 256M), not {b} bytes"
+            ))),
+        }
+    }
+}
+
 fn secs_ok(name: &str, v: f64, zero_ok: bool) -> Result<f64, ConfigError> {
     if v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v < 1e9 {
         Ok(v)
@@ -447,6 +481,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
         let d = AuditConfig::default();
         let format = output::resolve_format(a.format, &a.template)?;
         let memory_budget = a.memory_budget()?;
+        let ring_size = a.ring_size()?;
         let output = output::resolve_spec(a.output, a.rotate_size, a.rotate_keep)?;
         let outputs = match a.file_output {
             Some(OutputKey::Tables(t)) => output::resolve_tables(t)?,
@@ -466,6 +501,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             delay_secs: secs_ok("delay", a.delay.unwrap_or(d.delay_secs), true)?,
             include_heartbeats: a.include_heartbeats.unwrap_or(d.include_heartbeats),
             memory_budget,
+            ring_size,
             listen: a.listen,
             otlp: crate::sink::otlp::OtlpConfig::resolve(
                 a.otlp_endpoint.as_deref(),

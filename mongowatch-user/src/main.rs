@@ -112,7 +112,7 @@ fn run(cli: Cli) -> Result<()> {
             bail!("no running process has pid {pid}");
         }
     }
-    let (mode, memory_budget, listen, tables) = if cli.messages {
+    let (mode, memory_budget, ring_size, listen, tables) = if cli.messages {
         // The config file may set the output; options that shape records would be ignored
         // here, so they are refused instead (clap refuses them on the command line).
         let args = cli.audit.clone().merged()?;
@@ -125,14 +125,17 @@ fn run(cli: Cli) -> Result<()> {
             output: config.output,
             with_bytes: cli.message_bytes,
         };
-        (mode, config.memory_budget, config.listen, tables)
+        let ring_size = config.ring_size;
+        (mode, config.memory_budget, ring_size, config.listen, tables)
     } else {
         // Reads --config too; the command line wins over the file.
         let args = cli.audit.clone().merged()?;
         let tables = (args.select.clone(), args.exclude.clone());
         let config = AuditConfig::try_from(args)?;
-        let (memory_budget, listen) = (config.memory_budget, config.listen);
-        (Mode::Audit(Box::new(config)), memory_budget, listen, tables)
+        let (memory_budget, ring_size, listen) =
+            (config.memory_budget, config.ring_size, config.listen);
+        let mode = Mode::Audit(Box::new(config));
+        (mode, memory_budget, ring_size, listen, tables)
     };
     let hooks = match listen {
         Some(addr) => {
@@ -162,6 +165,7 @@ fn run(cli: Cli) -> Result<()> {
         mode,
         stats_interval: cli.stats_interval,
         memory_budget,
+        ring_size,
         hooks,
         selection,
         capture_path: cli.capture_path,

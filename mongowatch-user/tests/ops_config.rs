@@ -51,6 +51,8 @@ fn every_flag_parses() {
         "--include-heartbeats",
         "--memory-budget",
         "64M",
+        "--ring-size",
+        "256M",
     ]);
     let c = a.resolve().unwrap();
     assert_eq!(c.format, Format::Csv);
@@ -70,6 +72,7 @@ fn every_flag_parses() {
     assert_eq!(c.delay_secs, 1.5);
     assert!(c.include_heartbeats);
     assert_eq!(c.memory_budget, 64 << 20);
+    assert_eq!(c.ring_size, 256 << 20);
 }
 
 #[test]
@@ -110,6 +113,13 @@ fn invalid_values_are_startup_errors() {
     assert!(parse(&["--filter", "Nope > 1"]).resolve().is_err());
     assert!(parse(&["--memory-budget", "512K"]).resolve().is_err());
     assert!(parse(&["--memory-budget", "512K"]).memory_budget().is_err());
+    // The kernel takes only a power of two, and the ring is locked memory: 1M to 1G.
+    for bad in ["96M", "512K", "2G", "0"] {
+        let e = parse(&["--ring-size", bad]).resolve().unwrap_err();
+        assert!(e.to_string().contains("--ring-size"), "{bad}: {e}");
+    }
+    assert_eq!(parse(&["--ring-size", "1M"]).ring_size().unwrap(), 1 << 20);
+    assert_eq!(parse(&["--ring-size", "1G"]).ring_size().unwrap(), 1 << 30);
     assert!(Cli::try_parse_from(["m", "--rotate-size", "12Q"]).is_err());
     assert!(Cli::try_parse_from(["m", "--format", "xml"]).is_err());
 }
@@ -287,6 +297,7 @@ fn help_text_comes_from_doc_comments() {
         "--delay",
         "--include-heartbeats",
         "--memory-budget",
+        "--ring-size",
         "--config",
     ] {
         assert!(help.contains(flag), "{flag} missing from help");

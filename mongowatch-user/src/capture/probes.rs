@@ -82,6 +82,8 @@ pub struct Probes {
     cgroups: HashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, Counters>,
     path: CapturePath,
+    /// The ring buffer's size as the kernel made it.
+    ring_size: u32,
 }
 
 /// Checks what mongowatch needs before trying to load anything, so a user gets one clear
@@ -197,6 +199,7 @@ impl Probes {
         server_ports: &[u16],
         selection: &KernelSelection,
         forced: Option<CapturePath>,
+        ring_size: u32,
     ) -> Result<(Self, RingBuf<MapData>)> {
         preflight()?;
         raise_memlock();
@@ -226,6 +229,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries(MAP_SCRATCH, cpus * SCRATCH_SLOTS)
+            .map_max_entries(MAP_EVENTS, ring_size)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 let hint = if e.to_string().contains("ring") {
@@ -313,7 +317,12 @@ impl Probes {
             ebpf.take_map(MAP_COUNTERS)
                 .context("map COUNTERS missing")?,
         )?;
-        let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)?;
+        let events = ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?;
+        let ring_size = match &events {
+            aya::maps::Map::RingBuf(data) => data.info()?.max_entries(),
+            _ => bail!("map EVENTS is not a ring buffer"),
+        };
+        let ring = RingBuf::try_from(events)?;
         Ok((
             Self {
                 ebpf,
@@ -322,6 +331,7 @@ impl Probes {
                 cgroups,
                 counters,
                 path,
+                ring_size,
             },
             ring,
         ))
@@ -353,6 +363,11 @@ impl Probes {
     /// The capture path in use.
     pub fn capture_path(&self) -> CapturePath {
         self.path
+    }
+
+    /// Bytes of the ring buffer, as the kernel reports the map it made.
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
     }
 
     /// Starts copying the bytes of process `pid` (and, from now on, of its children). Also

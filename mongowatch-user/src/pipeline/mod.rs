@@ -65,6 +65,8 @@ pub struct Options {
     pub stats_interval: Option<Duration>,
     /// Bytes the connections' stream buffers may hold together.
     pub memory_budget: usize,
+    /// Bytes of the kernel's ring buffer (a power of two).
+    pub ring_size: u32,
     /// Who else hears how the daemon is doing (the `--listen` listener).
     pub hooks: Hooks,
     /// Processes watched besides `pids` (`--all`, `--comm`, `--cgroup`, ...).
@@ -121,16 +123,17 @@ pub fn run(mut opts: Options) -> Result<Report> {
     if let (OutletKind::Audit(auditor), Some(tap)) = (&mut outlet.kind, opts.hooks.record.take()) {
         auditor.set_observer(tap);
     }
-    let (mut probes, ring) =
-        Probes::load(&opts.ports, &opts.selection.kernel(), opts.capture_path)?;
+    let (mut probes, ring) = Probes::load(
+        &opts.ports,
+        &opts.selection.kernel(),
+        opts.capture_path,
+        opts.ring_size,
+    )?;
     // The daemon's own sockets (an API client, an OTLP exporter) are never audited.
     probes.exclude(std::process::id(), true);
-    let ring_fill = RingFill::new(
-        std::os::fd::AsFd::as_fd(&ring),
-        mongowatch_common::RING_SIZE,
-    )
-    .map_err(|e| warn!("the ring buffer's fill cannot be read (not reported): {e}"))
-    .ok();
+    let ring_fill = RingFill::new(std::os::fd::AsFd::as_fd(&ring), probes.ring_size())
+        .map_err(|e| warn!("the ring buffer's fill cannot be read (not reported): {e}"))
+        .ok();
     let mut processes = Processes::new();
     let mut watch = |pid: u32, processes: &mut Processes| -> Result<bool> {
         let new = processes.add(pid);
@@ -179,6 +182,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
     }
     info!(pids = ?opts.pids, processes = processes.len(), "watching");
     let probes_path = probes.capture_path().name();
+    let ring_size = probes.ring_size();
     let node = origin::node_name();
     let mut conns = Connections::new(
         Clock::now(),
@@ -202,7 +206,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         outlet,
         last_counters: KernelCounters::default(),
         capture: CaptureStats {
-            ring_size_bytes: u64::from(mongowatch_common::RING_SIZE),
+            ring_size_bytes: u64::from(ring_size),
             path: probes_path,
             ..CaptureStats::default()
         },

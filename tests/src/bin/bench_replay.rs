@@ -64,12 +64,15 @@ struct Params {
     require_no_loss: bool,
     /// Extra mongowatch arguments (repeatable `--mw-arg`).
     mw_args: Vec<String>,
+    /// Stop mongowatch (SIGSTOP) this long, a third into the run: a daemon that gets no CPU,
+    /// as on a machine whose CPUs are all busy, so that the ring fills on purpose.
+    stall_daemon: Option<Duration>,
 }
 
 const USAGE: &str =
     "bench-replay [--mix fixtures,small,pipelined,large] [--transport tcp|unix|both] \
 [--processes N] [--workers N] [--seconds S] [--rate MSGS_PER_S | --flat-out] [--large-mb MB] \
-[--find-knee [--knee-factor F]] [--require-no-loss] [--mw-arg ARG]...";
+[--find-knee [--knee-factor F]] [--require-no-loss] [--mw-arg ARG]... [--stall-daemon-ms MS]";
 
 fn params(args: &[String]) -> Result<Params> {
     let mut p = Params {
@@ -84,6 +87,7 @@ fn params(args: &[String]) -> Result<Params> {
         knee_factor: 2.0,
         require_no_loss: false,
         mw_args: Vec::new(),
+        stall_daemon: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -101,6 +105,7 @@ fn params(args: &[String]) -> Result<Params> {
             "--knee-factor" => p.knee_factor = value()?.parse()?,
             "--require-no-loss" => p.require_no_loss = true,
             "--mw-arg" => p.mw_args.push(value()?.clone()),
+            "--stall-daemon-ms" => p.stall_daemon = Some(Duration::from_millis(value()?.parse()?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -553,7 +558,30 @@ fn run(p: &Params) -> Result<Value> {
     let limit = Duration::from_secs_f64(p.seconds * 5.0 + 300.0);
     let (mut ticks, mut hwm, mut anon) = (ticks0, 0u64, 0u64);
     let mut t_clients_done = None;
+    // (when it was stopped, for how long) while a stall is under way.
+    let mut stall = p.stall_daemon.map(|d| (None, d));
     while mw.is_running() {
+        if let Some((stopped, d)) = &mut stall {
+            let signal = match stopped {
+                None if t0.elapsed().as_secs_f64() >= p.seconds / 3.0 => {
+                    *stopped = Some(Instant::now());
+                    libc::SIGSTOP
+                }
+                Some(at) if at.elapsed() >= *d => {
+                    stall = None;
+                    libc::SIGCONT
+                }
+                _ => 0,
+            };
+            // SAFETY: kill(2) on the daemon's pid, which is our child and still running.
+            if signal != 0 {
+                ensure!(
+                    unsafe { libc::kill(mw_pid as i32, signal) } == 0,
+                    "signalling mongowatch: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
         if let (Some(t), Some(h)) = (cpu_ticks(mw_pid), status_kib(mw_pid, "VmHWM")) {
             ticks = t;
             hwm = hwm.max(h);
@@ -656,6 +684,7 @@ fn run(p: &Params) -> Result<Value> {
         "workers_per_process": p.workers,
         "seconds": p.seconds,
         "large_reply_mb": p.large_mb,
+        "stall_daemon_ms": p.stall_daemon.map(|d| d.as_millis() as u64),
         "replays": replays,
         "offered_msgs_per_s": p.rate,
         "achieved_msgs_per_s": msgs as f64 / elapsed,
