@@ -170,6 +170,13 @@ pub struct AuditArgs {
     #[arg(long, value_name = "SIZE")]
     pub ring_size: Option<ByteSize>,
 
+    /// Lower mongowatch's nice value by N, 0 to 20 (default 4, like auditd's priority_boost),
+    /// so that on a machine whose CPUs are all busy it is scheduled ahead of the processes it
+    /// watches and keeps the ring from filling. It uses only the CPU its events need; 0 leaves
+    /// it at the priority it was started with.
+    #[arg(long, value_name = "N")]
+    pub priority_boost: Option<u8>,
+
     /// Serve /healthz, /readyz and Prometheus /metrics over HTTP on ADDR (e.g. 0.0.0.0:9090).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
@@ -211,6 +218,7 @@ pub const FILE_KEYS: &[&str] = &[
     "include-heartbeats",
     "memory-budget",
     "ring-size",
+    "priority-boost",
     "listen",
     "otlp-endpoint",
     "otlp-protocol",
@@ -264,6 +272,7 @@ impl AuditArgs {
             include_heartbeats: self.include_heartbeats.or(file.include_heartbeats),
             memory_budget: self.memory_budget.or(file.memory_budget),
             ring_size: self.ring_size.or(file.ring_size),
+            priority_boost: self.priority_boost.or(file.priority_boost),
             listen: self.listen.or(file.listen),
             otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
             otlp_protocol: self.otlp_protocol.or(file.otlp_protocol),
@@ -385,6 +394,8 @@ pub struct AuditConfig {
     pub memory_budget: usize,
     /// Bytes of the kernel's ring buffer.
     pub ring_size: u32,
+    /// How far the daemon lowers its nice value.
+    pub priority_boost: u8,
     /// `--listen`: where /healthz, /readyz and /metrics are served.
     pub listen: Option<std::net::SocketAddr>,
     /// OTLP logs beside the output (`--otlp-endpoint` or the OTEL_* variables).
@@ -414,6 +425,7 @@ impl Default for AuditConfig {
             include_heartbeats: false,
             memory_budget: crate::stream::DEFAULT_MEMORY_BUDGET,
             ring_size: mongowatch_common::RING_SIZE,
+            priority_boost: DEFAULT_PRIORITY_BOOST,
             listen: None,
             otlp: None,
             outputs: Vec::new(),
@@ -463,6 +475,9 @@ impl AuditArgs {
     }
 }
 
+/// auditd's default too: an audit daemon that falls behind loses records.
+const DEFAULT_PRIORITY_BOOST: u8 = 4;
+
 fn secs_ok(name: &str, v: f64, zero_ok: bool) -> Result<f64, ConfigError> {
     if v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v < 1e9 {
         Ok(v)
@@ -482,6 +497,15 @@ impl TryFrom<AuditArgs> for AuditConfig {
         let format = output::resolve_format(a.format, &a.template)?;
         let memory_budget = a.memory_budget()?;
         let ring_size = a.ring_size()?;
+        let priority_boost = match a.priority_boost {
+            None => DEFAULT_PRIORITY_BOOST,
+            Some(n) if n <= 20 => n,
+            Some(n) => {
+                return Err(ConfigError::Invalid(format!(
+                    "--priority-boost must be 0 to 20, not {n}"
+                )))
+            }
+        };
         let output = output::resolve_spec(a.output, a.rotate_size, a.rotate_keep)?;
         let outputs = match a.file_output {
             Some(OutputKey::Tables(t)) => output::resolve_tables(t)?,
@@ -502,6 +526,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             include_heartbeats: a.include_heartbeats.unwrap_or(d.include_heartbeats),
             memory_budget,
             ring_size,
+            priority_boost,
             listen: a.listen,
             otlp: crate::sink::otlp::OtlpConfig::resolve(
                 a.otlp_endpoint.as_deref(),

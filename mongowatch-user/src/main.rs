@@ -112,30 +112,28 @@ fn run(cli: Cli) -> Result<()> {
             bail!("no running process has pid {pid}");
         }
     }
-    let (mode, memory_budget, ring_size, listen, tables) = if cli.messages {
+    // Reads --config too; the command line wins over the file.
+    let args = cli.audit.clone().merged()?;
+    if cli.messages {
         // The config file may set the output; options that shape records would be ignored
         // here, so they are refused instead (clap refuses them on the command line).
-        let args = cli.audit.clone().merged()?;
         if let Some(key) = args.record_options_set().first() {
             bail!("`{key}` shapes audit records, which --messages does not write");
         }
-        let tables = (args.select.clone(), args.exclude.clone());
-        let config = args.resolve()?;
-        let mode = Mode::Messages {
+    }
+    let tables = (args.select.clone(), args.exclude.clone());
+    let config = AuditConfig::try_from(args)?;
+    let (memory_budget, ring_size, listen) =
+        (config.memory_budget, config.ring_size, config.listen);
+    // Before any thread starts: they inherit it.
+    pipeline::raise_priority(config.priority_boost);
+    let mode = if cli.messages {
+        Mode::Messages {
             output: config.output,
             with_bytes: cli.message_bytes,
-        };
-        let ring_size = config.ring_size;
-        (mode, config.memory_budget, ring_size, config.listen, tables)
+        }
     } else {
-        // Reads --config too; the command line wins over the file.
-        let args = cli.audit.clone().merged()?;
-        let tables = (args.select.clone(), args.exclude.clone());
-        let config = AuditConfig::try_from(args)?;
-        let (memory_budget, ring_size, listen) =
-            (config.memory_budget, config.ring_size, config.listen);
-        let mode = Mode::Audit(Box::new(config));
-        (mode, memory_budget, ring_size, listen, tables)
+        Mode::Audit(Box::new(config))
     };
     let hooks = match listen {
         Some(addr) => {

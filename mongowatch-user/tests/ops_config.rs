@@ -53,6 +53,8 @@ fn every_flag_parses() {
         "64M",
         "--ring-size",
         "256M",
+        "--priority-boost",
+        "0",
     ]);
     let c = a.resolve().unwrap();
     assert_eq!(c.format, Format::Csv);
@@ -73,6 +75,7 @@ fn every_flag_parses() {
     assert!(c.include_heartbeats);
     assert_eq!(c.memory_budget, 64 << 20);
     assert_eq!(c.ring_size, 256 << 20);
+    assert_eq!(c.priority_boost, 0);
 }
 
 #[test]
@@ -82,6 +85,7 @@ fn defaults() {
     assert_eq!(c.format, Format::Json);
     assert_eq!(c.timeout_secs, 10.0);
     assert_eq!(c.delay_secs, 0.0);
+    assert_eq!(c.priority_boost, 4);
     assert!(!c.mask && !c.include_heartbeats);
     assert!(c.output.path.is_none());
 }
@@ -120,6 +124,9 @@ fn invalid_values_are_startup_errors() {
     }
     assert_eq!(parse(&["--ring-size", "1M"]).ring_size().unwrap(), 1 << 20);
     assert_eq!(parse(&["--ring-size", "1G"]).ring_size().unwrap(), 1 << 30);
+    let e = parse(&["--priority-boost", "21"]).resolve().unwrap_err();
+    assert!(e.to_string().contains("--priority-boost"), "{e}");
+    assert!(Cli::try_parse_from(["m", "--priority-boost=-1"]).is_err());
     assert!(Cli::try_parse_from(["m", "--rotate-size", "12Q"]).is_err());
     assert!(Cli::try_parse_from(["m", "--format", "xml"]).is_err());
 }
@@ -298,6 +305,7 @@ fn help_text_comes_from_doc_comments() {
         "--include-heartbeats",
         "--memory-budget",
         "--ring-size",
+        "--priority-boost",
         "--config",
     ] {
         assert!(help.contains(flag), "{flag} missing from help");

@@ -282,3 +282,44 @@ fn sigterm_under_a_flood_is_handled() -> Result<()> {
     eprintln!("SIGTERM under a flood: exited after {took:?}; {stats}");
     Ok(())
 }
+
+/// The nice value of each thread of `pid` (field 19 of /proc/PID/task/TID/stat).
+fn thread_nice_values(pid: u32) -> Result<Vec<i32>> {
+    let mut nice = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = fs::read_to_string(task?.path().join("stat"))?;
+        // The fields after the command (which may hold spaces) in parentheses.
+        let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+        let field = rest.split(' ').nth(16).context("nice field")?;
+        nice.push(field.parse()?);
+    }
+    Ok(nice)
+}
+
+/// Like auditd, the daemon lowers its nice value by `--priority-boost` (4 by default) before
+/// it starts any thread, so every thread (the capture loop, the output's writer) has it and a
+/// machine whose CPUs are all busy still gives it a CPU first; `--priority-boost 0` leaves it
+/// as it was started.
+#[test]
+fn every_thread_of_the_daemon_runs_with_the_priority_boost() -> Result<()> {
+    skip_unless!(Ok(()); Need::Root, Need::MongowatchBin);
+    let app = ChildGuard::spawn("sleep", Command::new("sleep").arg("60"))?;
+    // SAFETY: getpriority on the calling thread, whose nice value mongowatch starts with.
+    let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    for (extra, boost) in [(None, 4), (Some("0"), 0), (Some("7"), 7)] {
+        let mut args = vec!["-o", "/dev/null"];
+        if let Some(n) = extra {
+            args.extend(["--priority-boost", n]);
+        }
+        let mut mw = Mongowatch::watch_pid(app.pid(), &args)?;
+        mw.wait_for_stderr("watching", Duration::from_secs(60))?;
+        let nice = thread_nice_values(mw.pid())?;
+        let want = (own - boost).max(-20);
+        ensure!(
+            nice.len() >= 2 && nice.iter().all(|&n| n == want),
+            "--priority-boost {extra:?}: threads' nice values {nice:?}, want {want} for each"
+        );
+        ensure!(mw.stop()?.success(), "{}", mw.stderr());
+    }
+    Ok(())
+}

@@ -117,6 +117,37 @@ const DRAIN_BYTES: usize = 4 << 20;
 /// How long the last drain after a stop may take: a flood must not hold SIGTERM up.
 const FINAL_DRAIN: Duration = Duration::from_secs(1);
 
+/// Lowers the calling thread's nice value by `boost` (at most to -20); threads it starts later
+/// inherit it. A daemon that cannot (no CAP_SYS_NICE) says so and runs as it is.
+pub fn raise_priority(boost: u8) {
+    if boost == 0 {
+        return;
+    }
+    // SAFETY: getpriority/setpriority on the calling thread (who = 0); errno is cleared first
+    // because -1 is also a valid nice value.
+    let (now, errno) = unsafe {
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+        (now, *libc::__errno_location())
+    };
+    let target = if errno == 0 {
+        now - i32::from(boost)
+    } else {
+        -i32::from(boost)
+    }
+    .max(-20);
+    // SAFETY: as above.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) } != 0 {
+        warn!(
+            "cannot lower the nice value to {target} (--priority-boost; CAP_SYS_NICE is \
+             needed): {}; under full load the ring may fill sooner",
+            std::io::Error::last_os_error()
+        );
+    } else {
+        tracing::debug!(nice = target, "priority raised");
+    }
+}
+
 /// Loads the probes, watches `opts.pids` and runs until they exit, a signal, or a dead output.
 pub fn run(mut opts: Options) -> Result<Report> {
     let mut outlet = Outlet::open(opts.mode)?;
