@@ -29,9 +29,9 @@ const NODE: &[u8] = include_bytes!("../../mongowatch-user/tests/fixtures/node_pl
 
 const TCP_ADDR: &str = "127.0.0.1:27017";
 const UNIX_PATH: &str = "/tmp/mongowatch-guest.sock";
-/// The large message (1 MiB: see the note in xtask/src/kernels.rs on 6 MiB), and the iovecs
+/// The large message (6 MiB: a copy long enough to be interrupted on the way), and the iovecs
 /// its `writev` is cut into (the kernel's UIO_MAXIOV).
-const LARGE: usize = 1 << 20;
+const LARGE: usize = 6 << 20;
 const IOVECS: usize = 1024;
 
 /// Bytes one side writes.

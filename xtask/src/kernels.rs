@@ -13,13 +13,9 @@
 //! `FAIL <release> <reason>`, and fails if any line is a FAIL. Downloads and extracted kernels
 //! are kept in `<project cache>/kernels`.
 //!
-//! Known limit: the large `writev` is 1 MiB. At 6 MiB, with both ends of the connection in
-//! watched processes, the receiving end's stream is sometimes cut in two (a connection end
-//! reported without its 6 MiB message, `late_connections` 1, `incomplete` drops), on every
-//! capture path including the socket tracepoints, on the host as in guests; so it is not a
-//! fault of the rungs added here. A likely cause: tracing programs run with migration, not
-//! preemption, disabled, so two watched threads on one CPU can share the per-CPU copy state
-//! during a long copy.
+//! The large `writev` is 6 MiB, both ends watched: a copy long enough to be interrupted on
+//! the way. (Earlier builds sometimes cut the receiving end's stream in two at that size; none
+//! has since, on any kernel or path.)
 
 use std::{
     fs,
