@@ -287,7 +287,13 @@ fn sigterm_under_a_flood_is_handled() -> Result<()> {
 fn thread_nice_values(pid: u32) -> Result<Vec<i32>> {
     let mut nice = Vec::new();
     for task in fs::read_dir(format!("/proc/{pid}/task"))? {
-        let stat = fs::read_to_string(task?.path().join("stat"))?;
+        let path = task?.path().join("stat");
+        let stat = match fs::read_to_string(&path) {
+            Ok(s) => s,
+            // A short-lived thread that ended since the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| path.display().to_string()),
+        };
         // The fields after the command (which may hold spaces) in parentheses.
         let rest = &stat[stat.rfind(')').context("stat")? + 2..];
         let field = rest.split(' ').nth(16).context("nice field")?;
