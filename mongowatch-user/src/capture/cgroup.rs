@@ -109,11 +109,6 @@ pub fn container_id_in(proc_cgroup: &str) -> Option<String> {
         .find_map(container_id_in_path)
 }
 
-/// The container of `pid`, if it runs in one.
-pub fn container_id(pid: u32) -> Option<String> {
-    container_id_in(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
-}
-
 /// The container of `pid`, or where `/proc/PID/cgroup` is gone (the process exited before the
 /// daemon got to it), of the cgroup the kernel saw it in, `cgroup_id` (0: not known).
 pub fn container_id_of(pid: u32, cgroup_id: u64) -> Option<String> {

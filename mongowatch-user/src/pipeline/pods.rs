@@ -87,7 +87,7 @@ impl Pipeline {
                     pods.applied.insert(id.clone(), dir.id);
                     let include = choice == mongowatch_common::SEL_INCLUDE;
                     for pid in procfs::pids() {
-                        if cgroup::container_id(pid).as_deref() != Some(id.as_str()) {
+                        if cgroup::container_id_of(pid, 0).as_deref() != Some(id.as_str()) {
                             continue;
                         }
                         if include {
