@@ -9,6 +9,22 @@ use anyhow::{ensure, Context, Result};
 use mongowatch_tests::{skip_unless, Need};
 use serde_json::Value;
 
+/// Runs bench-replay with `args`; its result line, and whether it succeeded (the line is
+/// returned either way: a failed run says why in it).
+fn bench_replay(args: &[&str]) -> Result<(Value, bool)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench-replay"))
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout.lines().last().context("no result line")?;
+    let r = serde_json::from_str(line).with_context(|| format!("{stdout}\n{stderr}"))?;
+    if !out.status.success() {
+        eprintln!("bench-replay failed:\n{stderr}");
+    }
+    Ok((r, out.status.success()))
+}
+
 #[test]
 fn replay_smoke_every_operation_is_one_record() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin);
@@ -31,30 +47,24 @@ fn replay_smoke_every_operation_is_one_record() -> Result<()> {
         .collect::<Result<_, _>>()?;
     ensure!(names.len() >= 10, "8 fixtures, small and large: {names:?}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_bench-replay"))
-        .args([
-            "--mix",
-            "fixtures,small,large",
-            "--large-mb",
-            "0.25",
-            "--transport",
-            "both",
-            "--processes",
-            "2",
-            "--workers",
-            "5",
-            "--seconds",
-            "3",
-            "--rate",
-            "1000",
-            "--require-no-loss",
-        ])
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout.lines().last().context("no result line")?;
-    let r: Value = serde_json::from_str(line).with_context(|| format!("{stdout}\n{stderr}"))?;
-    ensure!(out.status.success(), "bench-replay failed: {r}\n{stderr}");
+    let (r, ok) = bench_replay(&[
+        "--mix",
+        "fixtures,small,large",
+        "--large-mb",
+        "0.25",
+        "--transport",
+        "both",
+        "--processes",
+        "2",
+        "--workers",
+        "5",
+        "--seconds",
+        "3",
+        "--rate",
+        "1000",
+        "--require-no-loss",
+    ])?;
+    ensure!(ok, "bench-replay failed: {r}");
     // Every session was replayed, on both transports' processes together.
     for name in &names {
         ensure!(
@@ -83,41 +93,35 @@ fn replay_smoke_every_operation_is_one_record() -> Result<()> {
 #[test]
 fn a_full_ring_loses_events_counted_and_no_record_is_wrong() -> Result<()> {
     skip_unless!(Ok(()); Need::Root, Need::MongowatchBin);
-    let out = Command::new(env!("CARGO_BIN_EXE_bench-replay"))
-        .args([
-            "--mix",
-            "large",
-            "--large-mb",
-            "0.25",
-            "--transport",
-            "both",
-            "--processes",
-            "2",
-            "--workers",
-            "2",
-            "--seconds",
-            "4.5",
-            "--rate",
-            "200",
-            "--stall-daemon-ms",
-            "1500",
-            "--mw-arg",
-            "--ring-size",
-            "--mw-arg",
-            "1M",
-        ])
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout.lines().last().context("no result line")?;
-    let r: Value = serde_json::from_str(line).with_context(|| format!("{stdout}\n{stderr}"))?;
+    let (r, ok) = bench_replay(&[
+        "--mix",
+        "large",
+        "--large-mb",
+        "0.25",
+        "--transport",
+        "both",
+        "--processes",
+        "2",
+        "--workers",
+        "2",
+        "--seconds",
+        "4.5",
+        "--rate",
+        "200",
+        "--stall-daemon-ms",
+        "1500",
+        "--mw-arg",
+        "--ring-size",
+        "--mw-arg",
+        "1M",
+    ])?;
     // The kernel made the ring the size asked for.
     assert_eq!(r["ring_size_bytes"], 1 << 20, "{r}");
     // 1.5 s of replies at about 25 MB/s cannot wait in 1 MiB: loss, counted.
     ensure!(r["events_lost"].as_u64().unwrap_or(0) > 0, "no loss: {r}");
     ensure!(r["bytes_lost"].as_u64().unwrap_or(0) > 1 << 20, "{r}");
     // bench-replay's own verdict: nothing extra, everything missing explained by the loss.
-    ensure!(out.status.success() && r["ok"] == true, "{r}\n{stderr}");
+    ensure!(ok && r["ok"] == true, "{r}");
     assert_eq!(r["records_extra"], 0, "{r}");
     assert_eq!(r["loss_explained"], true, "{r}");
     // The streams resynced: the stall took a third of the run, most operations were written.
