@@ -33,11 +33,17 @@ pub fn abba(round: usize) -> [bool; 2] {
     }
 }
 
+/// The fields of a /proc stat file (`/proc/PID/stat`, `/proc/PID/task/TID/stat`) after the
+/// command, which may hold spaces: `[0]` is field 3 (state), `[n]` field n + 3.
+pub fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat[stat.rfind(')')? + 2..].split_whitespace().collect())
+}
+
 /// utime + stime of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let f = stat_fields(&stat)?;
+    // utime is field 14, stime 15.
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 

@@ -12,7 +12,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use mongowatch_tests::{
-    paths, process::ChildGuard, skip_unless, GatedPython, Mongowatch, Need, Server, ServerKind,
+    bench, paths, process::ChildGuard, skip_unless, GatedPython, Mongowatch, Need, Server,
+    ServerKind,
 };
 
 /// Inserts small documents for up to 60 s (stopped earlier by the test).
@@ -294,10 +295,8 @@ fn thread_nice_values(pid: u32) -> Result<Vec<i32>> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| path.display().to_string()),
         };
-        // The fields after the command (which may hold spaces) in parentheses.
-        let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-        let field = rest.split(' ').nth(16).context("nice field")?;
-        nice.push(field.parse()?);
+        let fields = bench::stat_fields(&stat).context("stat")?;
+        nice.push(fields.get(16).context("nice field")?.parse()?);
     }
     Ok(nice)
 }

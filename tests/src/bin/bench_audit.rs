@@ -29,7 +29,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use mongowatch_tests::{is_root, paths, ChildGuard, Mongowatch, Server, ServerKind};
+use mongowatch_tests::{
+    bench::{cpu_ticks, status_kib},
+    is_root, paths, ChildGuard, Mongowatch, Server, ServerKind,
+};
 use serde_json::{json, Value};
 
 struct Params {
@@ -76,25 +79,6 @@ fn params() -> Result<Params> {
         seconds,
         server,
     })
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime 15.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// A `kB` field of /proc/<pid>/status (VmHWM, RssAnon, ...).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn count_lines(path: &Path) -> Result<u64> {
