@@ -581,11 +581,16 @@ mod tests {
         }
     }
 
-    fn plan(name: &str, probe: &Probe, filter: Option<&str>, queue: usize) -> OutputPlan {
+    fn plan(
+        name: &str,
+        writer: &(impl RecordWriter + Clone + 'static),
+        filter: Option<&str>,
+        queue: usize,
+    ) -> OutputPlan {
         OutputPlan {
             name: name.into(),
             filter: RecordFilter::new(filter, None, None, false).unwrap(),
-            writer: Box::new(probe.clone()),
+            writer: Box::new(writer.clone()),
             queue,
             otlp: None,
         }
@@ -627,14 +632,7 @@ mod tests {
             delay: Duration::from_millis(2),
             ..Batches::default()
         };
-        let mut outs = Outputs::spawn(vec![OutputPlan {
-            name: "slow".into(),
-            filter: RecordFilter::new(None, None, None, false).unwrap(),
-            writer: Box::new(slow.clone()),
-            queue: 4,
-            otlp: None,
-        }])
-        .unwrap();
+        let mut outs = Outputs::spawn(vec![plan("slow", &slow, None, 4)]).unwrap();
         for i in 0..40 {
             outs.send(vec![rec(i, "x")]);
         }
@@ -700,14 +698,7 @@ mod tests {
     #[test]
     fn records_handed_over_one_by_one_are_flushed_in_batches() {
         let b = Batches::default();
-        let mut outs = Outputs::spawn(vec![OutputPlan {
-            name: "b".into(),
-            filter: RecordFilter::new(None, None, None, false).unwrap(),
-            writer: Box::new(b.clone()),
-            queue: 10_000,
-            otlp: None,
-        }])
-        .unwrap();
+        let mut outs = Outputs::spawn(vec![plan("b", &b, None, 10_000)]).unwrap();
         let n = 2000;
         for i in 0..n {
             outs.send(vec![rec(i, "x")]);
