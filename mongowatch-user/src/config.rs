@@ -436,9 +436,13 @@ impl Default for AuditConfig {
 /// A budget below one large message would shed nearly every large reply.
 const MIN_MEMORY_BUDGET: u64 = 1 << 20;
 
+/// The ring's bounds: below a few large messages' worth it loses them whole; above, it is a
+/// lot of memory the kernel can never page out.
+const RING_SIZE_MIN: u64 = 1 << 20;
+const RING_SIZE_MAX: u64 = 1 << 30;
+
 impl AuditArgs {
-    /// The memory budget from the command line (or the default), checked: what forensic mode,
-    /// which does not read the file, uses.
+    /// The memory budget from the command line or file (or the default), checked.
     pub fn memory_budget(&self) -> Result<usize, ConfigError> {
         match self.memory_budget {
             None => Ok(crate::stream::DEFAULT_MEMORY_BUDGET),
@@ -450,14 +454,7 @@ impl AuditArgs {
             ))),
         }
     }
-}
 
-/// The ring's bounds: below a few large messages' worth it loses them whole; above, it is a
-/// lot of memory the kernel can never page out.
-const RING_SIZE_MIN: u64 = 1 << 20;
-const RING_SIZE_MAX: u64 = 1 << 30;
-
-impl AuditArgs {
     /// The ring buffer's size from the command line or file (or the default), checked: the
     /// kernel takes only a power of two.
     pub fn ring_size(&self) -> Result<u32, ConfigError> {
@@ -497,15 +494,12 @@ impl TryFrom<AuditArgs> for AuditConfig {
         let format = output::resolve_format(a.format, &a.template)?;
         let memory_budget = a.memory_budget()?;
         let ring_size = a.ring_size()?;
-        let priority_boost = match a.priority_boost {
-            None => DEFAULT_PRIORITY_BOOST,
-            Some(n) if n <= 20 => n,
-            Some(n) => {
-                return Err(ConfigError::Invalid(format!(
-                    "--priority-boost must be 0 to 20, not {n}"
-                )))
-            }
-        };
+        let priority_boost = a.priority_boost.unwrap_or(d.priority_boost);
+        if priority_boost > 20 {
+            return Err(ConfigError::Invalid(format!(
+                "--priority-boost must be 0 to 20, not {priority_boost}"
+            )));
+        }
         let output = output::resolve_spec(a.output, a.rotate_size, a.rotate_keep)?;
         let outputs = match a.file_output {
             Some(OutputKey::Tables(t)) => output::resolve_tables(t)?,
