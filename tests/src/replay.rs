@@ -34,7 +34,7 @@ use bson::{doc, Binary, Bson, Document};
 
 use crate::{
     oracle_ops::NOT_RECORDED,
-    wire::{op_msg, WireMessage, CHECKSUM_PRESENT},
+    wire::{le_i32, le_i64, op_msg, set_i32, set_i64, WireMessage, CHECKSUM_PRESENT},
 };
 
 /// The largest message the protocol allows.
@@ -76,22 +76,6 @@ pub struct Session {
     /// ([`MsgReader`]); otherwise it writes each message and reads a header, then its body,
     /// as drivers do.
     pub pipelined: bool,
-}
-
-fn le_i32(b: &[u8], at: usize) -> i32 {
-    i32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn set_i32(b: &mut [u8], at: usize, v: i32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn le_i64(b: &[u8], at: usize) -> i64 {
-    i64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-fn set_i64(b: &mut [u8], at: usize, v: i64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Cursor ids the servers of this process hand out: random-looking, positive, never repeated.
