@@ -27,7 +27,7 @@ fn audit(name: &str, cfg: AuditConfig) -> (Vec<Value>, Harness) {
                     id: ch.conn as u64,
                     pid: 4242,
                     comm: "python3".into(),
-                    client: format!("127.0.0.1:{}", 40000 + ch.conn),
+                    client: format!("127.0.0.1:{}", 40000 + ch.conn).into(),
                     server: "127.0.0.1:27017".into(),
                     tls: false,
                     side: Default::default(),

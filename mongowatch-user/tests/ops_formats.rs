@@ -394,7 +394,7 @@ fn csv_header_in_every_rotated_file() {
 fn place_fields_in_a_cluster() {
     use mongowatch::record::{field_value, FieldValue, K8sMeta, Origin, Side};
     let origin = Origin {
-        container_id: Some("ab".repeat(32)),
+        container_id: Some("ab".repeat(32).into()),
         node: Some("node-1".into()),
         k8s: K8sMeta {
             namespace: "shop".into(),

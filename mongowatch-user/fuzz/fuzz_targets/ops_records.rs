@@ -653,7 +653,7 @@ fn conns() -> Vec<Arc<ConnInfo>> {
                 id: i + 1,
                 pid: if i < 3 { 4242 } else { 5151 },
                 comm: "python3".into(),
-                client: format!("127.0.0.1:{}", 51000 + i),
+                client: format!("127.0.0.1:{}", 51000 + i).into(),
                 server: if i == 2 {
                     "/tmp/mongodb-27017.sock".into()
                 } else {

@@ -4,7 +4,7 @@
 
 pub mod client;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::Deserialize;
 
@@ -25,10 +25,10 @@ impl Pod {
     /// The record fields of one of its containers.
     pub fn meta(&self, container: Option<&str>) -> K8sMeta {
         K8sMeta {
-            namespace: self.namespace.clone(),
-            pod: self.name.clone(),
-            pod_uid: self.uid.clone(),
-            container: container.map(str::to_owned),
+            namespace: self.namespace.as_str().into(),
+            pod: self.name.as_str().into(),
+            pod_uid: self.uid.as_str().into(),
+            container: container.map(Arc::from),
         }
     }
 }
@@ -346,10 +346,10 @@ mod tests {
         let (a, b) = (pod("api-0", "u-1", ID), pod("api-1", "u-2", &id2));
         idx.apply(PodUpdate::Synced(vec![a.clone()]));
         assert!(idx.is_synced());
-        assert_eq!(idx.container(ID).unwrap().pod, "api-0");
+        assert_eq!(&*idx.container(ID).unwrap().pod, "api-0");
         assert_eq!(idx.container(ID).unwrap().container.as_deref(), Some("api"));
         idx.apply(PodUpdate::Upsert(b.clone()));
-        assert_eq!(idx.container(&id2).unwrap().pod_uid, "u-2");
+        assert_eq!(&*idx.container(&id2).unwrap().pod_uid, "u-2");
         let (_, gone) = idx.apply(PodUpdate::Synced(vec![b]));
         assert_eq!(gone.len(), 1);
         assert!(idx.container(ID).is_none());

@@ -112,18 +112,18 @@ pub struct OpsStats {
 #[derive(Debug, Default)]
 struct ConnState {
     pid: u32,
-    server: String,
-    app_name: Option<String>,
-    driver: Option<String>,
-    user: Option<String>,
-    pending_user: Option<String>,
+    server: Arc<str>,
+    app_name: Option<Arc<str>>,
+    driver: Option<Arc<str>>,
+    user: Option<Arc<str>>,
+    pending_user: Option<Arc<str>>,
     /// Compressors the client offered and the server accepted (first = preferred). Records
     /// report each request's own compressor, which is what actually travelled; this is kept
     /// for diagnostics.
     negotiated: Vec<String>,
 }
 
-type CursorKey = (u32, String, i64);
+type CursorKey = (u32, Arc<str>, i64);
 
 #[derive(Debug)]
 struct OpenOp {
@@ -367,17 +367,18 @@ impl Tracker {
             "hello" | "isMaster" | "ismaster" => {
                 if let Some(client) = get_doc(body, "client") {
                     if let Some(app) = get_doc(client, "application") {
-                        st.app_name = get_str(app, "name").map(str::to_owned);
+                        st.app_name = get_str(app, "name").map(Arc::from);
                     }
                     if let Some(drv) = get_doc(client, "driver") {
                         st.driver = driver_name(
                             get_str(drv, "name").unwrap_or(""),
                             get_str(drv, "version").unwrap_or(""),
-                        );
+                        )
+                        .map(Arc::from);
                     }
                 }
                 if let Some(spec) = get_doc(body, "speculativeAuthenticate") {
-                    st.pending_user = auth_user(spec);
+                    st.pending_user = auth_user(spec).map(Arc::from);
                 }
                 if let Some(r) = rep {
                     if let Some(RawBsonRef::Array(a)) = get(r.raw(), "compression") {
@@ -398,7 +399,7 @@ impl Tracker {
                     if let Some(spec) = get_doc(r.raw(), "speculativeAuthenticate") {
                         // X.509 answers with the user; SCRAM continues with saslContinue.
                         if let Some(u) = get_str(spec, "user") {
-                            st.user = Some(u.to_owned());
+                            st.user = Some(u.into());
                             st.pending_user = None;
                         } else if truthy(get(spec, "done")) {
                             st.user = st.pending_user.take();
@@ -408,12 +409,12 @@ impl Tracker {
             }
             "saslStart" | "saslContinue" | "authenticate" => {
                 if cmd.name != "saslContinue" {
-                    st.pending_user = auth_user(body);
+                    st.pending_user = auth_user(body).map(Arc::from);
                 }
                 match reply_ok {
                     Some(true) if done || cmd.name == "authenticate" => {
                         let from_reply = rep.and_then(|r| get_str(r.raw(), "user"));
-                        st.user = from_reply.map(str::to_owned).or(st.pending_user.take());
+                        st.user = from_reply.map(Arc::from).or(st.pending_user.take());
                     }
                     Some(false) => st.pending_user = None,
                     _ => {}
@@ -454,7 +455,7 @@ impl Tracker {
             user: st.and_then(|s| s.user.clone()),
             app_name: st.and_then(|s| s.app_name.clone()),
             driver: st.and_then(|s| s.driver.clone()),
-            compression: cmd.compressor.map(|c| c.name().to_owned()),
+            compression: cmd.compressor.map(|c| c.name()),
             tls: conn.tls,
             request_bytes: trip.req_bytes,
             reply_bytes: trip.reply_bytes,

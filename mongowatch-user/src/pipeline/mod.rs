@@ -14,6 +14,7 @@ mod stats;
 use std::{
     collections::HashSet,
     io::{self, BufWriter, Write},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -214,7 +215,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
     info!(pids = ?opts.pids, processes = processes.len(), "watching");
     let probes_path = probes.capture_path().name();
     let ring_size = probes.ring_size();
-    let node = origin::node_name();
+    let node: Option<Arc<str>> = origin::node_name().map(Arc::from);
     let mut conns = Connections::new(
         Clock::now(),
         ConnConfig {
@@ -224,7 +225,7 @@ pub fn run(mut opts: Options) -> Result<Report> {
         opts.ports,
     );
     // A connection whose open event was lost still names the node.
-    conns.set_default_origin(std::sync::Arc::new(crate::record::Origin {
+    conns.set_default_origin(Arc::new(crate::record::Origin {
         node: node.clone(),
         ..Default::default()
     }));
@@ -306,7 +307,7 @@ struct Pipeline {
     /// Processes the kernel's own selection caught that the full selection excludes.
     excluded: Processes,
     /// `Node` of every record.
-    node: Option<String>,
+    node: Option<Arc<str>>,
     /// The ring's fill level: now, and its high-water mark.
     ring_fill: Option<RingFill>,
     /// Pod metadata from the Kubernetes API (in a cluster, or for `--k8s-*`).

@@ -28,7 +28,7 @@ impl Pipeline {
             return;
         }
         let origin = Arc::new(Origin {
-            container_id: cgroup::container_id_of(pid, cgroup_id),
+            container_id: cgroup::container_id_of(pid, cgroup_id).map(Arc::from),
             node: self.node.clone(),
             k8s: Default::default(),
         });

@@ -140,7 +140,7 @@ impl Pipeline {
                 .retain(|_, v| v.iter().any(|w| w.strong_count() > 0));
         }
         pods.pending
-            .entry(id.clone())
+            .entry(id.to_string())
             .or_default()
             .push(Arc::downgrade(origin));
     }

@@ -15,8 +15,9 @@ pub enum FieldValue<'a> {
     Json(String),
 }
 
-fn opt_str(v: &Option<String>) -> FieldValue<'_> {
-    v.as_deref().map_or(FieldValue::Null, FieldValue::Str)
+fn opt_str<S: AsRef<str>>(v: &Option<S>) -> FieldValue<'_> {
+    v.as_ref()
+        .map_or(FieldValue::Null, |s| FieldValue::Str(s.as_ref()))
 }
 
 fn opt_int(v: Option<i64>) -> FieldValue<'static> {

@@ -6,11 +6,13 @@
 
 mod field;
 mod json;
+mod line;
 
-use chrono::{DateTime, SecondsFormat};
 pub use field::{field_value, FieldValue};
 pub use json::{Json, MAX_DEPTH};
+use line::write_time;
 use serde::{Serialize, Serializer};
+use std::sync::Arc;
 
 /// Every field of the record, in contract order (JSON key order, CSV columns).
 pub const FIELDS: &[&str] = &[
@@ -76,8 +78,8 @@ impl Side {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Origin {
     /// The 64-hex container id from `/proc/PID/cgroup`.
-    pub container_id: Option<String>,
-    pub node: Option<String>,
+    pub container_id: Option<Arc<str>>,
+    pub node: Option<Arc<str>>,
     /// Set once the pod of `container_id` is known (it may be learnt after the process's first
     /// connection).
     pub k8s: std::sync::OnceLock<K8sMeta>,
@@ -86,11 +88,11 @@ pub struct Origin {
 /// The pod a container belongs to, from the Kubernetes API.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct K8sMeta {
-    pub namespace: String,
-    pub pod: String,
-    pub pod_uid: String,
+    pub namespace: Arc<str>,
+    pub pod: Arc<str>,
+    pub pod_uid: Arc<str>,
     /// The container's name in its pod (`None` for a pod known by uid only).
-    pub container: Option<String>,
+    pub container: Option<Arc<str>>,
 }
 
 /// Why a record was written.
@@ -169,19 +171,19 @@ pub struct Record {
     #[serde(rename = "Pid")]
     pub pid: u32,
     #[serde(rename = "Comm")]
-    pub comm: String,
+    pub comm: Arc<str>,
     #[serde(rename = "Client")]
-    pub client: String,
+    pub client: Arc<str>,
     #[serde(rename = "Server")]
-    pub server: String,
+    pub server: Arc<str>,
     #[serde(rename = "User")]
-    pub user: Option<String>,
+    pub user: Option<Arc<str>>,
     #[serde(rename = "AppName")]
-    pub app_name: Option<String>,
+    pub app_name: Option<Arc<str>>,
     #[serde(rename = "Driver")]
-    pub driver: Option<String>,
+    pub driver: Option<Arc<str>>,
     #[serde(rename = "Compression")]
-    pub compression: Option<String>,
+    pub compression: Option<&'static str>,
     #[serde(rename = "Tls")]
     pub tls: bool,
     #[serde(rename = "RequestBytes")]
@@ -197,19 +199,19 @@ pub struct Record {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Place {
     #[serde(rename = "ContainerId")]
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
     #[serde(rename = "Node")]
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
     #[serde(rename = "Side")]
     pub side: Side,
     #[serde(rename = "K8sNamespace")]
-    pub k8s_namespace: Option<String>,
+    pub k8s_namespace: Option<Arc<str>>,
     #[serde(rename = "K8sPod")]
-    pub k8s_pod: Option<String>,
+    pub k8s_pod: Option<Arc<str>>,
     #[serde(rename = "K8sPodUid")]
-    pub k8s_pod_uid: Option<String>,
+    pub k8s_pod_uid: Option<Arc<str>>,
     #[serde(rename = "K8sContainer")]
-    pub k8s_container: Option<String>,
+    pub k8s_container: Option<Arc<str>>,
 }
 
 impl Place {
@@ -229,12 +231,9 @@ impl Place {
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-24T15:29:00.123456Z`.
 pub fn format_time(ns: u64) -> String {
-    let secs = (ns / 1_000_000_000) as i64;
-    let nanos = (ns % 1_000_000_000) as u32;
-    match DateTime::from_timestamp(secs, nanos) {
-        Some(t) => t.to_rfc3339_opts(SecondsFormat::Micros, true),
-        None => String::new(),
-    }
+    let mut b = Vec::with_capacity(27);
+    write_time(ns, &mut b);
+    String::from_utf8(b).unwrap_or_default()
 }
 
 /// Seconds as a float, from ns.
@@ -253,7 +252,9 @@ fn ser_secs<S: Serializer>(ns: &u64, s: S) -> Result<S::Ok, S::Error> {
 impl Record {
     /// The record as one JSON line (no newline): the contract's form, keys in contract order.
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        let mut b = Vec::with_capacity(512);
+        self.write_json(&mut b);
+        String::from_utf8(b).unwrap_or_default()
     }
 }
 

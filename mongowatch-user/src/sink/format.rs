@@ -291,11 +291,7 @@ impl Formatter {
     pub fn format_into(&self, r: &Record, out: &mut Vec<u8>) {
         match &self.kind {
             Kind::Json => {
-                let before = out.len();
-                if serde_json::to_writer(&mut *out, r).is_err() {
-                    // As `to_json_line`: a record that cannot be serialized is an empty line.
-                    out.truncate(before);
-                }
+                r.write_json(out);
                 out.push(b'\n');
             }
             _ => out.extend_from_slice(self.format(r).as_bytes()),

@@ -32,11 +32,11 @@ pub struct ConnInfo {
     /// Unique for the daemon's life (the kernel's socket cookie).
     pub id: u64,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Arc<str>,
     /// `ip:port` or unix socket path of the client end.
-    pub client: String,
+    pub client: Arc<str>,
     /// `ip:port` or unix socket path of the server end.
-    pub server: String,
+    pub server: Arc<str>,
     /// Bytes were read from a TLS library rather than the socket.
     pub tls: bool,
     /// The watched process is the connection's server.
@@ -462,7 +462,14 @@ impl Connections {
         let role = guess_role(&ends, &self.server_ports);
         Conn {
             stream: Connection::new(self.cfg.clone()),
-            info: Arc::new(conn_info(id, pid, comm, &ends, role, self.origin(pid))),
+            info: Arc::new(conn_info(
+                id,
+                pid,
+                comm.into(),
+                &ends,
+                role,
+                self.origin(pid),
+            )),
             ends,
             role,
             tls: false,
@@ -747,7 +754,7 @@ fn guess_role(ends: &Ends, server_ports: &[u16]) -> Role {
 fn conn_info(
     id: u64,
     pid: u32,
-    comm: String,
+    comm: Arc<str>,
     ends: &Ends,
     role: Role,
     origin: Arc<Origin>,
@@ -772,8 +779,8 @@ fn conn_info(
         id,
         pid,
         comm,
-        client,
-        server,
+        client: client.into(),
+        server: server.into(),
         tls: false,
         side: if role == Role::Server {
             Side::Server
@@ -889,8 +896,8 @@ mod tests {
             &mut sink,
         );
         assert_eq!(messages.len(), 2);
-        assert_eq!(messages[0].0, "127.0.0.1:50000");
-        assert_eq!(messages[0].1, "127.0.0.1:27017");
+        assert_eq!(&*messages[0].0, "127.0.0.1:50000");
+        assert_eq!(&*messages[0].1, "127.0.0.1:27017");
         assert_eq!(messages[1].3, rep.len());
         assert_eq!(exchanges.len(), 1);
         assert!(matches!(exchanges[0], Exchange::RoundTrip { .. }));
@@ -1144,7 +1151,7 @@ mod tests {
         );
         assert_eq!(
             clients,
-            vec![("127.0.0.1:50000".to_string(), "127.0.0.1:4000".to_string())]
+            vec![("127.0.0.1:50000".into(), "127.0.0.1:4000".into())]
         );
     }
 

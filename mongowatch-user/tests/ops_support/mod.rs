@@ -31,7 +31,7 @@ pub fn conn(id: u64, pid: u32) -> Arc<ConnInfo> {
         id,
         pid,
         comm: "python3".into(),
-        client: format!("127.0.0.1:{}", 51000 + id),
+        client: format!("127.0.0.1:{}", 51000 + id).into(),
         server: "127.0.0.1:27017".into(),
         tls: false,
         side: Default::default(),
