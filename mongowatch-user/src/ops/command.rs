@@ -311,6 +311,36 @@ pub fn get<'a>(d: &'a RawDocument, key: &str) -> Option<RawBsonRef<'a>> {
     d.get(key).ok().flatten()
 }
 
+/// [`get`] of several keys in one pass over `d`, with `get`'s answers: each key's first
+/// value (none if that value does not parse), and none for keys after a malformed element.
+/// Every reply is looked at for `ok`, `n` and its errors, and a pass per key was a tenth of the
+/// daemon's decoding.
+pub fn get_each<'a, const N: usize>(
+    d: &'a RawDocument,
+    keys: [&str; N],
+) -> [Option<RawBsonRef<'a>>; N] {
+    let mut found = [None; N];
+    let mut seen = [false; N];
+    let mut left = N;
+    for elem in d.iter_elements() {
+        let Ok(elem) = elem else { break };
+        let k = elem.key().as_str();
+        let Some(i) = keys.iter().position(|want| *want == k) else {
+            continue;
+        };
+        if seen[i] {
+            continue;
+        }
+        seen[i] = true;
+        found[i] = elem.value().ok();
+        left -= 1;
+        if left == 0 {
+            break;
+        }
+    }
+    found
+}
+
 pub fn get_str<'a>(d: &'a RawDocument, key: &str) -> Option<&'a str> {
     match get(d, key) {
         Some(RawBsonRef::String(s)) => Some(s),
@@ -432,6 +462,59 @@ mod tests {
                 .map(|d| d.raw().to_owned())
                 .collect();
             assert_eq!(docs, statements);
+        }
+    }
+
+    /// One element's bytes: a type, a key (some not UTF-8), and a value that is well formed
+    /// for its type or is any bytes at all.
+    fn element() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just(b"ok".to_vec()),
+            Just(b"n".to_vec()),
+            Just(b"writeErrors".to_vec()),
+            Just(b"a".to_vec()),
+            Just(b"\xff\xfe".to_vec()),
+        ];
+        let value = prop_oneof![
+            any::<i32>().prop_map(|i| (0x10u8, i.to_le_bytes().to_vec())),
+            any::<f64>().prop_map(|f| (0x01, f.to_le_bytes().to_vec())),
+            any::<bool>().prop_map(|b| (0x08, vec![u8::from(b)])),
+            "[a-z]{0,4}".prop_map(|s| {
+                let mut v = (s.len() as i32 + 1).to_le_bytes().to_vec();
+                v.extend_from_slice(s.as_bytes());
+                v.push(0);
+                (0x02, v)
+            }),
+            Just((0x03, vec![5, 0, 0, 0, 0])),
+            Just((0x04, vec![5, 0, 0, 0, 0])),
+            // Bytes that are no value of the type (too short, a bad length, a bad string).
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..6)),
+            Just((0x02, vec![2, 0, 0, 0, 0xff, 0])),
+        ];
+        (key, value).prop_map(|(k, (t, v))| {
+            let mut e = vec![t];
+            e.extend_from_slice(&k);
+            e.push(0);
+            e.extend_from_slice(&v);
+            e
+        })
+    }
+
+    proptest::proptest! {
+        /// One pass finds what a `get` per key finds, in well and badly formed documents.
+        #[test]
+        fn get_each_answers_as_get(elements in proptest::collection::vec(element(), 0..8)) {
+            let body: Vec<u8> = elements.concat();
+            let mut bytes = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&body);
+            bytes.push(0);
+            let d = RawDocument::from_bytes(&bytes).unwrap();
+            let keys = ["ok", "n", "writeErrors", "missing"];
+            let each = get_each(d, keys);
+            for (k, v) in keys.iter().zip(each) {
+                proptest::prop_assert_eq!(v, get(d, k), "{}", k);
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 use bson::{RawBsonRef, RawDocument};
 
 use super::command::{
-    array_len, first_value, get, get_doc, get_i64, get_str, split_ns, truthy, CommandView,
+    array_len, as_i64, first_value, get, get_doc, get_each, get_i64, get_str, split_ns, truthy,
+    CommandView,
 };
 use crate::record::{ErrorInfo, Json, Record};
 
@@ -219,9 +220,31 @@ pub fn cursor_of(reply: &RawDocument) -> Option<(i64, Option<i64>)> {
 
 /// `ok` of a reply; a reply without `ok` (a legacy batch) is a success.
 pub fn reply_ok(reply: &RawDocument) -> bool {
-    match get(reply, "ok") {
-        None => true,
-        v => truthy(v),
+    ok_value(get(reply, "ok"))
+}
+
+fn ok_value(ok: Option<RawBsonRef<'_>>) -> bool {
+    ok.is_none() || truthy(ok)
+}
+
+/// What a reply says of its success: `ok`, `n`, `writeErrors`, `writeConcernError`.
+struct Outcome<'a> {
+    ok: bool,
+    n: Option<RawBsonRef<'a>>,
+    write_errors: Option<RawBsonRef<'a>>,
+    write_concern_error: Option<RawBsonRef<'a>>,
+}
+
+impl<'a> Outcome<'a> {
+    fn of(reply: &'a RawDocument) -> Self {
+        let [ok, n, write_errors, write_concern_error] =
+            get_each(reply, ["ok", "n", "writeErrors", "writeConcernError"]);
+        Self {
+            ok: ok_value(ok),
+            n,
+            write_errors,
+            write_concern_error,
+        }
     }
 }
 
@@ -237,10 +260,14 @@ fn error_from(d: &RawDocument, write_errors: Option<u64>) -> ErrorInfo {
 /// The first error a reply reports: a command error, write errors, a write concern error,
 /// or the failed operations of a bulkWrite.
 pub fn error_of(name: &str, reply: &RawDocument) -> Option<ErrorInfo> {
-    if !reply_ok(reply) {
+    error_in(name, reply, &Outcome::of(reply))
+}
+
+fn error_in(name: &str, reply: &RawDocument, outcome: &Outcome<'_>) -> Option<ErrorInfo> {
+    if !outcome.ok {
         return Some(error_from(reply, None));
     }
-    if let Some(RawBsonRef::Array(a)) = get(reply, "writeErrors") {
+    if let Some(RawBsonRef::Array(a)) = outcome.write_errors {
         let n = array_len(Some(RawBsonRef::Array(a))).unwrap_or(0);
         if n > 0 {
             let first = a.into_iter().find_map(|e| match e {
@@ -258,7 +285,7 @@ pub fn error_of(name: &str, reply: &RawDocument) -> Option<ErrorInfo> {
             });
         }
     }
-    if let Some(wce) = get_doc(reply, "writeConcernError") {
+    if let Some(RawBsonRef::Document(wce)) = outcome.write_concern_error {
         return Some(error_from(wce, None));
     }
     if name == "bulkWrite" {
@@ -290,11 +317,12 @@ pub fn error_of(name: &str, reply: &RawDocument) -> Option<ErrorInfo> {
 /// Cursor batches are counted by the caller.
 pub fn apply_reply(rec: &mut Record, cmd: &CommandView, reply: &RawDocument) {
     let name = cmd.name.as_str();
-    rec.error = error_of(name, reply);
-    if !reply_ok(reply) {
+    let outcome = Outcome::of(reply);
+    rec.error = error_in(name, reply, &outcome);
+    if !outcome.ok {
         return;
     }
-    let n = get_i64(reply, "n");
+    let n = outcome.n.and_then(as_i64);
     match name {
         "count" => rec.matched = n,
         "distinct" => rec.matched = array_len(get(reply, "values")),

@@ -360,8 +360,6 @@ impl Tracker {
     /// Handshake metadata, compression negotiation and the authenticated user.
     fn observe_identity(&mut self, conn: &ConnInfo, cmd: &CommandView, rep: Option<&ReplyView>) {
         let body = cmd.raw();
-        let reply_ok = rep.map(|r| reply_ok(r.raw()));
-        let done = rep.is_some_and(|r| truthy(get(r.raw(), "done")));
         let st = self.conn_state(conn);
         match cmd.name.as_str() {
             "hello" | "isMaster" | "ismaster" => {
@@ -411,6 +409,9 @@ impl Tracker {
                 if cmd.name != "saslContinue" {
                     st.pending_user = auth_user(body).map(Arc::from);
                 }
+                // Looked at here only: every command passes through, few are these.
+                let reply_ok = rep.map(|r| reply_ok(r.raw()));
+                let done = rep.is_some_and(|r| truthy(get(r.raw(), "done")));
                 match reply_ok {
                     Some(true) if done || cmd.name == "authenticate" => {
                         let from_reply = rep.and_then(|r| get_str(r.raw(), "user"));
