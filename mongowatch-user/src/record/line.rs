@@ -28,20 +28,17 @@ impl Record {
         out.extend_from_slice(b",\"Operation\":");
         push_str(out, &r.operation);
         out.extend_from_slice(b",\"Filter\":");
-        match &r.filter {
-            Some(f) => push_serde(out, f),
-            None => out.extend_from_slice(b"null"),
+        push_opt_serde(out, r.filter.as_ref());
+        for (key, count) in [
+            (&b",\"MatchedCount\":"[..], r.matched),
+            (b",\"InsertedCount\":", r.inserted),
+            (b",\"UpsertedCount\":", r.upserted),
+            (b",\"ModifiedCount\":", r.modified),
+            (b",\"DeletedCount\":", r.deleted),
+        ] {
+            out.extend_from_slice(key);
+            push_opt_int(out, count);
         }
-        out.extend_from_slice(b",\"MatchedCount\":");
-        push_opt_int(out, r.matched);
-        out.extend_from_slice(b",\"InsertedCount\":");
-        push_opt_int(out, r.inserted);
-        out.extend_from_slice(b",\"UpsertedCount\":");
-        push_opt_int(out, r.upserted);
-        out.extend_from_slice(b",\"ModifiedCount\":");
-        push_opt_int(out, r.modified);
-        out.extend_from_slice(b",\"DeletedCount\":");
-        push_opt_int(out, r.deleted);
         out.extend_from_slice(b",\"Iteration\":");
         push_int(out, r.iteration);
         out.extend_from_slice(b",\"State\":\"");
@@ -49,10 +46,7 @@ impl Record {
         out.extend_from_slice(b"\",\"CursorId\":");
         push_opt_int(out, r.cursor_id);
         out.extend_from_slice(b",\"Error\":");
-        match &r.error {
-            Some(e) => push_serde(out, e),
-            None => out.extend_from_slice(b"null"),
-        }
+        push_opt_serde(out, r.error.as_ref());
         out.extend_from_slice(b",\"Pid\":");
         push_int(out, r.pid);
         out.extend_from_slice(b",\"Comm\":");
@@ -171,6 +165,13 @@ fn push_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
 fn push_opt_int(out: &mut Vec<u8>, v: Option<i64>) {
     match v {
         Some(v) => push_int(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_opt_serde(out: &mut Vec<u8>, v: Option<&impl serde::Serialize>) {
+    match v {
+        Some(v) => push_serde(out, v),
         None => out.extend_from_slice(b"null"),
     }
 }
