@@ -28,7 +28,8 @@ pub(super) struct Pods {
     v2: Option<PathBuf>,
     /// Container id -> the cgroup id put in the kernel's selection for it.
     applied: HashMap<String, u64>,
-    pending: HashMap<String, Vec<Weak<Origin>>>,
+    /// Container id -> the origins waiting to learn its pod.
+    pending: HashMap<Arc<str>, Vec<Weak<Origin>>>,
 }
 
 impl Pods {
@@ -70,7 +71,7 @@ impl Pipeline {
         let Some(pods) = &mut self.pods else { return };
         let mut leave = Vec::new();
         for (id, name) in &pod.containers {
-            if let Some(waiting) = pods.pending.remove(id) {
+            if let Some(waiting) = pods.pending.remove(id.as_str()) {
                 for origin in waiting.iter().filter_map(Weak::upgrade) {
                     let _ = origin.k8s.set(pod.meta(Some(name)));
                 }
@@ -140,7 +141,7 @@ impl Pipeline {
                 .retain(|_, v| v.iter().any(|w| w.strong_count() > 0));
         }
         pods.pending
-            .entry(id.to_string())
+            .entry(id.clone())
             .or_default()
             .push(Arc::downgrade(origin));
     }

@@ -8,11 +8,12 @@ mod field;
 mod json;
 mod line;
 
+use std::sync::Arc;
+
 pub use field::{field_value, FieldValue};
 pub use json::{Json, MAX_DEPTH};
 use line::write_time;
 use serde::{Serialize, Serializer};
-use std::sync::Arc;
 
 /// Every field of the record, in contract order (JSON key order, CSV columns).
 pub const FIELDS: &[&str] = &[
